@@ -1,0 +1,1 @@
+"""Backdoor poisoning and cleaning of CLIP models."""
