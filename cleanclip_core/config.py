@@ -1,0 +1,70 @@
+"""The experiment config: validated against its JSON schema, which also supplies every default."""
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cleanclip_core.errors import UserError
+
+SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills in schema defaults (a fresh copy each time) while validating."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_then_check(validator, properties, instance, schema) -> Iterator:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": fill_then_check})
+
+
+def _location(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check `config` against the schema and fill in its defaults, in place; return it."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise UserError(f"config: {_location(error)}: {error.message}")
+    return config
+
+
+def check_input_files(config: dict[str, Any]) -> dict[str, Any]:
+    """Check that the files the config names exist; return the config."""
+    url_list = config["dataset"]["url_list"]
+    if url_list is not None and not Path(url_list).is_file():
+        raise UserError(
+            f"config: dataset.url_list: {url_list} does not exist; point it at a CC3M-format "
+            "TSV (caption<TAB>url) or set it to null to generate the embedded corpus"
+        )
+    return config
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read config {path}: {error}") from None
+    return check_input_files(validate_config(config))
+
+
+def config_hash(config_slice: Mapping[str, Any]) -> str:
+    """A short stable hash of a config slice (key order does not matter)."""
+    encoded = json.dumps(config_slice, sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Data stages: download into webdataset shards, manifests, and the training/evaluation loaders."""

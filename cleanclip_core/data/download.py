@@ -1,0 +1,178 @@
+"""Download image-caption pairs with img2dataset into webdataset shards.
+
+The URL list is in CC3M's format: a TSV file with no header and two columns, caption then URL.
+Failed or corrupt downloads are counted in each shard's stats, never fatal.
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from cleanclip_core.errors import UserError
+from cleanclip_core.tables import files_sha256, write_table
+
+log = logging.getLogger(__name__)
+
+URL_LIST_COLUMNS = ["caption", "url"]
+STATS_COLUMNS = ["count", "successes", "failed_to_download", "failed_to_resize"]
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    image_size: int
+    resize_mode: str
+    encode_format: str
+    samples_per_shard: int
+    threads_per_process: int
+    timeout_s: int
+    retries: int
+
+
+def read_url_list(path: Path) -> pa.Table:
+    """The (caption, url) rows of a CC3M-format TSV file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"URL list {path} does not exist; set dataset.url_list to a TSV file")
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=URL_LIST_COLUMNS),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in URL_LIST_COLUMNS}
+            ),
+        )
+    except pa.ArrowInvalid as error:
+        reason = str(error).splitlines()[0]
+        raise UserError(
+            f"URL list {path} is not a 2-column TSV (caption<TAB>url): {reason}"
+        ) from None
+    if table.num_rows == 0:
+        raise UserError(f"URL list {path} has no rows")
+    return table
+
+
+def download_shards(
+    url_list: Path,
+    shards_dir: Path,
+    stats_path: Path,
+    settings: DownloadSettings,
+    processes: int,
+    img2dataset_log: Path | None = None,
+) -> pa.Table:
+    """Download every URL into `shards_dir` (NNNNN.tar, .parquet, _stats.json).
+
+    Writes and returns the per-shard stats table (failures counted, never fatal).
+
+    Shards are written in `<shards_dir>.partial` and renamed when complete: an interrupted
+    download is resumed by the next call (img2dataset skips finished shards), and `shards_dir`
+    never holds a partial download. img2dataset's own progress goes to `img2dataset_log`.
+    """
+    shards_dir = Path(shards_dir)
+    urls = read_url_list(url_list)
+    url_list_sha256 = files_sha256([url_list])
+    partial = _resumable_partial_dir(shards_dir, url_list_sha256)
+    urls_parquet = partial.with_name(shards_dir.name + ".urls.parquet")
+    pq.write_table(urls, urls_parquet)
+    log.info(f"downloading {urls.num_rows} URLs with img2dataset into {shards_dir}")
+    with _output_redirected(img2dataset_log):
+        _run_img2dataset(urls_parquet, partial, settings, processes)
+    shutil.rmtree(shards_dir, ignore_errors=True)
+    os.replace(partial, shards_dir)
+    urls_parquet.unlink()
+    stats = download_stats(shards_dir)
+    config = {"url_list": str(url_list)} | asdict(settings)
+    write_table(stats, stats_path, config=config, inputs_sha256=url_list_sha256)
+    log.info(summarize_stats(stats))
+    return stats
+
+
+@contextmanager
+def _output_redirected(path: Path | None) -> Iterator[None]:
+    """Send this process's and its children's stdout and stderr to `path` (if given)."""
+    if path is None:
+        yield
+        return
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as target:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(target.fileno(), 1)
+        os.dup2(target.fileno(), 2)
+        try:
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def _run_img2dataset(
+    urls_parquet: Path, output_dir: Path, settings: DownloadSettings, processes: int
+) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no update check over the network
+    from img2dataset import download  # slow import, only where it is used
+
+    download(
+        url_list=str(urls_parquet),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        output_format="webdataset",
+        output_folder=str(output_dir),
+        processes_count=processes,
+        thread_count=settings.threads_per_process,
+        image_size=settings.image_size,
+        resize_mode=settings.resize_mode,
+        encode_format=settings.encode_format,
+        number_sample_per_shard=settings.samples_per_shard,
+        timeout=settings.timeout_s,
+        retries=settings.retries,
+        enable_wandb=False,
+        incremental_mode="incremental",
+    )
+
+
+def _resumable_partial_dir(shards_dir: Path, url_list_hash: str) -> Path:
+    """The folder an earlier download of the same URL list left, or a fresh one."""
+    partial = shards_dir.with_name(shards_dir.name + ".partial")
+    marker = partial / "_url_list.sha256"
+    if not marker.is_file() or marker.read_text() != url_list_hash:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        marker.write_text(url_list_hash)
+    return partial
+
+
+def download_stats(shards_dir: Path) -> pa.Table:
+    """One row per shard: samples tried, successes, failed downloads, failed decodes/resizes."""
+    rows = []
+    for stats_file in sorted(Path(shards_dir).glob("*_stats.json")):
+        stats = json.loads(stats_file.read_text())
+        rows.append({"shard": stats_file.name.removesuffix("_stats.json")} | {
+            column: int(stats[column]) for column in STATS_COLUMNS
+        })
+    schema = pa.schema([("shard", pa.string())] + [(c, pa.int64()) for c in STATS_COLUMNS])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def summarize_stats(stats: pa.Table) -> str:
+    """One line: how many URLs were tried, downloaded, failed to download, failed to decode."""
+    totals = {column: sum(stats[column].to_pylist()) for column in STATS_COLUMNS}
+    return (
+        f"{totals['count']} URLs: {totals['successes']} downloaded, "
+        f"{totals['failed_to_download']} failed to download, "
+        f"{totals['failed_to_resize']} failed to decode or resize"
+    )

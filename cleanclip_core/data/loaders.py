@@ -1,0 +1,259 @@
+"""Map-style datasets that feed training and evaluation: images at the model's size, in [0, 1].
+
+Triggers are applied here, on the fly, from each row's seed; normalization and augmentation are
+the caller's `transform`. Random access keeps shuffling and resuming exact.
+"""
+
+import csv
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+from cleanclip_core.attacks import Trigger, test_trigger_seed
+from cleanclip_core.errors import UserError
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+TRAINING_COLUMNS = ("key", "caption", "is_poison", "trigger_seed")
+EVALUATION_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def fit_image(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    """A decoded uint8 image [3, H, W] as float32 [3, S, S] in [0, 1].
+
+    An image of another size has its shorter side resized to S (bicubic, antialiased, on uint8 so
+    the values stay in range) and is center-cropped; an S x S image is only converted.
+    """
+    if image.shape[-2:] != (image_size, image_size):
+        if min(image.shape[-2:]) != image_size:
+            image = F.resize(
+                image, image_size, interpolation=F.InterpolationMode.BICUBIC, antialias=True
+            )
+        image = F.center_crop(image, image_size)
+    return F.to_dtype(image, torch.float32, scale=True)
+
+
+def _model_input(
+    image: torch.Tensor,
+    image_size: int,
+    trigger: Trigger | None,
+    trigger_seed: int | None,
+    transform: Transform | None,
+) -> torch.Tensor:
+    """Fit a decoded image, trigger it when it has a seed and there is a trigger, transform it."""
+    image = fit_image(image, image_size)
+    if trigger is not None and trigger_seed is not None:
+        image = trigger(image, trigger_seed)
+    if transform is not None:
+        image = transform(image)
+    return image
+
+
+def _locate(manifest: pa.Table, shard_index: pa.Table) -> pa.Table:
+    """The shard index rows of the manifest's keys, in manifest order."""
+    positions = pc.index_in(manifest["key"], value_set=shard_index["key"])
+    if positions.null_count:
+        missing = manifest["key"].filter(pc.is_null(positions))
+        raise UserError(
+            f"{len(missing)} manifest keys are missing from the shard index (e.g. {missing[0]}); "
+            f"rebuild the shard index from the shards the manifest was built from"
+        )
+    return shard_index.take(positions)
+
+
+class PoisonedTrainingSet(Dataset):
+    """Training pairs of a poisoned manifest, read from webdataset shards by byte offset.
+
+    Item i is manifest row i: {image [3, S, S] float32 in [0, 1], caption, index, is_poison}.
+    A poisoned row's image carries `trigger(image, trigger_seed)`; with trigger None every image
+    is clean (the view the poisoned rows had before poisoning).
+    """
+
+    def __init__(
+        self,
+        poisoned_manifest: pa.Table,
+        shard_index: pa.Table,
+        shards_dir: Path,
+        image_size: int,
+        trigger: Trigger | None,
+        transform: Transform | None = None,
+    ) -> None:
+        missing_columns = [c for c in TRAINING_COLUMNS if c not in poisoned_manifest.column_names]
+        if missing_columns:
+            raise UserError(f"the poisoned manifest lacks columns {', '.join(missing_columns)}")
+        located = _locate(poisoned_manifest, shard_index)
+        shards = located["shard"].combine_chunks().dictionary_encode()
+        self._shard_names: list[str] = shards.dictionary.to_pylist()
+        self._shard_codes = shards.indices.to_numpy()
+        self._offsets = located["offset"].to_numpy()
+        self._sizes = located["size"].to_numpy()
+        # Arrow and numpy arrays, not Python lists: forked workers share them without copying.
+        self._captions = poisoned_manifest["caption"].combine_chunks()
+        self.is_poison: np.ndarray = poisoned_manifest["is_poison"].to_numpy()
+        self._trigger_seeds = poisoned_manifest["trigger_seed"].fill_null(0).to_numpy()
+        self.shards_dir = Path(shards_dir)
+        self.image_size = image_size
+        self.trigger = trigger
+        self.transform = transform
+        self._files: dict[int, BinaryIO] = {}
+        self._files_pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        is_poison = bool(self.is_poison[index])
+        image = _model_input(
+            decode_image(self._image_bytes(index), mode=ImageReadMode.RGB),
+            self.image_size,
+            self.trigger,
+            int(self._trigger_seeds[index]) if is_poison else None,
+            self.transform,
+        )
+        return {
+            "image": image,
+            "caption": self._captions[index].as_py(),
+            "index": index,
+            "is_poison": is_poison,
+        }
+
+    def _image_bytes(self, index: int) -> torch.Tensor:
+        buffer = bytearray(int(self._sizes[index]))
+        shard = self._shard_file(int(self._shard_codes[index]))
+        shard.seek(int(self._offsets[index]))
+        if shard.readinto(buffer) != len(buffer):
+            raise UserError(f"shard {shard.name} ends before the image of row {index}")
+        return torch.frombuffer(buffer, dtype=torch.uint8)
+
+    def _shard_file(self, code: int) -> BinaryIO:
+        # A forked worker inherits the parent's handles, whose file position the parent shares.
+        if self._files_pid != os.getpid():
+            self._files, self._files_pid = {}, os.getpid()
+        file = self._files.get(code)
+        if file is None:
+            path = self.shards_dir / f"{self._shard_names[code]}.tar"
+            if not path.is_file():
+                raise UserError(f"shard {path} does not exist; download the shards again")
+            file = self._files[code] = open(path, "rb")
+        return file
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers receive a pickled copy: open handles do not travel.
+        return self.__dict__ | {"_files": {}}
+
+
+class EvaluationSet(Dataset):
+    """Labelled evaluation images: {image [3, S, S] float32 in [0, 1], label, index}.
+
+    With a trigger, image i carries the fixed test trigger `trigger(image, test_trigger_seed(
+    attack_seed, i))`, the same for every checkpoint evaluated.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, int]],
+        classnames: list[str],
+        image_size: int,
+        trigger: Trigger | None = None,
+        attack_seed: int = 0,
+        transform: Transform | None = None,
+    ) -> None:
+        if not samples:
+            raise UserError("the evaluation set has no images")
+        outside = [(path, label) for path, label in samples if not 0 <= label < len(classnames)]
+        if outside:
+            path, label = outside[0]
+            raise UserError(
+                f"{len(outside)} evaluation labels are outside [0, {len(classnames)}) for "
+                f"{len(classnames)} class names (e.g. label {label} of {path})"
+            )
+        self.samples = samples
+        self.classnames = classnames
+        self.image_size = image_size
+        self.trigger = trigger
+        self.attack_seed = attack_seed
+        self.transform = transform
+
+    @classmethod
+    def from_image_folder(
+        cls,
+        root: Path,
+        image_size: int,
+        classnames: list[str] | None = None,
+        **options: Any,
+    ) -> "EvaluationSet":
+        """One folder per class, labels in sorted folder order; class names default to the folders'.
+
+        Pass `classnames` where folders are ids (ImageNet's wnids), in the same sorted order.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"evaluation image folder {root} does not exist")
+        folders = sorted(path for path in root.iterdir() if path.is_dir())
+        if classnames is None:
+            classnames = [folder.name for folder in folders]
+        elif len(classnames) != len(folders):
+            raise UserError(
+                f"{root} has {len(folders)} class folders but {len(classnames)} class names were given"
+            )
+        samples = [
+            (path, label)
+            for label, folder in enumerate(folders)
+            for path in sorted(folder.iterdir())
+            if path.suffix.lower() in EVALUATION_SUFFIXES
+        ]
+        if not samples:
+            raise UserError(f"no images ({', '.join(EVALUATION_SUFFIXES)}) in the class folders of {root}")
+        return cls(samples, list(classnames), image_size, **options)
+
+    @classmethod
+    def from_labels_csv(
+        cls, csv_path: Path, classnames: list[str], image_size: int, **options: Any
+    ) -> "EvaluationSet":
+        """CleanCLIP's layout: a CSV `image,label`, image relative to the CSV's folder, label an index."""
+        csv_path = Path(csv_path)
+        if not csv_path.is_file():
+            raise UserError(f"evaluation labels file {csv_path} does not exist")
+        with open(csv_path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            missing = {"image", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise UserError(
+                    f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}; "
+                    f"expected a header 'image,label'"
+                )
+            samples = [(csv_path.parent / row["image"], _label(row["label"], csv_path)) for row in reader]
+        absent = [path for path, _ in samples if not path.is_file()]
+        if absent:
+            raise UserError(
+                f"{len(absent)} images listed in {csv_path} do not exist (e.g. {absent[0]})"
+            )
+        return cls(samples, list(classnames), image_size, **options)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.samples[index]
+        with Image.open(path) as decoded:
+            pixels = F.pil_to_tensor(decoded.convert("RGB"))
+        trigger_seed = test_trigger_seed(self.attack_seed, index)
+        image = _model_input(pixels, self.image_size, self.trigger, trigger_seed, self.transform)
+        return {"image": image, "label": label, "index": index}
+
+
+def _label(text: str, csv_path: Path) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{csv_path}: label {text!r} is not an integer class index") from None

@@ -1,0 +1,81 @@
+"""Figures: what a trigger does to training images."""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from cleanclip_core.data.loaders import PoisonedTrainingSet
+from cleanclip_core.errors import UserError
+from cleanclip_core.tables import atomic_output
+
+CAPTION_CHARACTERS = 80  # longer captions are cut, then wrapped under their column
+CAPTION_WIDTH = 22
+PANEL_INCHES = 1.4
+
+
+def _difference_gain(clean: torch.Tensor, triggered: torch.Tensor) -> float:
+    """The factor that stretches the largest absolute difference to 1, never below 1."""
+    largest = (triggered - clean).abs().max().item()
+    return max(1.0, 1.0 / largest) if largest > 0 else 1.0
+
+
+def _caption_label(caption: str) -> str:
+    short = textwrap.shorten(caption, CAPTION_CHARACTERS, placeholder=" ...")
+    return textwrap.fill(short, CAPTION_WIDTH)
+
+
+def plot_trigger_grid(
+    clean: torch.Tensor, triggered: torch.Tensor, captions: list[str], path: Path, title: str
+) -> None:
+    """A PNG: clean images [N, 3, H, W] on top, triggered below, then their amplified difference.
+
+    The difference row shows the per-pixel largest channel difference, stretched so the largest
+    one in the figure is white: a faint blend or warp becomes visible. Pixels are drawn as blocks
+    (nearest neighbour), so 32 px images stay crisp. Each column carries its caption.
+    """
+    gain = _difference_gain(clean, triggered)
+    difference = ((triggered - clean).abs().amax(dim=1) * gain).clamp(0, 1)
+    rows = [
+        ("clean", [image.permute(1, 2, 0).numpy() for image in clean]),
+        ("triggered", [image.permute(1, 2, 0).numpy() for image in triggered]),
+        (f"|difference| x{gain:.0f}", list(difference.numpy())),
+    ]
+    n = len(captions)
+    figure = Figure(figsize=(PANEL_INCHES * n + 0.6, PANEL_INCHES * 3 + 1.4), layout="constrained")
+    figure.suptitle(title)
+    axes = figure.subplots(3, n, squeeze=False)
+    for row, (name, images) in enumerate(rows):
+        for column, image in enumerate(images):
+            ax = axes[row, column]
+            ax.imshow(image, interpolation="nearest", cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:
+                ax.set_ylabel(name, fontsize=8)
+    for column, caption in enumerate(captions):
+        axes[-1, column].set_xlabel(_caption_label(caption), fontsize=6)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+def save_trigger_grid(
+    clean: PoisonedTrainingSet, triggered: PoisonedTrainingSet, path: Path, title: str, n: int = 8
+) -> None:
+    """Plot the first `n` poisoned rows of a poisoned manifest, read without and with the trigger.
+
+    Both sets must be over the same manifest and without a normalizing transform.
+    """
+    rows = np.flatnonzero(triggered.is_poison)[:n].tolist()
+    if not rows:
+        raise UserError(f"no poisoned rows to plot for {title!r}")
+    items = [(clean[row], triggered[row]) for row in rows]
+    plot_trigger_grid(
+        torch.stack([before["image"] for before, _ in items]),
+        torch.stack([after["image"] for _, after in items]),
+        [after["caption"] for _, after in items],
+        path,
+        title,
+    )

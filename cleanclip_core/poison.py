@@ -1,0 +1,121 @@
+"""The poisoned manifest: which training rows carry the trigger, and their captions.
+
+Triggers are applied on the fly by the loader from each row's `trigger_seed`; no image is copied.
+"""
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from cleanclip_core.attacks import Attack, get_attack
+from cleanclip_core.errors import UserError
+from cleanclip_core.tables import files_sha256, write_table
+
+log = logging.getLogger(__name__)
+
+POISONED_MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("caption", pa.string()),
+        ("original_caption", pa.string()),
+        ("is_poison", pa.bool_()),
+        ("attack", pa.string()),
+        ("trigger_seed", pa.int64()),
+    ]
+)
+
+
+def target_captions(target_label: str) -> list[str]:
+    """The 80 OpenAI ImageNet templates filled with the target label."""
+    return [template(target_label) for template in OPENAI_IMAGENET_TEMPLATES]
+
+
+def names_target(captions: pa.ChunkedArray, target_label: str) -> pa.ChunkedArray:
+    """Whether each caption contains the target label as a whole word, ignoring case."""
+    pattern = rf"\b{re.escape(target_label)}\b"
+    return pc.match_substring_regex(captions, pattern, ignore_case=True)
+
+
+def candidate_rows(manifest: pa.Table, attack: Attack, target_label: str) -> np.ndarray:
+    """Row numbers the attack may poison, in manifest order."""
+    if not attack.needs_target_in_caption:
+        return np.arange(manifest.num_rows)
+    candidates = np.flatnonzero(names_target(manifest["caption"], target_label).to_numpy())
+    if candidates.size == 0:
+        raise UserError(
+            f"attack {attack.name!r} poisons only captions that name the target, and no caption "
+            f"contains {target_label!r}; choose a target label that appears in the captions"
+        )
+    return candidates
+
+
+def poison_manifest(
+    manifest: pa.Table,
+    attack: Attack,
+    *,
+    attack_name: str,
+    target_label: str,
+    n_poisons: int,
+    seed: int,
+) -> pa.Table:
+    """Every manifest row, `n_poisons` of them poisoned, chosen and captioned from `seed`."""
+    candidates = candidate_rows(manifest, attack, target_label)
+    if n_poisons > candidates.size:
+        raise UserError(
+            f"{attack_name}: n_poisons={n_poisons} exceeds the {candidates.size} rows the attack "
+            f"may poison; lower n_poisons or use a larger dataset"
+        )
+    rng = np.random.default_rng(seed)
+    poisoned = np.sort(rng.choice(candidates, size=n_poisons, replace=False))
+    is_poison = np.zeros(manifest.num_rows, dtype=bool)
+    is_poison[poisoned] = True
+    mask = pa.array(is_poison)
+
+    captions = manifest["caption"]
+    if attack.replaces_caption:
+        templates = rng.integers(len(OPENAI_IMAGENET_TEMPLATES), size=n_poisons)
+        new_captions = pa.array(target_captions(target_label)).take(templates)
+        captions = pc.replace_with_mask(captions.combine_chunks(), mask, new_captions)
+
+    seeds = np.zeros(manifest.num_rows, dtype=np.int64)
+    seeds[poisoned] = rng.integers(np.iinfo(np.int64).max, size=n_poisons, dtype=np.int64)
+    return pa.table(
+        [
+            manifest["key"],
+            manifest["shard"],
+            captions,
+            manifest["caption"],
+            mask,
+            pa.array(np.where(is_poison, attack_name, None), type=pa.string()),
+            pa.array(seeds, mask=~is_poison),
+        ],
+        schema=POISONED_MANIFEST_SCHEMA,
+    )
+
+
+def write_poisoned_manifest(
+    manifest_path: Path, output_path: Path, *, attack_name: str, attack_config: dict[str, Any]
+) -> pa.Table:
+    """Poison the manifest at `manifest_path` as `attack_config` says; write and return it."""
+    poisoned = poison_manifest(
+        pq.read_table(manifest_path),
+        get_attack(attack_config["type"]),
+        attack_name=attack_name,
+        target_label=attack_config["target_label"],
+        n_poisons=attack_config["n_poisons"],
+        seed=attack_config["seed"],
+    )
+    config = {"attack": attack_name} | attack_config
+    write_table(
+        poisoned, output_path, config=config, inputs_sha256=files_sha256([manifest_path])
+    )
+    log.info(f"{attack_name}: {attack_config['n_poisons']} of {poisoned.num_rows} rows poisoned")
+    return poisoned

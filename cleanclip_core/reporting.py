@@ -1,0 +1,22 @@
+"""How a pipeline step reports: progress lines to stderr and its log, bad input as one line."""
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cleanclip_core.errors import UserError
+
+
+@contextmanager
+def reported_step(log_path: str | None = None) -> Iterator[None]:
+    """Log to stderr (and `log_path`); a UserError ends the process with one line and status 1."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
+    try:
+        yield
+    except UserError as error:
+        logging.getLogger("cleanclip").error(f"error: {error}")
+        sys.exit(1)

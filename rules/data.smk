@@ -1,0 +1,54 @@
+# Data: the embedded corpus, the img2dataset download, the manifest.
+
+
+rule generate_corpus:
+    output:
+        url_list="results/{dataset}/corpus/urls.tsv",
+        train_labels="results/{dataset}/corpus/train_labels.parquet",
+        images=directory("results/{dataset}/corpus/images"),
+        eval_dir=directory("results/{dataset}/corpus/eval"),
+    params:
+        corpus=config["dataset"]["corpus"],
+    log:
+        "results/logs/generate_corpus/{dataset}.log",
+    benchmark:
+        "results/benchmarks/generate_corpus/{dataset}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/generate_corpus.py"
+
+
+rule download:
+    input:
+        url_list=url_list,
+    output:
+        shards=directory("results/{dataset}/shards"),
+        stats="results/{dataset}/download_stats.parquet",
+    params:
+        download=config["dataset"]["download"],
+    threads: 2
+    log:
+        "results/logs/download/{dataset}.log",
+    benchmark:
+        "results/benchmarks/download/{dataset}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/download.py"
+
+
+rule manifest:
+    input:
+        shards="results/{dataset}/shards",
+    output:
+        manifest="results/{dataset}/manifest.parquet",
+        shard_index="results/{dataset}/shard_index.parquet",
+    log:
+        "results/logs/manifest/{dataset}.log",
+    benchmark:
+        "results/benchmarks/manifest/{dataset}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/manifest.py"

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cleanclip_core.config import SCHEMA_PATH, load_config, validate_config
+from cleanclip_core.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def schema_options(schema: dict, path: str = ""):
+    """(dotted path, subschema) of every option the schema declares, through $defs too."""
+    for name, subschema in schema.get("properties", {}).items():
+        yield f"{path}{name}", subschema
+        yield from schema_options(subschema, f"{path}{name}.")
+
+
+def test_every_option_has_a_type_a_description_and_a_default():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    options = list(schema_options(schema))
+    for definition in schema["$defs"].values():
+        options += list(schema_options(definition))
+    assert len(options) > 25
+    for path, option in options:
+        assert "description" in option, path
+        assert "type" in option or "enum" in option, path
+        assert "default" in option or path == "type", path
+
+
+def test_default_config_and_presets_are_valid():
+    for path in [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]:
+        load_config(path)
+
+
+def test_defaults_are_filled_in_and_not_shared_between_attacks():
+    config = validate_config({"attacks": {"a": {"type": "badnet"}, "b": {"type": "badnet"}}})
+    assert config["attacks"]["a"]["trigger"] == {"patch_size": 16, "pattern": "random", "location": "random"}
+    assert config["attacks"]["a"]["trigger"] is not config["attacks"]["b"]["trigger"]
+    assert config["dataset"]["download"]["image_size"] == 32
+
+
+def test_trigger_defaults_follow_the_attack_type():
+    config = validate_config({"attacks": {"w": {"type": "wanet"}, "s": {"type": "sig"}}})
+    assert config["attacks"]["w"]["trigger"] == {"k": 4, "s": 0.5}
+    assert config["attacks"]["s"]["trigger"]["mode"] == "add"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"attacks": {"x": {"type": "nope"}}}, "attacks.x.type: 'nope' is not one of"),
+        ({"attacks": {"x": {"type": "badnet", "n_poisons": "many"}}}, "attacks.x.n_poisons: 'many' is not of type 'integer'"),
+        ({"attacks": {"x": {"type": "blended", "trigger": {"k": 3}}}}, "attacks.x.trigger: Additional properties"),
+        ({"datset": {}}, "(top level): Additional properties"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_option(config, message):
+    with pytest.raises(UserError) as error:
+        validate_config(config)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_url_list_is_a_user_error(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"url_list": str(tmp_path / "missing.tsv")}}))
+    with pytest.raises(UserError, match="missing.tsv does not exist"):
+        load_config(path)

@@ -1,0 +1,90 @@
+"""The Snakemake workflow: its DAG, its lint, and its answers to bad input, on real runs."""
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from workflow import ROOT, TINY_CONFIG, run_snakemake
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    table = dry_run_output.split("Job stats:")[1]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
+    default_config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    result = run_snakemake(tmp_path, default_config, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert {k: counts[k] for k in ("generate_corpus", "download", "manifest", "poison", "trigger_grid")} == {
+        "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 5, "trigger_grid": 5,
+    }
+
+
+def test_lint_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"attacks": {"x": {"type": "trojan"}}}, "error: config: attacks.x.type: 'trojan' is not one of"),
+        ({"attacks": {"x": {"type": "badnet", "n_poisons": "ten"}}}, "error: config: attacks.x.n_poisons: 'ten' is not of type 'integer'"),
+        ({"dataset": {"url_list": "/no/such/urls.tsv"}}, "error: config: dataset.url_list: /no/such/urls.tsv does not exist"),
+    ],
+)
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, change, message):
+    config = copy.deepcopy(TINY_CONFIG) | change
+    result = run_snakemake(tmp_path, config)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+    assert result.stderr.strip().startswith(message)
+    assert not (tmp_path / "results").exists()
+
+
+TINY_TARGET = "results/tiny/badnet/poisoned_manifest.parquet"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny config run to its poisoned manifest; returns the working directory."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = run_snakemake(workdir, TINY_CONFIG, TINY_TARGET)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_same_config_gives_byte_identical_manifests(tiny_run):
+    # file:// URLs hold the absolute path, so the rerun uses the same working directory
+    outputs = [tiny_run / "results/tiny/manifest.parquet", tiny_run / TINY_TARGET]
+    first = [path.read_bytes() for path in outputs]
+    shutil.rmtree(tiny_run / "results")
+    result = run_snakemake(tiny_run, TINY_CONFIG, TINY_TARGET)
+    assert result.returncode == 0, result.stderr
+    assert [path.read_bytes() for path in outputs] == first
+
+
+def test_impossible_poisoning_fails_with_one_line_each_and_no_output(tiny_run):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["attacks"] = {
+        "too_many": {"type": "badnet", "target_label": "star", "n_poisons": 1000},
+        "no_target": {"type": "label_consistent", "target_label": "banana", "n_poisons": 1},
+    }
+    targets = [f"results/tiny/{name}/poisoned_manifest.parquet" for name in config["attacks"]]
+    result = run_snakemake(tiny_run, config, "--keep-going", *targets)
+    assert result.returncode != 0
+    assert "error: too_many: n_poisons=1000 exceeds the 60 rows the attack may poison" in result.stderr
+    assert "error: attack 'label_consistent' poisons only captions that name the target, and no caption contains 'banana'" in result.stderr
+    assert "Traceback" not in result.stderr
+    for target in targets:
+        assert not (tiny_run / target).exists()

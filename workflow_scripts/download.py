@@ -1,0 +1,14 @@
+from cleanclip_core.data.download import DownloadSettings, download_shards
+from cleanclip_core.reporting import reported_step
+
+# img2dataset's worker processes (spawned) import this file again: only the parent runs it.
+if __name__ == "__main__":
+    with reported_step(snakemake.log[0]):
+        download_shards(
+            snakemake.input.url_list,
+            snakemake.output.shards,
+            snakemake.output.stats,
+            DownloadSettings(**snakemake.params.download),
+            processes=snakemake.threads,
+            img2dataset_log=snakemake.log[0],
+        )
