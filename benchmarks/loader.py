@@ -47,7 +47,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed passes; the best one counts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, help="where the data go (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where the data go (default: a temporary folder)"
+    )
     return parser.parse_args()
 
 
@@ -118,38 +120,49 @@ def samples_per_second(
     return {label: len(datasets[label]) / seconds for label, seconds in best.items()}
 
 
+def training_sets(
+    manifest: pa.Table, shard_index: pa.Table, shards_dir: Path, args: argparse.Namespace
+) -> dict[tuple[str, float], PoisonedTrainingSet]:
+    """(attack, poison rate) -> its training set; NO_TRIGGER -> the set read without triggers."""
+
+    def training_set(rows: pa.Table, trigger: Trigger | None) -> PoisonedTrainingSet:
+        return PoisonedTrainingSet(rows, shard_index, shards_dir, args.image_size, trigger)
+
+    n_poisons = round(args.poison_rate * manifest.num_rows)
+    datasets: dict[tuple[str, float], PoisonedTrainingSet] = {}
+    for name, attack in ATTACKS.items():
+        poisoned = poison_manifest(
+            manifest,
+            attack,
+            attack_name=name,
+            target_label=TARGET_LABEL,
+            n_poisons=n_poisons,
+            seed=args.seed,
+        )
+        trigger = attack.build_trigger(TRIGGER_PARAMS[name], args.seed)
+        # Without a trigger every attack and rate reads the same images: one baseline serves all.
+        datasets.setdefault(NO_TRIGGER, training_set(poisoned, None))
+        datasets[name, args.poison_rate] = training_set(poisoned, trigger)
+        datasets[name, 1.0] = training_set(poison_every_row(poisoned, args.seed), trigger)
+    return datasets
+
+
 def main() -> None:
     args = parse_arguments()
     with tempfile.TemporaryDirectory(prefix="loader-benchmark-") as temporary:
         workdir = args.workdir or Path(temporary)
         manifest, shard_index, shards_dir = download_corpus(workdir, args)
-        n_poisons = round(args.poison_rate * manifest.num_rows)
+        rates = samples_per_second(training_sets(manifest, shard_index, shards_dir, args), args)
 
-        def training_set(rows: pa.Table, trigger: Trigger | None) -> PoisonedTrainingSet:
-            return PoisonedTrainingSet(rows, shard_index, shards_dir, args.image_size, trigger)
-
-        datasets: dict[tuple[str, float], PoisonedTrainingSet] = {}
-        for name, attack in ATTACKS.items():
-            poisoned = poison_manifest(
-                manifest, attack, attack_name=name, target_label=TARGET_LABEL, n_poisons=n_poisons, seed=args.seed
-            )
-            trigger = attack.build_trigger(TRIGGER_PARAMS[name], args.seed)
-            # Without a trigger every attack and rate reads the same images: one baseline serves all.
-            datasets.setdefault(NO_TRIGGER, training_set(poisoned, None))
-            datasets[name, args.poison_rate] = training_set(poisoned, trigger)
-            datasets[name, 1.0] = training_set(poison_every_row(poisoned, args.seed), trigger)
-        rates = samples_per_second(datasets, args)
-
-        print(
-            f"{manifest.num_rows} images at {args.image_size} px, {args.num_workers} workers, "
-            f"batch {args.batch_size}, best of {args.repeats}"
-        )
-        print(f"{'attack':<18}{'rate':>7}{'without/s':>11}{'with/s':>9}{'ratio':>7}")
-        without = rates.pop(NO_TRIGGER)
-        for (name, rate), with_trigger in rates.items():
-            print(
-                f"{name:<18}{rate:>7.0%}{without:>11.0f}{with_trigger:>9.0f}{with_trigger / without:>7.2f}"
-            )
+    print(
+        f"{manifest.num_rows} images at {args.image_size} px, {args.num_workers} workers, "
+        f"batch {args.batch_size}, best of {args.repeats}"
+    )
+    print(f"{'attack':<18}{'rate':>7}{'without/s':>11}{'with/s':>9}{'ratio':>7}")
+    without = rates.pop(NO_TRIGGER)
+    for (name, rate), with_trigger in rates.items():
+        ratio = with_trigger / without
+        print(f"{name:<18}{rate:>7.0%}{without:>11.0f}{with_trigger:>9.0f}{ratio:>7.2f}")
 
 
 if __name__ == "__main__":

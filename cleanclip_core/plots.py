@@ -2,11 +2,13 @@
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from cleanclip_core.attacks import Trigger, attack_trigger
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import atomic_output
@@ -14,6 +16,7 @@ from cleanclip_core.tables import atomic_output
 CAPTION_CHARACTERS = 80  # longer captions are cut, then wrapped under their column
 CAPTION_WIDTH = 22
 PANEL_INCHES = 1.4
+DPI = 100
 
 
 def _difference_gain(clean: torch.Tensor, triggered: torch.Tensor) -> float:
@@ -33,9 +36,11 @@ def plot_trigger_grid(
     """A PNG: clean images [N, 3, H, W] on top, triggered below, then their amplified difference.
 
     The difference row shows the per-pixel largest channel difference, stretched so the largest
-    one in the figure is white: a faint blend or warp becomes visible. Pixels are drawn as blocks
-    (nearest neighbour), so 32 px images stay crisp. Each column carries its caption.
+    one in the figure is white: a faint blend or warp becomes visible. Images smaller than their
+    panel are drawn as blocks (nearest neighbour), so 32 px images stay crisp; larger ones are
+    smoothed as they shrink. Each column carries its caption.
     """
+    interpolation = "nearest" if max(clean.shape[-2:]) <= PANEL_INCHES * DPI else "auto"
     gain = _difference_gain(clean, triggered)
     difference = ((triggered - clean).abs().amax(dim=1) * gain).clamp(0, 1)
     rows = [
@@ -50,7 +55,7 @@ def plot_trigger_grid(
     for row, (name, images) in enumerate(rows):
         for column, image in enumerate(images):
             ax = axes[row, column]
-            ax.imshow(image, interpolation="nearest", cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image, interpolation=interpolation, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if column == 0:
@@ -58,7 +63,7 @@ def plot_trigger_grid(
     for column, caption in enumerate(captions):
         axes[-1, column].set_xlabel(_caption_label(caption), fontsize=6)
     with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
+        figure.savefig(temporary, format="png", dpi=DPI)
 
 
 def save_trigger_grid(
@@ -79,3 +84,19 @@ def save_trigger_grid(
         path,
         title,
     )
+
+
+def write_trigger_grid(
+    poisoned_manifest: Path,
+    shard_index: Path,
+    shards_dir: Path,
+    image_size: int,
+    attack_config: dict[str, Any],
+    path: Path,
+    title: str,
+) -> None:
+    """The trigger grid of a poisoned manifest: its first poisoned images without and with it."""
+    def read(trigger: Trigger | None) -> PoisonedTrainingSet:
+        return PoisonedTrainingSet.from_files(poisoned_manifest, shard_index, shards_dir, image_size, trigger)
+
+    save_trigger_grid(read(None), read(attack_trigger(attack_config)), path, title)

@@ -106,7 +106,7 @@ def write_poisoned_manifest(
 ) -> pa.Table:
     """Poison the manifest at `manifest_path` as `attack_config` says; write and return it."""
     poisoned = poison_manifest(
-        pq.read_table(manifest_path),
+        pq.read_table(manifest_path, columns=["key", "shard", "caption"]),
         get_attack(attack_config["type"]),
         attack_name=attack_name,
         target_label=attack_config["target_label"],

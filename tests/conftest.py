@@ -41,6 +41,5 @@ def shapes_shards(tmp_path_factory: pytest.TempPathFactory) -> ShapesShards:
         processes=1,
         img2dataset_log=root / "img2dataset.log",
     )
-    return ShapesShards(
-        corpus, shards_dir, build_manifest(shards_dir), build_shard_index(shards_dir), settings.image_size
-    )
+    manifest, shard_index = build_manifest(shards_dir), build_shard_index(shards_dir)
+    return ShapesShards(corpus, shards_dir, manifest, shard_index, settings.image_size)

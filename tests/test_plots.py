@@ -14,7 +14,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def training_sets(shapes_shards, n_poisons):
     attack = get_attack("blended")
     manifest = poison_manifest(
-        shapes_shards.manifest, attack, attack_name="blended", target_label="banana", n_poisons=n_poisons, seed=0
+        shapes_shards.manifest,
+        attack,
+        attack_name="blended",
+        target_label="banana",
+        n_poisons=n_poisons,
+        seed=0,
     )
     trigger = attack.build_trigger({"alpha": 0.2}, 0)
     return [

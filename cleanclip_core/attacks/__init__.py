@@ -45,6 +45,12 @@ def get_attack(name: str) -> Attack:
         raise UserError(f"unknown attack {name!r}; known attacks: {known}") from None
 
 
+def attack_trigger(attack_config: Mapping[str, Any]) -> Trigger:
+    """The trigger an attack entry of the config describes (its type, trigger params, seed)."""
+    attack = get_attack(attack_config["type"])
+    return attack.build_trigger(attack_config["trigger"], attack_config["seed"])
+
+
 # Spawn key that puts evaluation trigger seeds in their own stream, apart from any seed the
 # poisoned manifest draws for training rows.
 _TEST_TRIGGER_STREAM = 0x7E57

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
@@ -108,6 +109,20 @@ class PoisonedTrainingSet(Dataset):
         self._files: dict[int, BinaryIO] = {}
         self._files_pid = os.getpid()
 
+    @classmethod
+    def from_files(
+        cls,
+        poisoned_manifest: Path,
+        shard_index: Path,
+        shards_dir: Path,
+        image_size: int,
+        trigger: Trigger | None,
+    ) -> "PoisonedTrainingSet":
+        return cls(
+            pq.read_table(poisoned_manifest), pq.read_table(shard_index), shards_dir,
+            image_size, trigger,
+        )
+
     def __len__(self) -> int:
         return len(self._offsets)
 
@@ -190,7 +205,10 @@ class EvaluationSet(Dataset):
         root: Path,
         image_size: int,
         classnames: list[str] | None = None,
-        **options: Any,
+        *,
+        trigger: Trigger | None = None,
+        attack_seed: int = 0,
+        transform: Transform | None = None,
     ) -> "EvaluationSet":
         """One folder per class, labels in sorted folder order; class names default to the folders'.
 
@@ -204,7 +222,8 @@ class EvaluationSet(Dataset):
             classnames = [folder.name for folder in folders]
         elif len(classnames) != len(folders):
             raise UserError(
-                f"{root} has {len(folders)} class folders but {len(classnames)} class names were given"
+                f"{root} has {len(folders)} class folders but {len(classnames)} class names "
+                f"were given"
             )
         samples = [
             (path, label)
@@ -213,14 +232,25 @@ class EvaluationSet(Dataset):
             if path.suffix.lower() in EVALUATION_SUFFIXES
         ]
         if not samples:
-            raise UserError(f"no images ({', '.join(EVALUATION_SUFFIXES)}) in the class folders of {root}")
-        return cls(samples, list(classnames), image_size, **options)
+            suffixes = ", ".join(EVALUATION_SUFFIXES)
+            raise UserError(f"no images ({suffixes}) in the class folders of {root}")
+        return cls(samples, list(classnames), image_size, trigger, attack_seed, transform)
 
     @classmethod
     def from_labels_csv(
-        cls, csv_path: Path, classnames: list[str], image_size: int, **options: Any
+        cls,
+        csv_path: Path,
+        classnames: list[str],
+        image_size: int,
+        *,
+        trigger: Trigger | None = None,
+        attack_seed: int = 0,
+        transform: Transform | None = None,
     ) -> "EvaluationSet":
-        """CleanCLIP's layout: a CSV `image,label`, image relative to the CSV's folder, label an index."""
+        """CleanCLIP's layout: a CSV with the header `image,label`.
+
+        image is a path relative to the CSV's folder, label an index into `classnames`.
+        """
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise UserError(f"evaluation labels file {csv_path} does not exist")
@@ -232,13 +262,15 @@ class EvaluationSet(Dataset):
                     f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}; "
                     f"expected a header 'image,label'"
                 )
-            samples = [(csv_path.parent / row["image"], _label(row["label"], csv_path)) for row in reader]
+            samples = [
+                (csv_path.parent / row["image"], _label(row["label"], csv_path)) for row in reader
+            ]
         absent = [path for path, _ in samples if not path.is_file()]
         if absent:
             raise UserError(
                 f"{len(absent)} images listed in {csv_path} do not exist (e.g. {absent[0]})"
             )
-        return cls(samples, list(classnames), image_size, **options)
+        return cls(samples, list(classnames), image_size, trigger, attack_seed, transform)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,40 @@
+"""The cleaning set: clean pairs of the poisoned dataset, optionally with a few poisons mixed in
+(Verma et al. show that 1 to 25 poisons in the cleaning set break CleanCLIP)."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cleanclip_core.errors import UserError
+from cleanclip_core.tables import files_sha256, write_table
+
+log = logging.getLogger(__name__)
+
+
+def cleaning_set(poisoned_manifest: pa.Table, n_clean: int, n_poisons: int, seed: int) -> pa.Table:
+    """`n_clean` clean rows and `n_poisons` poisoned rows, drawn from `seed`, in manifest order."""
+    is_poison = poisoned_manifest["is_poison"].to_numpy(zero_copy_only=False)
+    clean_rows, poison_rows = np.flatnonzero(~is_poison), np.flatnonzero(is_poison)
+    for wanted, available, kind in ((n_clean, clean_rows, "clean"), (n_poisons, poison_rows, "poisoned")):
+        if wanted > available.size:
+            raise UserError(
+                f"the cleaning set asks for {wanted} {kind} pairs but the poisoned dataset has "
+                f"{available.size}; lower clean.n_{'clean' if kind == 'clean' else 'poisons'}"
+            )
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.choice(clean_rows, n_clean, replace=False),
+                             rng.choice(poison_rows, n_poisons, replace=False)])
+    return poisoned_manifest.take(np.sort(chosen))
+
+
+def write_cleaning_set(
+    poisoned_manifest_path: Path, output_path: Path, *, n_clean: int, n_poisons: int, seed: int
+) -> pa.Table:
+    table = cleaning_set(pq.read_table(poisoned_manifest_path), n_clean, n_poisons, seed)
+    config = {"n_clean": n_clean, "n_poisons": n_poisons, "seed": seed}
+    write_table(table, output_path, config=config, inputs_sha256=files_sha256([poisoned_manifest_path]))
+    log.info(f"cleaning set: {n_clean} clean and {n_poisons} poisoned pairs")
+    return table

@@ -1,0 +1,158 @@
+"""Zero-shot evaluation (design section 6): clean top-k accuracy and attack success rate (ASR@k).
+
+Ranking rule, shared by every metric: classes are ranked by logit, highest first, and a tie goes
+to the lower class index, as `torch.argmax` breaks it. So "the top-k predictions contain class c"
+means fewer than k classes outrank c: a higher logit, or an equal logit and a lower index.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from cleanclip_core.errors import UserError
+
+Template = str | Callable[[str], str]
+Batches = Iterable[Mapping[str, Any]]
+"""A data loader over an `EvaluationSet`: batches of {"image": [B, 3, S, S], "label": [B], ...}."""
+
+# CLIP's zero-shot convention (open_clip's and OpenAI's evaluation): cosine similarity times 100.
+# Rankings, and so every metric here, do not depend on the scale.
+ZERO_SHOT_LOGIT_SCALE = 100.0
+
+
+def class_rank(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The 0-based rank of `classes[i]` among the logits [N, C] of row i, under the module's tie rule."""
+    # A NaN logit compares false with everything, which would rank every class first.
+    if logits.isnan().any():
+        raise UserError("the logits contain NaN: the model being evaluated has diverged")
+    score = logits.gather(1, classes[:, None])
+    lower_index = torch.arange(logits.shape[1], device=logits.device) < classes[:, None]
+    return ((logits > score) | ((logits == score) & lower_index)).sum(dim=1)
+
+
+def topk_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """{"top{k}": fraction of images whose top-k predictions contain the true label}, k clamped to C."""
+    rank = class_rank(logits, labels)
+    return {f"top{k}": (rank < k).float().mean().item() for k in ks}
+
+
+def attack_success_rate(
+    logits: torch.Tensor, labels: torch.Tensor, target_index: int, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """{"asr_top{k}": ASR@k} from the logits [N, C] of triggered images and their true labels [N].
+
+    Only images whose true class is not the target count: an image of the target class that is
+    predicted as the target shows no attack (CleanCLIP's released evaluation counted them).
+    """
+    counted = labels != target_index
+    if not counted.any():
+        raise UserError(
+            f"no evaluation image has a true class other than the target (class {target_index}), "
+            f"so the attack success rate is undefined"
+        )
+    target = torch.full((int(counted.sum()),), target_index, device=logits.device)
+    rank = class_rank(logits[counted], target)
+    return {f"asr_top{k}": (rank < k).float().mean().item() for k in ks}
+
+
+def target_class_index(classnames: Sequence[str], target_label: str) -> int:
+    """The index of `target_label` among the class names, matched exactly up to case."""
+    matches = [i for i, name in enumerate(classnames) if name.casefold() == target_label.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UserError(
+            f"target label {target_label!r} names several classes (indices {matches}); "
+            f"rename the duplicates in the class names"
+        )
+    examples = ", ".join(repr(name) for name in classnames[:5])
+    raise UserError(
+        f"target label {target_label!r} is none of the {len(classnames)} class names "
+        f"(e.g. {examples}); choose one of them"
+    )
+
+
+@contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """No gradients, eval mode (batch norm statistics, no dropout), then the caller's mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def zero_shot_classifier(
+    model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Zero-shot weights [D, C]: per class, the mean of its normalized template embeddings, renormalized.
+
+    Built without autocast: it is computed once per checkpoint and every image is scored against it.
+    """
+    with _inference(model):
+        return open_clip.build_zero_shot_classifier(
+            model,
+            tokenizer,
+            classnames,
+            templates,
+            num_classes_per_batch=10,
+            device=device,
+            use_tqdm=False,
+        )
+
+
+def zero_shot_logits(
+    model: nn.Module, classifier: torch.Tensor, loader: Batches, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, C] (fp32, on the CPU) and labels [N] of every image the loader yields."""
+    device = torch.device(device)
+    classifier = classifier.to(device, torch.float32)
+    logits, labels = [], []
+    with _inference(model):
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                features = model.encode_image(images, normalize=True)
+            # Scored in fp32: bf16 logits (8 significant bits) would tie between many classes.
+            logits.append((ZERO_SHOT_LOGIT_SCALE * features.float() @ classifier).cpu())
+            labels.append(torch.as_tensor(batch["label"]))
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate_zero_shot(
+    model: nn.Module,
+    classifier: torch.Tensor,
+    clean_loader: Batches,
+    triggered_loader: Batches | None,
+    target_index: int | None,
+    device: torch.device | str,
+    accuracy_ks: Sequence[int] = (1, 5),
+    asr_ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """Clean top-k accuracy, and ASR@k when given the triggered images and the target class.
+
+    Returns {"top1", "top5", "n_images"} plus {"asr_top1", "asr_top5", "asr_top10", "n_triggered"}
+    with a triggered loader; n_triggered counts only the images the ASR counts (true class not
+    the target).
+    """
+    if (triggered_loader is None) != (target_index is None):
+        raise ValueError("pass both the triggered loader and the target index, or neither")
+    logits, labels = zero_shot_logits(model, classifier, clean_loader, device)
+    metrics: dict[str, float] = {**topk_accuracy(logits, labels, accuracy_ks), "n_images": len(labels)}
+    if triggered_loader is not None and target_index is not None:
+        logits, labels = zero_shot_logits(model, classifier, triggered_loader, device)
+        metrics |= attack_success_rate(logits, labels, target_index, asr_ks)
+        metrics["n_triggered"] = int((labels != target_index).sum())
+    return metrics

@@ -1,0 +1,60 @@
+"""The training objectives' terms: multimodal contrastive (MMCL), in-modal self-supervised, supervised.
+
+Features are L2-normalized embeddings [B, D]; `logit_scale` is the exponentiated temperature, a
+scalar tensor as open_clip's model returns it. With world_size > 1 the features of all ranks are
+gathered (with gradients) so every rank computes the loss of the whole global batch.
+"""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss, gather_features
+from torch import Tensor
+
+
+@functools.cache
+def _clip_loss(rank: int, world_size: int) -> ClipLoss:
+    return ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
+
+
+def mmcl_loss(
+    image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *, rank: int = 0, world_size: int = 1
+) -> Tensor:
+    """Symmetric InfoNCE: each image against every caption and each caption against every image."""
+    return _clip_loss(rank, world_size)(image_features, text_features, logit_scale)
+
+
+def _self_supervised_loss(features: Tensor, augmented_features: Tensor, logit_scale: Tensor) -> Tensor:
+    logits = logit_scale * features @ augmented_features.T
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def inmodal_loss(
+    image_features: Tensor,
+    augmented_image_features: Tensor,
+    text_features: Tensor,
+    augmented_text_features: Tensor,
+    logit_scale: Tensor,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
+    """CleanCLIP's in-modal term: each image against every augmented image, each caption against
+    every augmented caption, the matching view as the target; the mean of the two modalities."""
+    if world_size > 1:
+        image_features, augmented_image_features = gather_features(
+            image_features, augmented_image_features, gather_with_grad=True, rank=rank, world_size=world_size
+        )
+        text_features, augmented_text_features = gather_features(
+            text_features, augmented_text_features, gather_with_grad=True, rank=rank, world_size=world_size
+        )
+    return (
+        _self_supervised_loss(image_features, augmented_image_features, logit_scale)
+        + _self_supervised_loss(text_features, augmented_text_features, logit_scale)
+    ) / 2
+
+
+def supervised_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """CleanCLIP's supervised variant: cross-entropy of the linear head's class logits."""
+    return F.cross_entropy(logits, labels)

@@ -1,0 +1,45 @@
+"""Checkpoints, written atomically and loaded as weights only.
+
+Weights files hold {"state_dict": ...}, the layout open_clip's loader reads. The resume state
+adds the optimizer, the progress and the settings it was made under.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cleanclip_core.tables import atomic_output
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    with atomic_output(path) as temporary:
+        torch.save({"state_dict": model.state_dict()}, temporary)
+
+
+def save_resume_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs_done: int,
+    steps_done: int,
+    settings: dict[str, Any],
+) -> None:
+    state = {
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epochs_done": epochs_done,
+        "steps_done": steps_done,
+        "settings": settings,
+    }
+    with atomic_output(path) as temporary:
+        torch.save(state, temporary)
+
+
+def load_resume_state(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The state a run with the same settings left at `path`, or None to start afresh."""
+    if not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state["settings"] == settings else None

@@ -1,0 +1,191 @@
+"""The training loop shared by pretraining and cleaning: build, loop, log, checkpoint.
+
+Each epoch ends with its checkpoint (written atomically); a killed run started again with the
+same settings resumes from the last one and ends with the same weights as an uninterrupted run:
+data order, augmentations and initialization are all functions of the seed and the epoch.
+"""
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from cleanclip_core.augment import synonym_source
+from cleanclip_core.data.loaders import PoisonedTrainingSet
+from cleanclip_core.attacks import attack_trigger
+from cleanclip_core.errors import UserError
+from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.objectives import needs_augmented_views, objective_losses
+from cleanclip_core.tables import atomic_output
+from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
+from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
+from cleanclip_core.training.views import TrainingViews
+
+log = logging.getLogger(__name__)
+
+RESUME_STATE = "resume.pt"
+STEP_LOG = "train_log.parquet"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model: str
+    objective: dict[str, float]
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    seed: int
+    synonyms: str
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Where the training pairs are: a (poisoned) manifest, the shards, and the attack's trigger."""
+
+    manifest: Path
+    shard_index: Path
+    shards_dir: Path
+    attack: dict[str, Any]
+
+    def pairs(self, image_size: int) -> PoisonedTrainingSet:
+        return PoisonedTrainingSet.from_files(
+            self.manifest, self.shard_index, self.shards_dir, image_size, attack_trigger(self.attack)
+        )
+
+
+def epoch_weights(out_dir: Path, epoch: int) -> Path:
+    """Where the weights after `epoch` epochs are kept (when every epoch is kept)."""
+    return Path(out_dir) / f"epoch_{epoch:03d}.pt"
+
+
+def train(
+    settings: TrainSettings,
+    data: TrainingData,
+    out_dir: Path,
+    *,
+    init_weights: Path | None = None,
+    keep_every_epoch: bool = False,
+) -> Path:
+    """Train on `data`; write the step log and the final weights, whose path is returned:
+    `epoch_NNN.pt` for every epoch if `keep_every_epoch`, else `model.pt`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world_size = _distributed_rank()
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if settings.batch_size % world_size:
+        raise UserError(f"batch size {settings.batch_size} does not split over {world_size} processes")
+
+    model = create_model(settings.model, init_weights, seed=settings.seed).to(device)
+    optimizer = adamw(model, settings.lr, settings.weight_decay)
+    run_settings = asdict(settings) | {"init_weights": str(init_weights)}
+    resumed = load_resume_state(out_dir / RESUME_STATE, run_settings)
+    epochs_done, step = 0, 0
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        epochs_done, step = resumed["epochs_done"], resumed["steps_done"]
+        log.info(f"resuming {out_dir} after epoch {epochs_done}")
+
+    views = TrainingViews(
+        data.pairs(image_size_of(model)),
+        tokenizer_for(settings.model),
+        normalization_for(model),
+        synonym_source(settings.synonyms) if needs_augmented_views(settings.objective) else None,
+        settings.seed,
+    )
+    sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
+    loader = DataLoader(
+        views, settings.batch_size // world_size, sampler=sampler, drop_last=True,
+        num_workers=settings.num_workers, pin_memory=device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
+    schedule = warmup_cosine(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
+    network = DistributedDataParallel(model) if world_size > 1 else model
+    rows = _earlier_log_rows(out_dir / STEP_LOG, epochs_done)
+
+    for epoch in range(epochs_done, settings.epochs):
+        sampler.set_epoch(epoch)
+        views.epoch = epoch
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=rank != 0 or None, leave=False)
+        for batch in progress:
+            started = time.perf_counter()
+            lr = schedule(step)
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                terms = objective_losses(network, batch, settings.objective, rank=rank, world_size=world_size)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}: training "
+                    f"stopped, keeping the checkpoint of epoch {epochs_done} in {out_dir}; try a "
+                    f"lower learning rate than {settings.lr}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            clamp_logit_scale(model)
+            seconds = time.perf_counter() - started
+            rows.append(
+                {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss.item()}
+                | {f"loss_{name}": term.item() for name, term in terms.items()}
+                | {"logit_scale": model.logit_scale.exp().item(), "samples_per_s": settings.batch_size / seconds}
+            )
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            step += 1
+        epochs_done = epoch + 1
+        if rank == 0:
+            _end_epoch(out_dir, model, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch)
+        log.info(f"epoch {epochs_done}/{settings.epochs}: loss {rows[-1]['loss']:.4f}")
+        _barrier(world_size)
+
+    final = epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
+    if rank == 0:
+        if not keep_every_epoch:
+            save_weights(final, model)
+        (out_dir / RESUME_STATE).unlink(missing_ok=True)
+    return final
+
+
+def _end_epoch(out_dir, model, optimizer, rows, epochs_done, steps_done, settings, keep_every_epoch) -> None:
+    """Write the epoch's weights and log, then the resume state: the state is the commit point."""
+    if keep_every_epoch:
+        save_weights(epoch_weights(out_dir, epochs_done), model)
+    with atomic_output(out_dir / STEP_LOG) as temporary:
+        pq.write_table(pa.Table.from_pylist(rows), temporary)
+    save_resume_state(
+        out_dir / RESUME_STATE, model, optimizer,
+        epochs_done=epochs_done, steps_done=steps_done, settings=settings,
+    )
+
+
+def _earlier_log_rows(path: Path, epochs_done: int) -> list[dict]:
+    """The logged steps of the epochs a resumed run keeps."""
+    if epochs_done == 0 or not path.is_file():
+        return []
+    table = pq.read_table(path)
+    return table.filter(pc.less_equal(table["epoch"], epochs_done)).to_pylist()
+
+
+def _distributed_rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
