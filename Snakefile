@@ -17,14 +17,22 @@ except UserError as error:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/poison.smk"
+include: "rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         expand(
-            "results/{dataset}/{attack}/{output}",
+            "results/{dataset}/{attack}/trigger_grid.png",
             dataset=DATASET,
             attack=config["attacks"],
-            output=["poisoned_manifest.parquet", "trigger_grid.png"],
+        ),
+        expand(
+            "results/{dataset}/{attack}/pretrain/{objective}/clean/{method}/lr_{lr}/train_log.parquet",
+            dataset=DATASET,
+            attack=STUDY_ATTACK,
+            objective=PRETRAIN_OBJECTIVES,
+            method=CLEAN_METHODS,
+            lr=CLEAN_LRS,
         ),

@@ -7,13 +7,20 @@ means fewer than k classes outrank c: a higher logit, or an equal logit and a lo
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
+from torch.utils.data import DataLoader
 
+from cleanclip_core.attacks import attack_trigger
+from cleanclip_core.data.loaders import EvaluationSet, Transform
 from cleanclip_core.errors import UserError
+from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 
 Template = str | Callable[[str], str]
 Batches = Iterable[Mapping[str, Any]]
@@ -156,3 +163,52 @@ def evaluate_zero_shot(
         metrics |= attack_success_rate(logits, labels, target_index, asr_ks)
         metrics["n_triggered"] = int((labels != target_index).sum())
     return metrics
+
+
+@dataclass(frozen=True)
+class EvaluationImages:
+    """Labelled evaluation images: an ImageFolder root or a CleanCLIP-style labels.csv, with
+    the class names in label order (None: the ImageFolder's folder names)."""
+
+    path: Path
+    classnames: list[str] | None = None
+
+    def dataset(
+        self, image_size: int, transform: Transform, attack: Mapping[str, Any] | None = None
+    ) -> EvaluationSet:
+        """The images, each carrying the attack's fixed test trigger when an attack is given."""
+        triggering = {
+            "trigger": attack_trigger(attack) if attack else None,
+            "attack_seed": attack["seed"] if attack else 0,
+            "transform": transform,
+        }
+        if Path(self.path).suffix == ".csv":
+            if self.classnames is None:
+                raise UserError(f"{self.path}: a labels.csv needs the class names of its labels")
+            return EvaluationSet.from_labels_csv(self.path, self.classnames, image_size, **triggering)
+        return EvaluationSet.from_image_folder(self.path, image_size, self.classnames, **triggering)
+
+
+def evaluate_checkpoint(
+    model_name: str,
+    weights: Path,
+    images: EvaluationImages,
+    attack: Mapping[str, Any],
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Clean top-1/top-5 and ASR@1/5/10 of the checkpoint `weights` on `images` (design §6)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_model(model_name, weights).to(device)
+    size, normalize = image_size_of(model), normalization_for(model)
+    clean = images.dataset(size, normalize)
+    triggered = images.dataset(size, normalize, attack)
+    classifier = zero_shot_classifier(
+        model, tokenizer_for(model_name), clean.classnames, OPENAI_IMAGENET_TEMPLATES, device
+    )
+
+    def batches(dataset: EvaluationSet) -> DataLoader:
+        return DataLoader(dataset, batch_size, num_workers=num_workers)
+
+    target = target_class_index(clean.classnames, attack["target_label"])
+    return evaluate_zero_shot(model, classifier, batches(clean), batches(triggered), target, device)

@@ -6,6 +6,7 @@ data order, augmentations and initialization are all functions of the seed and t
 """
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from cleanclip_core.training.views import TrainingViews
 log = logging.getLogger(__name__)
 
 RESUME_STATE = "resume.pt"
+LOG_EVERY_STEPS = 20
 STEP_LOG = "train_log.parquet"
 
 
@@ -116,40 +118,27 @@ def train(
     schedule = warmup_cosine(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
     network = DistributedDataParallel(model) if world_size > 1 else model
     rows = _earlier_log_rows(out_dir / STEP_LOG, epochs_done)
+    pending: list[dict] = []  # logged steps whose values are still tensors
 
     for epoch in range(epochs_done, settings.epochs):
         sampler.set_epoch(epoch)
         views.epoch = epoch
         progress = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=rank != 0 or None, leave=False)
+        last_step_end = time.perf_counter()
         for batch in progress:
-            started = time.perf_counter()
             lr = schedule(step)
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                terms = objective_losses(network, batch, settings.objective, rank=rank, world_size=world_size)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}: training "
-                    f"stopped, keeping the checkpoint of epoch {epochs_done} in {out_dir}; try a "
-                    f"lower learning rate than {settings.lr}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            clamp_logit_scale(model)
-            seconds = time.perf_counter() - started
-            rows.append(
-                {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss.item()}
-                | {f"loss_{name}": term.item() for name, term in terms.items()}
-                | {"logit_scale": model.logit_scale.exp().item(), "samples_per_s": settings.batch_size / seconds}
-            )
-            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            terms = training_step(network, model, optimizer, batch, settings.objective, device)
+            seconds, last_step_end = time.perf_counter() - last_step_end, time.perf_counter()
+            pending.append({"epoch": epoch + 1, "step": step, "lr": lr, "samples_per_s": settings.batch_size / seconds} | terms)
             step += 1
+            if step % LOG_EVERY_STEPS == 0:
+                rows += _finite_rows(pending, epochs_done, out_dir, settings.lr)
+                progress.set_postfix(loss=f"{rows[-1]['loss']:.3f}", lr=f"{lr:.2e}")
+        rows += _finite_rows(pending, epochs_done, out_dir, settings.lr)
         epochs_done = epoch + 1
         if rank == 0:
             _end_epoch(out_dir, model, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch)
-        log.info(f"epoch {epochs_done}/{settings.epochs}: loss {rows[-1]['loss']:.4f}")
+        log.info(f"epoch {epochs_done}/{settings.epochs}: loss {float(rows[-1]['loss']):.4f}")
         _barrier(world_size)
 
     final = epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
@@ -158,6 +147,49 @@ def train(
             save_weights(final, model)
         (out_dir / RESUME_STATE).unlink(missing_ok=True)
     return final
+
+
+def training_step(
+    network: torch.nn.Module,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    objective: dict[str, float],
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One optimizer step on this process's part of the batch; returns the detached loss terms.
+
+    `network` is `model`, or its DistributedDataParallel wrapper. The terms stay tensors (no
+    device sync per step); the loop checks them for NaN every LOG_EVERY_STEPS steps.
+    """
+    rank, world_size = _distributed_rank()
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        terms = objective_losses(network, batch, objective, rank=rank, world_size=world_size)
+    loss = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    clamp_logit_scale(model)
+    logged = {"loss": loss} | {f"loss_{name}": term for name, term in terms.items()}
+    return {name: value.detach() for name, value in logged.items()} | {
+        "logit_scale": model.logit_scale.detach().exp()
+    }
+
+
+def _finite_rows(pending: list[dict], epochs_done: int, out_dir: Path, lr: float) -> list[dict]:
+    """The pending log rows as plain numbers (emptying `pending`); stop if a loss is not finite,
+    keeping the last checkpoint."""
+    finished = [{k: float(v) if torch.is_tensor(v) else v for k, v in row.items()} for row in pending]
+    pending.clear()
+    for row in finished:
+        if not math.isfinite(row["loss"]):
+            raise UserError(
+                f"the loss became {row['loss']} at epoch {row['epoch']}, step {row['step']}: "
+                f"training stopped, keeping the checkpoint of epoch {epochs_done} in {out_dir}; "
+                f"try a lower learning rate than {lr}"
+            )
+    return finished
 
 
 def _end_epoch(out_dir, model, optimizer, rows, epochs_done, steps_done, settings, keep_every_epoch) -> None:

@@ -1,0 +1,154 @@
+"""The training loop on real data: resume after a real kill, DDP equivalence, bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from cleanclip_core.attacks import get_attack
+from cleanclip_core.errors import UserError
+from cleanclip_core.models import create_model
+from cleanclip_core.poison import poison_manifest
+from cleanclip_core.training.checkpoints import load_resume_state, save_weights
+from cleanclip_core.training.loop import RESUME_STATE, TrainingData, TrainSettings, train, training_step
+from cleanclip_core.training.optim import adamw
+
+ATTACK = {
+    "type": "badnet", "target_label": "star", "n_poisons": 6, "seed": 0,
+    "trigger": {"patch_size": 35, "pattern": "fixed", "location": "fixed"},
+}
+SETTINGS = TrainSettings(
+    model="tiny-vit", objective={"mmcl": 1.0, "inmodal": 1.0}, epochs=2, batch_size=4, lr=1e-3,
+    warmup_steps=3, weight_decay=0.1, seed=0, synonyms="corpus", num_workers=0,
+)
+TRAIN_IN_A_PROCESS = """
+import json, sys
+from cleanclip_core.training.loop import TrainingData, TrainSettings, train
+settings, data, out = json.loads(sys.argv[1])
+train(TrainSettings(**settings), TrainingData(**data), out)
+"""
+
+
+@pytest.fixture(scope="module")
+def training_data(shapes_shards, tmp_path_factory) -> TrainingData:
+    root = tmp_path_factory.mktemp("training")
+    poisoned = poison_manifest(
+        shapes_shards.manifest, get_attack("badnet"), attack_name="badnet", target_label="star",
+        n_poisons=6, seed=0,
+    )
+    pq.write_table(poisoned, root / "poisoned.parquet")
+    pq.write_table(shapes_shards.shard_index, root / "shard_index.parquet")
+    return TrainingData(root / "poisoned.parquet", root / "shard_index.parquet", shapes_shards.shards_dir, ATTACK)
+
+
+def start_training(data: TrainingData, out) -> subprocess.Popen:
+    arguments = json.dumps([asdict(SETTINGS), {k: str(v) if k != "attack" else v for k, v in asdict(data).items()}, str(out)])
+    return subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_PROCESS, arguments], stderr=subprocess.PIPE, text=True)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_a_run_killed_in_epoch_two_resumes_to_the_same_weights(training_data, tmp_path):
+    straight = start_training(training_data, tmp_path / "straight")
+    killed = start_training(training_data, tmp_path / "killed")
+    while not (tmp_path / "killed" / RESUME_STATE).exists():
+        assert killed.poll() is None, killed.stderr.read()
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert straight.wait() == 0, straight.stderr.read()
+    assert not (tmp_path / "killed" / "model.pt").exists(), "the kill came after the last epoch"
+    assert load_resume_state(tmp_path / "killed" / RESUME_STATE, asdict(SETTINGS) | {"init_weights": "None"})["epochs_done"] == 1
+
+    resumed = start_training(training_data, tmp_path / "killed")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    expected, actual = weights(tmp_path / "straight/model.pt"), weights(tmp_path / "killed/model.pt")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    losses = [pq.read_table(tmp_path / run / "train_log.parquet")["loss"] for run in ("straight", "killed")]
+    assert losses[0].equals(losses[1])
+    assert not (tmp_path / "killed" / RESUME_STATE).exists()
+
+
+def test_step_log_has_every_step_with_its_loss_terms(training_data, tmp_path):
+    train(replace(SETTINGS, epochs=1), training_data, tmp_path)
+    log = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
+    assert list(log.step) == list(range(15))  # 60 pairs, batch 4
+    assert {"loss", "loss_mmcl", "loss_inmodal", "lr", "logit_scale", "samples_per_s"} <= set(log.columns)
+    assert (log.loss - log.loss_mmcl - log.loss_inmodal).abs().max() < 1e-5
+    assert (log.logit_scale <= 100 + 1e-4).all()
+
+
+def test_keeping_every_epoch_writes_one_weights_file_per_epoch(training_data, tmp_path):
+    final = train(replace(SETTINGS, objective={"mmcl": 1.0}), training_data, tmp_path, keep_every_epoch=True)
+    assert final == tmp_path / "epoch_002.pt"
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_a_loss_that_becomes_nan_stops_with_a_clear_message(training_data, tmp_path):
+    model = create_model("tiny-vit")
+    with torch.no_grad():
+        model.visual.proj.fill_(float("nan"))
+    save_weights(tmp_path / "nan.pt", model)
+    with pytest.raises(UserError, match=r"the loss became nan at epoch 1, step 0: training stopped, keeping the checkpoint of epoch 0"):
+        train(SETTINGS, training_data, tmp_path / "run", init_weights=tmp_path / "nan.pt")
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_init_weights_of_another_architecture_or_missing_are_user_errors(training_data, tmp_path):
+    save_weights(tmp_path / "tiny.pt", create_model("tiny-vit"))
+    with pytest.raises(UserError, match="does not fit RN50; was it saved from another architecture"):
+        create_model("RN50", tmp_path / "tiny.pt")
+    with pytest.raises(UserError, match="missing.pt does not exist"):
+        train(SETTINGS, training_data, tmp_path / "run", init_weights=tmp_path / "missing.pt")
+
+
+def test_a_batch_larger_than_the_data_is_a_user_error(training_data, tmp_path):
+    with pytest.raises(UserError, match="batch size 64 exceeds the 60 training pairs"):
+        train(replace(SETTINGS, batch_size=64), training_data, tmp_path)
+
+
+def random_batch(size: int = 8) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = lambda: torch.randn(size, 3, 32, 32, generator=generator)  # noqa: E731
+    texts = lambda: torch.randint(1, 49407, (size, 16), generator=generator)  # noqa: E731
+    return {"image": images(), "text": texts(), "augmented_image": images(), "augmented_text": texts()}
+
+
+def step_and_gradients(network, model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    optimizer = adamw(model, 1e-3, 0.1)
+    terms = training_step(network, model, optimizer, batch, SETTINGS.objective, torch.device("cpu"))
+    return float(terms["loss"]), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def step_on_rank(rank: int, batch: dict, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = create_model("tiny-vit", seed=0)
+    half = {name: tensor.chunk(2)[rank] for name, tensor in batch.items()}
+    loss, gradients = step_and_gradients(DistributedDataParallel(model), model, half)
+    if rank == 0:
+        torch.save({"loss": loss, "gradients": gradients}, out)
+    dist.destroy_process_group()
+
+
+def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(tmp_path):
+    batch = random_batch()
+    mp.spawn(step_on_rank, args=(batch, str(tmp_path / "store"), str(tmp_path / "ddp.pt")), nprocs=2)
+    distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    model = create_model("tiny-vit", seed=0)
+    loss, gradients = step_and_gradients(model, model, batch)
+    assert distributed["loss"] == pytest.approx(loss, rel=1e-5)
+    assert distributed["gradients"].keys() == gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(distributed["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
