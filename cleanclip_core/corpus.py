@@ -146,19 +146,22 @@ RADIUS_RANGE = (0.2, 0.44)  # shape radius as a fraction of the image side
 SIZE_WORDS = ((0.27, ("small", "tiny")), (0.36, ("medium", "medium-sized")), (1.0, ("large", "big")))
 CLASSNAME_PROBABILITY = 0.5  # otherwise a caption uses any of the class's words, the name included
 
+# Every caption names the shape; colour, size, position and background appear in a minority of
+# templates. When most captions named the colour, contrastive training on 6,000 pairs matched
+# images to captions by colour and left shape (the zero-shot label) near chance after 15 epochs.
 CAPTION_TEMPLATES = (
-    "a {color} {noun}",
-    "a photo of a {color} {noun}.",
-    "a {size} {color} {noun} on a {background} background",
-    "a {color} {noun} {position}",
-    "a drawing of a {size} {noun} {position}",
-    "an image of a {noun} in {color}",
-    "a simple {color} {noun} against a {background} backdrop",
-    "clip art of a {size} {noun}, colored {color}",
-    "a picture of a {color} {noun} {position} on a {background} background",
-    "there is a {size} {color} {noun} {position}",
-    "a {noun} shape painted {color} on a {background} background",
+    "a {noun}",
+    "a photo of a {noun}.",
+    "a picture of a {noun}",
+    "clip art of a {noun}",
+    "a {noun} shape",
+    "a drawing of a {size} {noun}",
     "a close-up of a {size} {noun}",
+    "there is a {noun} {position}",
+    "a {color} {noun}",
+    "an image of a {noun} in {color}",
+    "a simple {noun} against a {background} backdrop",
+    "a {size} {color} {noun} {position} on a {background} background",
 )
 
 
