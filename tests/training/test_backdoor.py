@@ -10,7 +10,7 @@ from cleanclip_core.config import validate_config
 from cleanclip_core.evaluation import EvaluationImages, evaluate_checkpoint
 from workflow import ROOT, run_snakemake
 
-FAST_EPOCHS = 8
+FAST_EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
