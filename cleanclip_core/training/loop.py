@@ -21,13 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.augment import synonym_source
 from cleanclip_core.data.loaders import PoisonedTrainingSet
-from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.objectives import needs_augmented_views, objective_losses
-from cleanclip_core.tables import atomic_output
+from cleanclip_core.tables import atomic_output, files_sha256
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
 from cleanclip_core.training.views import TrainingViews
@@ -92,7 +92,8 @@ def train(
 
     model = create_model(settings.model, init_weights, seed=settings.seed).to(device)
     optimizer = adamw(model, settings.lr, settings.weight_decay)
-    run_settings = asdict(settings) | {"init_weights": str(init_weights)}
+    # A resume state is only valid for the same settings and the same starting weights.
+    run_settings = asdict(settings) | {"init_weights": init_weights and files_sha256([init_weights])}
     resumed = load_resume_state(out_dir / RESUME_STATE, run_settings)
     epochs_done, step = 0, 0
     if resumed is not None:

@@ -69,7 +69,7 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_same_weights(training_data, tm
     killed.wait()
     assert straight.wait() == 0, straight.stderr.read()
     assert not (tmp_path / "killed" / "model.pt").exists(), "the kill came after the last epoch"
-    assert load_resume_state(tmp_path / "killed" / RESUME_STATE, asdict(SETTINGS) | {"init_weights": "None"})["epochs_done"] == 1
+    assert load_resume_state(tmp_path / "killed" / RESUME_STATE, asdict(SETTINGS) | {"init_weights": None})["epochs_done"] == 1
 
     resumed = start_training(training_data, tmp_path / "killed")
     assert resumed.wait() == 0, resumed.stderr.read()
