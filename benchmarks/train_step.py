@@ -6,7 +6,7 @@ comparison is of the step itself, not of data loading. Prints samples/s of each 
 --rounds, alternating) and their ratio (ours / open_clip_train's).
 
 Defaults: on a GPU, RN50 at 224 px in bf16 autocast with batch 256; on a CPU, the embedded
-default's tiny-vit in fp32 with batch 128.
+default's tiny-rn in fp32 with batch 128.
 """
 
 import argparse
@@ -99,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.INFO)  # open_clip_train logs every epoch's end
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_name = args.model or ("RN50" if device.type == "cuda" else "tiny-vit")
+    model_name = args.model or ("RN50" if device.type == "cuda" else "tiny-rn")
     batch_size = args.batch_size or (256 if device.type == "cuda" else 128)
     batches = make_batches(model_name, batch_size, args.steps, device)
     warm_up = Batches(batches[:2])
