@@ -1,9 +1,7 @@
 """The experiment config: validated against its JSON schema, which also supplies every default."""
 
 import copy
-import hashlib
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -63,8 +61,3 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read config {path}: {error}") from None
     return check_input_files(validate_config(config))
 
-
-def config_hash(config_slice: Mapping[str, Any]) -> str:
-    """A short stable hash of a config slice (key order does not matter)."""
-    encoded = json.dumps(config_slice, sort_keys=True).encode()
-    return hashlib.sha256(encoded).hexdigest()[:16]

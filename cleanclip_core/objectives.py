@@ -11,9 +11,6 @@ import torch
 
 from cleanclip_core.losses import inmodal_loss, mmcl_loss
 
-LOSS_TERMS = ("mmcl", "inmodal")
-
-
 def needs_augmented_views(weights: Mapping[str, float]) -> bool:
     return weights.get("inmodal", 0) != 0
 
