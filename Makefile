@@ -13,6 +13,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 run: $(VENV)/.synced
 	$(SNAKEMAKE) --profile profiles/local
+	$(SNAKEMAKE) --profile profiles/local --report results/report.html
+	@echo
+	@echo "figure:   results/figures/fig2.pdf (and .png; trajectories.pdf beside it)"
+	@echo "table:    results/tables/best_accuracy.csv"
+	@echo "report:   results/report.html"
+	@echo "database: results/results.duckdb (views metrics_wide, cleaning_trajectories, best_accuracy_at_low_asr)"
 
 test: $(VENV)/.synced
 	$(VENV)/bin/pytest

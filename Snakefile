@@ -1,7 +1,7 @@
 # Backdoor poisoning and cleaning of CLIP models: the DAG from download to figures.
 import sys
 
-from cleanclip_core.config import check_input_files, validate_config
+from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 
 
@@ -9,7 +9,7 @@ configfile: "config.yaml"
 
 
 try:
-    check_input_files(validate_config(config))
+    check_config(validate_config(config))
 except UserError as error:
     sys.exit(f"error: {error}")
 
@@ -18,6 +18,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/poison.smk"
 include: "rules/train.smk"
+include: "rules/results.smk"
 
 
 rule all:
@@ -28,11 +29,6 @@ rule all:
             dataset=DATASET,
             attack=config["attacks"],
         ),
-        expand(
-            "results/{dataset}/{attack}/pretrain/{objective}/clean/{method}/lr_{lr}/train_log.parquet",
-            dataset=DATASET,
-            attack=STUDY_ATTACK,
-            objective=PRETRAIN_OBJECTIVES,
-            method=CLEAN_METHODS,
-            lr=CLEAN_LRS,
-        ),
+        "results/figures/fig2.pdf",
+        "results/figures/trajectories.pdf",
+        "results/tables/best_accuracy.csv",

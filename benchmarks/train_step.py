@@ -20,6 +20,7 @@ from open_clip_train.data import DataInfo
 from open_clip_train.train import train_one_epoch
 
 from cleanclip_core.models import create_model, image_size_of
+from cleanclip_core.objectives import ObjectiveNetwork
 from cleanclip_core.training.loop import training_step
 from cleanclip_core.training.optim import adamw, warmup_cosine
 
@@ -51,14 +52,15 @@ def make_batches(model_name: str, size: int, steps: int, device: torch.device) -
 
 def ours(model_name: str, batches: Batches, device: torch.device) -> float:
     model = create_model(model_name).to(device)
-    optimizer = adamw(model, LR, WEIGHT_DECAY)
+    network = ObjectiveNetwork(model)
+    optimizer = adamw(network, LR, WEIGHT_DECAY)
     schedule = warmup_cosine(optimizer, LR, WARMUP, len(batches))
 
     def run() -> None:
         for step, (images, texts) in enumerate(batches):
             schedule(step)
             batch = {"image": images, "text": texts}
-            training_step(model, model, optimizer, batch, {"mmcl": 1.0}, device)
+            training_step(network, model, optimizer, batch, {"mmcl": 1.0}, device)
 
     return timed(run, batches, device)
 

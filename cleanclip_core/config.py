@@ -42,14 +42,49 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def check_input_files(config: dict[str, Any]) -> dict[str, Any]:
-    """Check that the files the config names exist; return the config."""
+def _check_references(config: dict[str, Any]) -> None:
+    """Names that must be keys of another section, and the labels the supervised objective needs."""
+    named = [("study.attack", [config["study"]["attack"]], "attacks")]
+    named += [(f"{stage}.{key}", config[stage][key], "objectives")
+              for stage, key in (("pretrain", "objectives"), ("clean", "methods"))]
+    for location, names, section in named:
+        unknown = [name for name in names if name not in config[section]]
+        if unknown:
+            raise UserError(f"config: {location}: {unknown[0]!r} is not one of {section} ({', '.join(config[section])})")
+    def supervised(stage: str, key: str) -> list[str]:
+        return [name for name in config[stage][key] if config["objectives"][name].get("supervised")]
+
+    if supervised("pretrain", "objectives"):
+        raise UserError(
+            f"config: pretrain.objectives: {supervised('pretrain', 'objectives')[0]!r} has a "
+            "supervised term, which only cleaning supports"
+        )
+    supervised_methods = supervised("clean", "methods")
+    if supervised_methods and config["dataset"]["url_list"] and not config["clean"]["labels"]:
+        raise UserError(
+            f"config: clean.labels: cleaning method {supervised_methods[0]!r} is supervised and needs a "
+            "labels table (url, classname) for the downloaded dataset"
+        )
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a validated config's cross-references and that the files it names exist; return it."""
+    _check_references(config)
     url_list = config["dataset"]["url_list"]
     if url_list is not None and not Path(url_list).is_file():
         raise UserError(
             f"config: dataset.url_list: {url_list} does not exist; point it at a CC3M-format "
             "TSV (caption<TAB>url) or set it to null to generate the embedded corpus"
         )
+    classnames = config["evaluation"]["classnames"]
+    named_files = {
+        "clean.labels": config["clean"]["labels"],
+        "evaluation.images": config["evaluation"]["images"],
+        "evaluation.classnames": None if classnames == "imagenet" else classnames,
+    }
+    for location, path in named_files.items():
+        if path is not None and not Path(path).exists():
+            raise UserError(f"config: {location}: {path} does not exist")
     return config
 
 
@@ -59,5 +94,5 @@ def load_config(path: Path) -> dict[str, Any]:
         config = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise UserError(f"cannot read config {path}: {error}") from None
-    return check_input_files(validate_config(config))
+    return check_config(validate_config(config))
 

@@ -5,6 +5,7 @@ to the lower class index, as `torch.argmax` breaks it. So "the top-k predictions
 means fewer than k classes outrank c: a higher logit, or an equal logit and a lower index.
 """
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 
 import open_clip
 import torch
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -21,6 +22,9 @@ from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.data.loaders import EvaluationSet, Transform
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.results import CheckpointIdentity, code_version, config_hash, metrics_table, write_metrics
+
+log = logging.getLogger(__name__)
 
 Template = str | Callable[[str], str]
 Batches = Iterable[Mapping[str, Any]]
@@ -165,6 +169,16 @@ def evaluate_zero_shot(
     return metrics
 
 
+def read_classnames(source: str | None) -> list[str] | None:
+    """Class names in label order: `imagenet` (open_clip's ImageNet-1K names), a text file with one
+    name per line, or None (an ImageFolder's folder names)."""
+    if source is None:
+        return None
+    if source == "imagenet":
+        return list(IMAGENET_CLASSNAMES)
+    return [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+
+
 @dataclass(frozen=True)
 class EvaluationImages:
     """Labelled evaluation images: an ImageFolder root or a CleanCLIP-style labels.csv, with
@@ -212,3 +226,28 @@ def evaluate_checkpoint(
 
     target = target_class_index(clean.classnames, attack["target_label"])
     return evaluate_zero_shot(model, classifier, batches(clean), batches(triggered), target, device)
+
+
+def write_checkpoint_metrics(
+    model_name: str,
+    weights: str,
+    images: str,
+    classnames: str | None,
+    attack: Mapping[str, Any],
+    checkpoint: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    output: str,
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Evaluate one checkpoint and write its tidy metrics table (with provenance) to `output`.
+
+    The evaluation stage: plain arguments (`classnames` as read_classnames takes them, the
+    checkpoint's CheckpointIdentity fields), so launching it needs no torch.
+    """
+    evaluation_images = EvaluationImages(Path(images), read_classnames(classnames))
+    metrics = evaluate_checkpoint(model_name, Path(weights), evaluation_images, attack, batch_size, num_workers)
+    log.info(f"{weights}: " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+    table = metrics_table(metrics, CheckpointIdentity(**checkpoint), config_hash(provenance), code_version())
+    write_metrics(table, Path(output))
+    return metrics

@@ -15,6 +15,14 @@ def url_list(wildcards):
     return config["dataset"]["url_list"] or f"results/{wildcards.dataset}/corpus/urls.tsv"
 
 
+def cleaning_labels(wildcards):
+    """The labels of the cleaning pairs and the manifest that maps their keys to urls, if any:
+    the configured table, else the generated corpus's; a downloaded dataset may have none."""
+    generated = config["dataset"]["url_list"] is None
+    labels = config["clean"]["labels"] or (generated and f"results/{wildcards.dataset}/corpus/train_labels.parquet")
+    return {"labels": labels, "manifest": f"results/{wildcards.dataset}/manifest.parquet"} if labels else {}
+
+
 def attack_config(wildcards):
     return config["attacks"][wildcards.attack]
 
@@ -31,6 +39,12 @@ def lr_label(lr):
 
 
 CLEAN_LRS = [lr_label(lr) for lr in config["clean"]["lrs"]]
+PRETRAIN_RUN = "results/{dataset}/{attack}/pretrain/{objective}"
+CLEAN_RUN = f"{PRETRAIN_RUN}/clean/{{method}}/lr_{{lr}}"
+CLEAN_EPOCH_WEIGHTS = expand(f"{CLEAN_RUN}/epoch_{{epoch:03d}}.pt", epoch=CLEAN_EPOCHS, allow_missing=True)
+CLEAN_EPOCH_METRICS = expand(
+    f"{CLEAN_RUN}/epoch_{{epoch:03d}}/metrics.parquet", epoch=CLEAN_EPOCHS, allow_missing=True
+)
 
 
 wildcard_constraints:
@@ -59,3 +73,48 @@ def pretrain_settings(wildcards):
 def clean_settings(wildcards):
     return training_settings("clean", wildcards.method, float(wildcards.lr))
 
+
+
+def evaluation_images(wildcards):
+    """The labelled evaluation images: the configured ones, else the generated corpus's split."""
+    return config["evaluation"]["images"] or f"results/{wildcards.dataset}/corpus/eval"
+
+
+def pretrained_checkpoints(wildcards):
+    """The identity of a pretrained model (cleanclip_core.results.CheckpointIdentity), in a list."""
+    return [{"dataset": wildcards.dataset, "attack": wildcards.attack, "pretrain_objective": wildcards.objective}]
+
+
+def cleaned_checkpoints(wildcards):
+    """The identities of a cleaning run's epochs."""
+    run = pretrained_checkpoints(wildcards)[0] | {"clean_method": wildcards.method, "lr": float(wildcards.lr)}
+    return [run | {"epoch": epoch} for epoch in CLEAN_EPOCHS]
+
+
+def pretrained_provenance(wildcards):
+    """Every setting that made a pretrained model and its metrics: their hash is the config_hash."""
+    return {
+        "dataset": config["dataset"],
+        "attack": attack_config(wildcards),
+        "init_weights": config["model"]["init_weights"],
+        "pretrain": pretrain_settings(wildcards),
+        "evaluation": config["evaluation"],
+    }
+
+
+def cleaned_provenance(wildcards):
+    cleaning_set = {key: config["clean"][key] for key in ("n_clean", "n_poisons", "seed", "labels")}
+    return pretrained_provenance(wildcards) | {"clean": clean_settings(wildcards) | cleaning_set}
+
+
+def study_metrics(wildcards):
+    """The metrics files of the study: every pretrained model and every cleaning epoch."""
+    study = {"dataset": DATASET, "attack": STUDY_ATTACK, "objective": PRETRAIN_OBJECTIVES}
+    pretrained = expand(f"{PRETRAIN_RUN}/metrics.parquet", **study)
+    cleaned = expand(CLEAN_EPOCH_METRICS, **study, method=CLEAN_METHODS, lr=CLEAN_LRS)
+    return pretrained + cleaned
+
+
+def run_folder(wildcards, output):
+    """Where a training run writes: the folder of its step log."""
+    return str(Path(output.step_log).parent)

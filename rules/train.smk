@@ -8,13 +8,14 @@ rule pretrain:
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
     output:
-        weights="results/{dataset}/{attack}/pretrain/{objective}/model.pt",
-        step_log="results/{dataset}/{attack}/pretrain/{objective}/train_log.parquet",
+        weights=f"{PRETRAIN_RUN}/model.pt",
+        step_log=f"{PRETRAIN_RUN}/train_log.parquet",
     params:
         settings=pretrain_settings,
         attack=attack_config,
         init_weights=config["model"]["init_weights"],
         keep_every_epoch=False,
+        out_dir=run_folder,
     threads: 2
     log:
         "results/logs/pretrain/{dataset}/{attack}/{objective}.log",
@@ -28,7 +29,8 @@ rule pretrain:
 
 rule cleaning_set:
     input:
-        "results/{dataset}/{attack}/poisoned_manifest.parquet",
+        unpack(cleaning_labels),
+        poisoned_manifest="results/{dataset}/{attack}/poisoned_manifest.parquet",
     output:
         "results/{dataset}/{attack}/cleaning_set.parquet",
     params:
@@ -50,17 +52,15 @@ rule clean:
         manifest="results/{dataset}/{attack}/cleaning_set.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
-        init_weights="results/{dataset}/{attack}/pretrain/{objective}/model.pt",
+        init_weights=f"{PRETRAIN_RUN}/model.pt",
     output:
-        weights=expand(
-            "results/{{dataset}}/{{attack}}/pretrain/{{objective}}/clean/{{method}}/lr_{{lr}}/epoch_{epoch:03d}.pt",
-            epoch=CLEAN_EPOCHS,
-        ),
-        step_log="results/{dataset}/{attack}/pretrain/{objective}/clean/{method}/lr_{lr}/train_log.parquet",
+        weights=CLEAN_EPOCH_WEIGHTS,
+        step_log=f"{CLEAN_RUN}/train_log.parquet",
     params:
         settings=clean_settings,
         attack=attack_config,
         keep_every_epoch=True,
+        out_dir=run_folder,
     threads: 2
     log:
         "results/logs/clean/{dataset}/{attack}/{objective}/{method}/lr_{lr}.log",

@@ -1,9 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cleanclip_core.config import SCHEMA_PATH, load_config, validate_config
+from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, validate_config
 from cleanclip_core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +67,22 @@ def test_missing_url_list_is_a_user_error(tmp_path):
     path.write_text(yaml.safe_dump({"dataset": {"url_list": str(tmp_path / "missing.tsv")}}))
     with pytest.raises(UserError, match="missing.tsv does not exist"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"study": {"attack": "sig"}}, "study.attack: 'sig' is not one of attacks (badnet)"),
+        ({"clean": {"methods": ["cleanclp"]}}, "clean.methods: 'cleanclp' is not one of objectives"),
+        ({"pretrain": {"objectives": ["supervised"]}}, "'supervised' has a supervised term, which only cleaning supports"),
+        ({"clean": {"methods": ["supervised"]}, "dataset": {"url_list": "cc3m.tsv"}}, "clean.labels: cleaning method 'supervised' is supervised and needs a labels table"),
+    ],
+)
+def test_names_must_exist_and_supervised_cleaning_needs_labels(config, message):
+    config = validate_config({"attacks": {"badnet": {"type": "badnet"}}} | config)
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(config)
+
+
+def test_supervised_cleaning_of_the_generated_corpus_uses_its_labels():
+    check_config(validate_config({"attacks": {"badnet": {"type": "badnet"}}, "clean": {"methods": ["supervised"]}}))

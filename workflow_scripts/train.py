@@ -1,18 +1,17 @@
-from pathlib import Path
-
+from cleanclip_core.launch import launch_from_snakemake, run_stages
 from cleanclip_core.reporting import reported_step
-from cleanclip_core.training.loop import TrainingData, TrainSettings, train
 
 with reported_step(snakemake.log[0]):
-    train(
-        TrainSettings(**snakemake.params.settings),
-        TrainingData(
-            snakemake.input.manifest,
-            snakemake.input.shard_index,
-            snakemake.input.shards,
-            snakemake.params.attack,
-        ),
-        Path(snakemake.output.step_log).parent,
-        init_weights=snakemake.input.get("init_weights", snakemake.params.get("init_weights")),
-        keep_every_epoch=snakemake.params.keep_every_epoch,
-    )
+    call = {
+        "settings": snakemake.params.settings,
+        "data": {
+            "manifest": snakemake.input.manifest,
+            "shard_index": snakemake.input.shard_index,
+            "shards_dir": snakemake.input.shards,
+            "attack": snakemake.params.attack,
+        },
+        "out_dir": snakemake.params.out_dir,
+        "init_weights": snakemake.input.get("init_weights", snakemake.params.get("init_weights")),
+        "keep_every_epoch": snakemake.params.keep_every_epoch,
+    }
+    run_stages("cleanclip_core.training.loop:run_training", [call], **launch_from_snakemake(snakemake))

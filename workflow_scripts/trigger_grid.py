@@ -1,4 +1,4 @@
-from cleanclip_core.plots import write_trigger_grid
+from cleanclip_core.plots.trigger_grid import write_trigger_grid
 from cleanclip_core.reporting import reported_step
 
 with reported_step(snakemake.log[0]):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cleanclip_core.errors import UserError
@@ -30,11 +31,39 @@ def cleaning_set(poisoned_manifest: pa.Table, n_clean: int, n_poisons: int, seed
     return poisoned_manifest.take(np.sort(chosen))
 
 
+def with_class_labels(pairs: pa.Table, manifest: pa.Table, labels: pa.Table) -> pa.Table:
+    """`pairs` with a `classname` column: each row's key found in the manifest, its url in `labels`."""
+    missing = [c for c in ("url", "classname") if c not in labels.column_names]
+    if missing:
+        raise UserError(f"the labels table lacks columns {', '.join(missing)}; it needs url and classname")
+    urls = manifest["url"].take(pc.index_in(pairs["key"], value_set=manifest["key"]))
+    classnames = labels["classname"].take(pc.index_in(urls, value_set=labels["url"]))
+    if classnames.null_count:
+        unlabelled = urls.filter(pc.is_null(classnames))
+        raise UserError(
+            f"{len(unlabelled)} cleaning pairs have no label in the labels table (e.g. {unlabelled[0]})"
+        )
+    return pairs.append_column("classname", classnames)
+
+
 def write_cleaning_set(
-    poisoned_manifest_path: Path, output_path: Path, *, n_clean: int, n_poisons: int, seed: int
+    poisoned_manifest_path: Path,
+    output_path: Path,
+    *,
+    n_clean: int,
+    n_poisons: int,
+    seed: int,
+    manifest_path: Path | None = None,
+    labels_path: Path | None = None,
 ) -> pa.Table:
+    """The cleaning set, labelled with class names when a labels table (url, classname) is given
+    with the manifest that maps keys to urls."""
     table = cleaning_set(pq.read_table(poisoned_manifest_path), n_clean, n_poisons, seed)
+    inputs = [poisoned_manifest_path]
+    if labels_path is not None:
+        table = with_class_labels(table, pq.read_table(manifest_path), pq.read_table(labels_path))
+        inputs += [manifest_path, labels_path]
     config = {"n_clean": n_clean, "n_poisons": n_poisons, "seed": seed}
-    write_table(table, output_path, config=config, inputs_sha256=files_sha256([poisoned_manifest_path]))
+    write_table(table, output_path, config=config, inputs_sha256=files_sha256(inputs))
     log.info(f"cleaning set: {n_clean} clean and {n_poisons} poisoned pairs")
     return table

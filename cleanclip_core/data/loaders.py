@@ -72,10 +72,23 @@ def _locate(manifest: pa.Table, shard_index: pa.Table) -> pa.Table:
     return shard_index.take(positions)
 
 
+def _class_labels(manifest: pa.Table) -> tuple[list[str] | None, np.ndarray | None]:
+    """The sorted class names of a labelled manifest (a `classname` column) and each row's index
+    into them; (None, None) for a manifest without labels."""
+    if "classname" not in manifest.column_names:
+        return None, None
+    classnames = manifest["classname"]
+    if classnames.null_count:
+        raise UserError(f"{classnames.null_count} rows of the labelled training pairs have no classname")
+    encoded = pc.unique(classnames).sort()
+    return encoded.to_pylist(), pc.index_in(classnames, value_set=encoded).to_numpy()
+
+
 class PoisonedTrainingSet(Dataset):
     """Training pairs of a poisoned manifest, read from webdataset shards by byte offset.
 
-    Item i is manifest row i: {image [3, S, S] float32 in [0, 1], caption, index, is_poison}.
+    Item i is manifest row i: {image [3, S, S] float32 in [0, 1], caption, index, is_poison},
+    and its class `label` (an index into `classnames`) when the manifest has a `classname` column.
     A poisoned row's image carries `trigger(image, trigger_seed)`; with trigger None every image
     is clean (the view the poisoned rows had before poisoning).
     """
@@ -102,6 +115,7 @@ class PoisonedTrainingSet(Dataset):
         self._captions = poisoned_manifest["caption"].combine_chunks()
         self.is_poison: np.ndarray = poisoned_manifest["is_poison"].to_numpy()
         self._trigger_seeds = poisoned_manifest["trigger_seed"].fill_null(0).to_numpy()
+        self.classnames, self._labels = _class_labels(poisoned_manifest)
         self.shards_dir = Path(shards_dir)
         self.image_size = image_size
         self.trigger = trigger
@@ -135,12 +149,15 @@ class PoisonedTrainingSet(Dataset):
             int(self._trigger_seeds[index]) if is_poison else None,
             self.transform,
         )
-        return {
+        item = {
             "image": image,
             "caption": self._captions[index].as_py(),
             "index": index,
             "is_poison": is_poison,
         }
+        if self._labels is not None:
+            item["label"] = int(self._labels[index])
+        return item
 
     def _image_bytes(self, index: int) -> torch.Tensor:
         buffer = bytearray(int(self._sizes[index]))

@@ -3,10 +3,15 @@
 Each epoch ends with its checkpoint (written atomically); a killed run started again with the
 same settings resumes from the last one and ends with the same weights as an uninterrupted run:
 data order, augmentations and initialization are all functions of the seed and the epoch.
+Until the run ends, everything it writes stays in `partial/` under its output folder: a
+workflow manager that deletes the outputs of an interrupted job before rerunning it deletes
+nothing the resumed run needs.
 """
 
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +31,7 @@ from cleanclip_core.augment import synonym_source
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.objectives import needs_augmented_views, objective_losses
+from cleanclip_core.objectives import ObjectiveNetwork, needs_augmented_views, needs_labels, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
@@ -34,6 +39,7 @@ from cleanclip_core.training.views import TrainingViews
 
 log = logging.getLogger(__name__)
 
+PARTIAL = "partial"
 RESUME_STATE = "resume.pt"
 LOG_EVERY_STEPS = 20
 STEP_LOG = "train_log.parquet"
@@ -84,26 +90,29 @@ def train(
     """Train on `data`; write the step log and the final weights, whose path is returned:
     `epoch_NNN.pt` for every epoch if `keep_every_epoch`, else `model.pt`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / PARTIAL
+    partial.mkdir(parents=True, exist_ok=True)
     rank, world_size = _distributed_rank()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if settings.batch_size % world_size:
         raise UserError(f"batch size {settings.batch_size} does not split over {world_size} processes")
 
-    model = create_model(settings.model, init_weights, seed=settings.seed).to(device)
-    optimizer = adamw(model, settings.lr, settings.weight_decay)
+    model = create_model(settings.model, init_weights, seed=settings.seed)
+    pairs = data.pairs(image_size_of(model))
+    trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective)).to(device)
+    optimizer = adamw(trained, settings.lr, settings.weight_decay)
     # A resume state is only valid for the same settings and the same starting weights.
     run_settings = asdict(settings) | {"init_weights": init_weights and files_sha256([init_weights])}
-    resumed = load_resume_state(out_dir / RESUME_STATE, run_settings)
+    resumed = load_resume_state(partial / RESUME_STATE, run_settings)
     epochs_done, step = 0, 0
     if resumed is not None:
-        model.load_state_dict(resumed["state_dict"])
+        trained.load_state_dict(resumed["state_dict"])
         optimizer.load_state_dict(resumed["optimizer"])
         epochs_done, step = resumed["epochs_done"], resumed["steps_done"]
         log.info(f"resuming {out_dir} after epoch {epochs_done}")
 
     views = TrainingViews(
-        data.pairs(image_size_of(model)),
+        pairs,
         tokenizer_for(settings.model),
         normalization_for(model),
         synonym_source(settings.synonyms) if needs_augmented_views(settings.objective) else None,
@@ -117,8 +126,12 @@ def train(
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
     schedule = warmup_cosine(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
-    network = DistributedDataParallel(model) if world_size > 1 else model
-    rows = _earlier_log_rows(out_dir / STEP_LOG, epochs_done)
+    # A supervised-only objective leaves the text tower without gradients.
+    network = (
+        DistributedDataParallel(trained, find_unused_parameters=needs_labels(settings.objective))
+        if world_size > 1 else trained
+    )
+    rows = _earlier_log_rows(partial / STEP_LOG, epochs_done)
     pending: list[dict] = []  # logged steps whose values are still tensors
 
     for epoch in range(epochs_done, settings.epochs):
@@ -133,21 +146,36 @@ def train(
             pending.append({"epoch": epoch + 1, "step": step, "lr": lr, "samples_per_s": settings.batch_size / seconds} | terms)
             step += 1
             if step % LOG_EVERY_STEPS == 0:
-                rows += _finite_rows(pending, epochs_done, out_dir, settings.lr)
+                rows += _finite_rows(pending, epochs_done, partial, settings.lr)
                 progress.set_postfix(loss=f"{rows[-1]['loss']:.3f}", lr=f"{lr:.2e}")
-        rows += _finite_rows(pending, epochs_done, out_dir, settings.lr)
+        rows += _finite_rows(pending, epochs_done, partial, settings.lr)
         epochs_done = epoch + 1
         if rank == 0:
-            _end_epoch(out_dir, model, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch)
+            _end_epoch(partial, trained, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch)
         log.info(f"epoch {epochs_done}/{settings.epochs}: loss {float(rows[-1]['loss']):.4f}")
         _barrier(world_size)
 
-    final = epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
     if rank == 0:
         if not keep_every_epoch:
-            save_weights(final, model)
-        (out_dir / RESUME_STATE).unlink(missing_ok=True)
-    return final
+            save_weights(partial / "model.pt", model)
+        _publish(partial, out_dir)
+    return epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
+
+
+def run_training(
+    settings: dict[str, Any],
+    data: dict[str, Any],
+    out_dir: str,
+    init_weights: str | None = None,
+    keep_every_epoch: bool = False,
+) -> str:
+    """The training stage: `train` from plain arguments (the fields of TrainSettings and
+    TrainingData), so launching it needs no torch; returns the final weights' path."""
+    final = train(
+        TrainSettings(**settings), TrainingData(**data), Path(out_dir),
+        init_weights=init_weights, keep_every_epoch=keep_every_epoch,
+    )
+    return str(final)
 
 
 def training_step(
@@ -160,7 +188,7 @@ def training_step(
 ) -> dict[str, torch.Tensor]:
     """One optimizer step on this process's part of the batch; returns the detached loss terms.
 
-    `network` is `model`, or its DistributedDataParallel wrapper. The terms stay tensors (no
+    `network` is the ObjectiveNetwork over `model`, or its DistributedDataParallel wrapper. The terms stay tensors (no
     device sync per step); the loop checks them for NaN every LOG_EVERY_STEPS steps.
     """
     rank, world_size = _distributed_rank()
@@ -178,7 +206,7 @@ def training_step(
     }
 
 
-def _finite_rows(pending: list[dict], epochs_done: int, out_dir: Path, lr: float) -> list[dict]:
+def _finite_rows(pending: list[dict], epochs_done: int, folder: Path, lr: float) -> list[dict]:
     """The pending log rows as plain numbers (emptying `pending`); stop if a loss is not finite,
     keeping the last checkpoint."""
     finished = [{k: float(v) if torch.is_tensor(v) else v for k, v in row.items()} for row in pending]
@@ -187,22 +215,46 @@ def _finite_rows(pending: list[dict], epochs_done: int, out_dir: Path, lr: float
         if not math.isfinite(row["loss"]):
             raise UserError(
                 f"the loss became {row['loss']} at epoch {row['epoch']}, step {row['step']}: "
-                f"training stopped, keeping the checkpoint of epoch {epochs_done} in {out_dir}; "
+                f"training stopped, keeping the checkpoint of epoch {epochs_done} in {folder}; "
                 f"try a lower learning rate than {lr}"
             )
     return finished
 
 
-def _end_epoch(out_dir, model, optimizer, rows, epochs_done, steps_done, settings, keep_every_epoch) -> None:
+def _n_classes(pairs: PoisonedTrainingSet, objective: dict[str, float]) -> int | None:
+    """The supervised head's classes: those of the labelled training pairs."""
+    if not needs_labels(objective):
+        return None
+    if pairs.classnames is None:
+        raise UserError(
+            "the supervised objective needs labelled training pairs; give clean.labels "
+            "(a Parquet table of url and classname) for a downloaded dataset"
+        )
+    return len(pairs.classnames)
+
+
+def _end_epoch(folder, trained, optimizer, rows, epochs_done, steps_done, settings, keep_every_epoch) -> None:
     """Write the epoch's weights and log, then the resume state: the state is the commit point."""
     if keep_every_epoch:
-        save_weights(epoch_weights(out_dir, epochs_done), model)
-    with atomic_output(out_dir / STEP_LOG) as temporary:
+        save_weights(epoch_weights(folder, epochs_done), trained.clip)
+    with atomic_output(folder / STEP_LOG) as temporary:
         pq.write_table(pa.Table.from_pylist(rows), temporary)
     save_resume_state(
-        out_dir / RESUME_STATE, model, optimizer,
+        folder / RESUME_STATE, trained, optimizer,
         epochs_done=epochs_done, steps_done=steps_done, settings=settings,
     )
+
+
+def _publish(partial: Path, out_dir: Path) -> None:
+    """Link the finished run's files from `partial` into `out_dir`, then remove `partial`.
+
+    The resume state goes last: a run killed while publishing publishes again when restarted.
+    """
+    for path in sorted(partial.iterdir()):
+        if path.name != RESUME_STATE:
+            with atomic_output(out_dir / path.name) as temporary:
+                os.link(path, temporary)
+    shutil.rmtree(partial)
 
 
 def _earlier_log_rows(path: Path, epochs_done: int) -> list[dict]:

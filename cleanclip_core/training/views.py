@@ -55,6 +55,8 @@ class TrainingViews(Dataset):
             "index": index,
             "is_poison": pair["is_poison"],
         }
+        if "label" in pair:
+            item["label"] = pair["label"]
         if self.augments:
             seed = sample_seed(self.seed, index)
             image_seed = sample_seed(seed, self.epoch)

@@ -16,10 +16,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.errors import UserError
+from cleanclip_core.data.cleaning_set import with_class_labels
 from cleanclip_core.models import create_model
+from cleanclip_core.objectives import ObjectiveNetwork
 from cleanclip_core.poison import poison_manifest
 from cleanclip_core.training.checkpoints import load_resume_state, save_weights
-from cleanclip_core.training.loop import RESUME_STATE, TrainingData, TrainSettings, train, training_step
+from cleanclip_core.training.loop import PARTIAL, RESUME_STATE, TrainingData, TrainSettings, train, training_step
 from cleanclip_core.training.optim import adamw
 
 ATTACK = {
@@ -47,6 +49,7 @@ def training_data(shapes_shards, tmp_path_factory) -> TrainingData:
     )
     pq.write_table(poisoned, root / "poisoned.parquet")
     pq.write_table(shapes_shards.shard_index, root / "shard_index.parquet")
+    pq.write_table(with_class_labels(poisoned, shapes_shards.manifest, pq.read_table(shapes_shards.corpus.train_labels)), root / "labelled.parquet")
     return TrainingData(root / "poisoned.parquet", root / "shard_index.parquet", shapes_shards.shards_dir, ATTACK)
 
 
@@ -62,14 +65,15 @@ def weights(path) -> dict[str, torch.Tensor]:
 def test_a_run_killed_in_epoch_two_resumes_to_the_same_weights(training_data, tmp_path):
     straight = start_training(training_data, tmp_path / "straight")
     killed = start_training(training_data, tmp_path / "killed")
-    while not (tmp_path / "killed" / RESUME_STATE).exists():
+    while not (tmp_path / "killed" / PARTIAL / RESUME_STATE).exists():
         assert killed.poll() is None, killed.stderr.read()
         time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert straight.wait() == 0, straight.stderr.read()
-    assert not (tmp_path / "killed" / "model.pt").exists(), "the kill came after the last epoch"
-    assert load_resume_state(tmp_path / "killed" / RESUME_STATE, asdict(SETTINGS) | {"init_weights": None})["epochs_done"] == 1
+    # Nothing outside partial/: a workflow manager deleting the job's outputs deletes no progress.
+    assert [path.name for path in (tmp_path / "killed").iterdir()] == [PARTIAL]
+    assert load_resume_state(tmp_path / "killed" / PARTIAL / RESUME_STATE, asdict(SETTINGS) | {"init_weights": None})["epochs_done"] == 1
 
     resumed = start_training(training_data, tmp_path / "killed")
     assert resumed.wait() == 0, resumed.stderr.read()
@@ -78,7 +82,7 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_same_weights(training_data, tm
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     losses = [pq.read_table(tmp_path / run / "train_log.parquet")["loss"] for run in ("straight", "killed")]
     assert losses[0].equals(losses[1])
-    assert not (tmp_path / "killed" / RESUME_STATE).exists()
+    assert not (tmp_path / "killed" / PARTIAL).exists()
 
 
 def test_step_log_has_every_step_with_its_loss_terms(training_data, tmp_path):
@@ -127,7 +131,7 @@ def random_batch(size: int = 8) -> dict[str, torch.Tensor]:
 
 
 def step_and_gradients(network, model, batch) -> tuple[float, dict[str, torch.Tensor]]:
-    optimizer = adamw(model, 1e-3, 0.1)
+    optimizer = adamw(network, 1e-3, 0.1)
     terms = training_step(network, model, optimizer, batch, SETTINGS.objective, torch.device("cpu"))
     return float(terms["loss"]), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -136,7 +140,7 @@ def step_on_rank(rank: int, batch: dict, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     model = create_model("tiny-vit", seed=0)
     half = {name: tensor.chunk(2)[rank] for name, tensor in batch.items()}
-    loss, gradients = step_and_gradients(DistributedDataParallel(model), model, half)
+    loss, gradients = step_and_gradients(DistributedDataParallel(ObjectiveNetwork(model)), model, half)
     if rank == 0:
         torch.save({"loss": loss, "gradients": gradients}, out)
     dist.destroy_process_group()
@@ -147,8 +151,23 @@ def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_whole_b
     mp.spawn(step_on_rank, args=(batch, str(tmp_path / "store"), str(tmp_path / "ddp.pt")), nprocs=2)
     distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
     model = create_model("tiny-vit", seed=0)
-    loss, gradients = step_and_gradients(model, model, batch)
+    loss, gradients = step_and_gradients(ObjectiveNetwork(model), model, batch)
     assert distributed["loss"] == pytest.approx(loss, rel=1e-5)
     assert distributed["gradients"].keys() == gradients.keys()
     for name, gradient in gradients.items():
         torch.testing.assert_close(distributed["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_supervised_cleaning_trains_a_head_on_the_labels_and_keeps_only_the_clip_weights(training_data, tmp_path):
+    labelled = replace(training_data, manifest=training_data.manifest.with_name("labelled.parquet"))
+    settings = replace(SETTINGS, objective={"supervised": 1.0}, epochs=3, lr=3e-3)
+    final = train(settings, labelled, tmp_path)
+    log = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
+    first, last = log.loss_supervised.iloc[:5].mean(), log.loss_supervised.iloc[-5:].mean()
+    assert first > last, (first, last)
+    assert weights(final).keys() == create_model("tiny-vit").state_dict().keys()
+
+
+def test_supervised_cleaning_of_unlabelled_pairs_is_a_user_error(training_data, tmp_path):
+    with pytest.raises(UserError, match="the supervised objective needs labelled training pairs"):
+        train(replace(SETTINGS, objective={"supervised": 1.0}), training_data, tmp_path)

@@ -1,4 +1,4 @@
-"""Figures: what a trigger does to training images."""
+"""Figure: what a trigger does to training images."""
 
 import textwrap
 from pathlib import Path

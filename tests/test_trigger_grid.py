@@ -5,7 +5,7 @@ from PIL import Image
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
-from cleanclip_core.plots import plot_trigger_grid, save_trigger_grid
+from cleanclip_core.plots.trigger_grid import plot_trigger_grid, save_trigger_grid
 from cleanclip_core.poison import poison_manifest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

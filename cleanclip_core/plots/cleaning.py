@@ -1,0 +1,158 @@
+"""Figures of the cleaning study, drawn from the results database.
+
+fig2 follows Verma et al.'s Figure 2: a panel per pretraining objective, clean zero-shot top-1
+against ASR@1, a point per (learning rate, cleaning epoch), the poisoned start as a red star and
+the region of successful cleaning shaded. The trajectories figure follows every cleaning run
+epoch by epoch. The points of fig2 are written beside it, so what was drawn can be checked.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cleanclip_core.errors import UserError
+from cleanclip_core.results import query
+from cleanclip_core.tables import atomic_output
+
+OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL"}
+METHOD_MARKERS = "osD^vP*X"
+# Successful cleaning: the backdoor gone (ASR@1 at most 10%) and at least 80% of the start's
+# clean top-1 kept.
+SUCCESS_ASR = 0.10
+SUCCESS_ACCURACY_FRACTION = 0.8
+PANEL_INCHES = 4.2
+
+
+def objective_title(objective: str) -> str:
+    return f"{OBJECTIVE_TITLES.get(objective, objective)}-pretrained"
+
+
+def fig2_points(trajectories: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """The points fig2 draws: per panel (pretraining objective) its start (epoch 0, no method or
+    learning rate) and one point per (cleaning method, learning rate, epoch)."""
+    missing = [o for o in objectives if o not in set(trajectories.pretrain_objective)]
+    if missing:
+        raise UserError(f"the results database has no cleaning run of the {missing[0]!r}-pretrained model")
+    columns = ["panel", "clean_method", "lr", "epoch", "top1", "asr_top1"]
+    frame = trajectories[trajectories.pretrain_objective.isin(objectives)].rename(
+        columns={"pretrain_objective": "panel"}
+    )
+    starts = frame[frame.epoch == 0].drop_duplicates("panel").assign(clean_method=None, lr=np.nan)
+    cleaned = frame[frame.epoch > 0]
+    points = pd.concat([starts[columns], cleaned[columns]], ignore_index=True)
+    order = {objective: i for i, objective in enumerate(objectives)}
+    return points.sort_values(
+        ["panel", "epoch", "clean_method", "lr"], key=lambda c: c.map(order) if c.name == "panel" else c
+    ).reset_index(drop=True)
+
+
+def _lr_colors(lrs: Sequence[float]) -> dict[float, tuple]:
+    ordered = sorted(set(lrs))
+    colormap = colormaps["viridis"]
+    return {lr: colormap(i / max(1, len(ordered) - 1) * 0.9) for i, lr in enumerate(ordered)}
+
+
+def _epoch_alpha(epoch: int, last_epoch: int) -> float:
+    """Later epochs are drawn more opaque, so a run's direction shows."""
+    return 0.3 + 0.7 * epoch / max(1, last_epoch)
+
+
+def plot_fig2(points: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+    cleaned = points[points.epoch > 0]
+    colors = _lr_colors(cleaned.lr)
+    markers = dict(zip(sorted(set(cleaned.clean_method)), METHOD_MARKERS))
+    last_epoch = int(cleaned.epoch.max())
+    figure = Figure(figsize=(PANEL_INCHES * len(objectives), PANEL_INCHES + 0.6), layout="constrained")
+    axes = figure.subplots(1, len(objectives), squeeze=False, sharey=True)[0]
+    for ax, objective in zip(axes, objectives):
+        panel = points[points.panel == objective]
+        start = panel[panel.epoch == 0].iloc[0]
+        ax.fill_between(
+            [0, 100 * SUCCESS_ASR], 100 * SUCCESS_ACCURACY_FRACTION * start.top1, 100,
+            color="tab:green", alpha=0.12, lw=0, label="successful cleaning",
+        )
+        for row in panel[panel.epoch > 0].itertuples():
+            ax.scatter(
+                100 * row.asr_top1, 100 * row.top1, color=colors[row.lr], marker=markers[row.clean_method],
+                alpha=_epoch_alpha(row.epoch, last_epoch), s=36, edgecolors="none",
+            )
+        ax.scatter(100 * start.asr_top1, 100 * start.top1, marker="*", s=260, color="red",
+                   edgecolors="darkred", zorder=3, label="poisoned start")
+        ax.set_title(objective_title(objective))
+        ax.set_xlim(-3, 103)
+        ax.set_xlabel("ASR@1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("clean zero-shot top-1 (%)")
+    axes[0].set_ylim(0, 100)
+    handles = [
+        axes[0].scatter([], [], color=color, marker="o", label=f"lr {lr:g}") for lr, color in colors.items()
+    ]
+    if len(markers) > 1:
+        handles += [axes[0].scatter([], [], color="gray", marker=m, label=method) for method, m in markers.items()]
+    handles += axes[0].get_legend_handles_labels()[0][:2]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), fontsize=8)
+    figure.suptitle("Cleaning: clean accuracy vs attack success (a point per epoch, later epochs darker)")
+    return figure
+
+
+def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+    """Top-1 (upper row) and ASR@1 (lower row) by cleaning epoch, a line per run, a column per
+    pretraining objective."""
+    colors = _lr_colors(trajectories.lr)
+    methods = sorted(set(trajectories.clean_method))
+    styles = dict(zip(methods, ["-", "--", ":", "-."] * len(methods)))
+    figure = Figure(figsize=(PANEL_INCHES * len(objectives), 2 * PANEL_INCHES * 0.75 + 0.6), layout="constrained")
+    axes = figure.subplots(2, len(objectives), squeeze=False, sharex=True, sharey="row")
+    for column, objective in enumerate(objectives):
+        runs = trajectories[trajectories.pretrain_objective == objective]
+        for (method, lr), run in runs.groupby(["clean_method", "lr"], sort=True):
+            run = run.sort_values("epoch")
+            label = f"{method} lr {lr:g}" if len(methods) > 1 else f"lr {lr:g}"
+            for row, metric in enumerate(["top1", "asr_top1"]):
+                axes[row, column].plot(run.epoch, 100 * run[metric], styles[method], marker="o", ms=3,
+                                       color=colors[lr], label=label)
+        axes[0, column].set_title(objective_title(objective))
+        axes[1, column].set_xlabel("cleaning epoch (0: poisoned start)")
+        axes[1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].set_ylabel("clean zero-shot top-1 (%)")
+    axes[1, 0].set_ylabel("ASR@1 (%)")
+    for ax in axes.flat:
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return figure
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """PDF or PNG by suffix, without a creation date, so the same data gives the same bytes."""
+    suffix = Path(path).suffix.lstrip(".")
+    metadata = {"CreationDate": None} if suffix == "pdf" else {}
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format=suffix, dpi=150, metadata=metadata)
+
+
+def write_cleaning_figures(
+    database: Path, objectives: Sequence[str], fig2: Sequence[Path], fig2_data: Path,
+    trajectories: Sequence[Path], best_accuracy: Path,
+) -> pd.DataFrame:
+    """fig2 (each of its paths), its points, the trajectories figure and the table of the best
+    accuracy at low ASR, from the results database; returns that table."""
+    runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
+    points = fig2_points(runs, objectives)
+    for path in fig2:
+        save_figure(plot_fig2(points, objectives), path)
+    with atomic_output(fig2_data) as temporary:
+        pq.write_table(pa.Table.from_pandas(points, preserve_index=False), temporary)
+    for path in trajectories:
+        save_figure(plot_trajectories(runs[runs.pretrain_objective.isin(objectives)], objectives), path)
+    best = query(database, "SELECT * FROM best_accuracy_at_low_asr").to_pandas()
+    with atomic_output(best_accuracy) as temporary:
+        best.to_csv(temporary, index=False, float_format="%.4f")
+    return best

@@ -1,0 +1,46 @@
+"""fig2's points and figures, from trajectories written by hand."""
+
+import pandas as pd
+import pytest
+
+from cleanclip_core.errors import UserError
+from cleanclip_core.plots.cleaning import fig2_points, plot_fig2, plot_trajectories, save_figure
+
+
+def trajectories() -> pd.DataFrame:
+    """Two pretrained models, each cleaned at two learning rates for three epochs."""
+    rows = []
+    for objective, start in (("mmcl", 0.5), ("mmcl_ssl", 0.6)):
+        for lr in (0.001, 0.003):
+            for epoch in range(4):
+                rows.append({
+                    "run_id": f"{objective}/{lr}", "pretrain_objective": objective, "clean_method": "cleanclip",
+                    "lr": lr, "epoch": epoch, "top1": start + 0.01 * epoch, "asr_top1": max(0.0, 0.9 - 0.2 * epoch * lr * 1000),
+                })
+    return pd.DataFrame(rows)
+
+
+def test_fig2_has_a_start_per_panel_and_a_point_per_lr_and_epoch():
+    points = fig2_points(trajectories(), ["mmcl", "mmcl_ssl"])
+    assert list(points.panel.unique()) == ["mmcl", "mmcl_ssl"]
+    for panel in ("mmcl", "mmcl_ssl"):
+        in_panel = points[points.panel == panel]
+        starts = in_panel[in_panel.epoch == 0]
+        assert len(starts) == 1 and starts.lr.isna().all()
+        cleaned = in_panel[in_panel.epoch > 0]
+        assert sorted(zip(cleaned.lr, cleaned.epoch)) == [(lr, e) for lr in (0.001, 0.003) for e in (1, 2, 3)]
+
+
+def test_fig2_of_an_objective_without_cleaning_runs_is_a_user_error():
+    with pytest.raises(UserError, match="no cleaning run of the 'ssl'-pretrained model"):
+        fig2_points(trajectories(), ["mmcl", "ssl"])
+
+
+def test_figures_are_written_as_pdf_and_png_with_the_same_bytes_each_time(tmp_path):
+    points = fig2_points(trajectories(), ["mmcl", "mmcl_ssl"])
+    for name in ("a", "b"):
+        save_figure(plot_fig2(points, ["mmcl", "mmcl_ssl"]), tmp_path / f"{name}.pdf")
+        save_figure(plot_trajectories(trajectories(), ["mmcl", "mmcl_ssl"]), tmp_path / f"{name}.png")
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
