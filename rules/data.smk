@@ -14,7 +14,7 @@ rule generate_corpus:
     benchmark:
         "results/benchmarks/generate_corpus/{dataset}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/generate_corpus.py"
 
@@ -33,7 +33,7 @@ rule download:
     benchmark:
         "results/benchmarks/download/{dataset}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/download.py"
 
@@ -49,6 +49,6 @@ rule manifest:
     benchmark:
         "results/benchmarks/manifest/{dataset}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/manifest.py"

@@ -13,7 +13,7 @@ rule poison:
     benchmark:
         "results/benchmarks/poison/{dataset}/{attack}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/poison.py"
 
@@ -33,6 +33,6 @@ rule trigger_grid:
     benchmark:
         "results/benchmarks/trigger_grid/{dataset}/{attack}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/trigger_grid.py"

@@ -18,7 +18,7 @@ rule evaluate_pretrained:
     benchmark:
         "results/benchmarks/evaluate/{dataset}/{attack}/{objective}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -49,7 +49,7 @@ rule results_database:
     benchmark:
         "results/benchmarks/results_database.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/results.yaml"
     script:
         "../workflow_scripts/results_database.py"
 
@@ -75,6 +75,6 @@ rule figures:
     benchmark:
         "results/benchmarks/figures.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/results.yaml"
     script:
         "../workflow_scripts/figures.py"

@@ -22,7 +22,7 @@ rule pretrain:
     benchmark:
         "results/benchmarks/pretrain/{dataset}/{attack}/{objective}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/train.py"
 
@@ -42,7 +42,7 @@ rule cleaning_set:
     benchmark:
         "results/benchmarks/cleaning_set/{dataset}/{attack}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/cleaning_set.py"
 
@@ -67,6 +67,6 @@ rule clean:
     benchmark:
         "results/benchmarks/clean/{dataset}/{attack}/{objective}/{method}/lr_{lr}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/train.py"

@@ -30,8 +30,11 @@ def test_every_option_has_a_type_a_description_and_a_default():
 
 
 def test_default_config_and_presets_are_valid():
-    for path in [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]:
-        load_config(path)
+    load_config(ROOT / "config.yaml")
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        config = validate_config(yaml.safe_load(path.read_text()))
+        if config["dataset"]["url_list"] is None:  # presets of real data: tests/test_presets.py
+            check_config(config)
 
 
 def test_defaults_are_filled_in_and_not_shared_between_attacks():
