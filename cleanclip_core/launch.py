@@ -7,12 +7,14 @@ when SLURM preempts it, requeues it or its time runs out, it starts again and re
 last checkpoint. With several tasks (GPUs) it runs once per task, in the torch.distributed
 environment submitit derives from SLURM's. A list of calls runs as one job array.
 
-The launch folder keeps, per job name, the id of the job last submitted: a caller that was
-killed and started again waits for that job while it is still queued or running, instead of
-submitting it twice.
+The launch folder keeps, per job name, the ids of the jobs last submitted and a digest of their
+calls: a caller that was killed and started again with the same calls waits for those jobs while
+they are still queued or running, instead of submitting them twice.
 """
 
+import hashlib
 import importlib
+import json
 import logging
 import os
 import subprocess
@@ -124,13 +126,17 @@ def _queued(job_id: str) -> bool:
     return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
-def _attach(executor: submitit.Executor, mode: str, folder: Path, name: str, n_jobs: int) -> list[submitit.Job] | None:
-    """The jobs of an earlier submission of `name` still queued on SLURM, if any."""
+def _calls_digest(function: str, calls: Sequence[Mapping[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps([function, calls], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _attach(mode: str, folder: Path, name: str, digest: str) -> list[submitit.Job] | None:
+    """The jobs of an earlier submission of the same calls as `name`, if still queued on SLURM."""
     record = _job_record(folder, name)
     if mode != "slurm" or not record.is_file():
         return None
-    job_ids = record.read_text().split()
-    if len(job_ids) != n_jobs or not _queued(job_ids[0]):
+    recorded_digest, *job_ids = record.read_text().split()
+    if recorded_digest != digest or not job_ids or not _queued(job_ids[0]):
         return None
     log.info(f"{name}: waiting for SLURM job {job_ids[0].split('_')[0]}, submitted by an earlier run")
     return [submitit.SlurmJob(folder, job_id) for job_id in job_ids]
@@ -168,12 +174,13 @@ def run_stages(
         return [Stage()(function, kwargs) for kwargs in calls]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    executor = make_executor(mode, folder, resources, name)
-    jobs = _attach(executor, mode, folder, name, len(calls))
+    digest = _calls_digest(function, calls)
+    jobs = _attach(mode, folder, name, digest)
     if jobs is None:
+        executor = make_executor(mode, folder, resources, name)
         with executor.batch():
             jobs = [executor.submit(Stage(), function, kwargs) for kwargs in calls]
-        _job_record(folder, name).write_text(" ".join(job.job_id for job in jobs))
+        _job_record(folder, name).write_text(" ".join([digest, *(job.job_id for job in jobs)]))
         log.info(f"{name}: {mode} job {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks), logs in {folder}")
     return [_wait(job, mode) for job in jobs]
 

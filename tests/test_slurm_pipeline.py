@@ -1,0 +1,154 @@
+"""The pipeline on a real one-node SLURM cluster: the smoke study through profiles/slurm, a
+requeued training job, and Snakemake killed while a job runs."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from cleanclip_core.launch import StageResources, run_stages
+from cleanclip_core.results import query
+from slurm.fixture import slurm_cluster  # noqa: F401  (pytest fixture)
+from workflow import ROOT
+
+SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
+GPU_STAGES = ("pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned")
+# profiles/slurm asks for GPUs; the test cluster has 2 CPUs and no GPU.
+TEST_NODE_RESOURCES = {"gpus_per_node": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
+
+
+def slurm_snakemake(workdir: Path, partition: str, config: dict = SMOKE, *args: str) -> subprocess.Popen:
+    """Snakemake with profiles/slurm on the smoke config, its stages sized for the test node."""
+    config_file = workdir / "smoke.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    set_resources = [f"{stage}:{key}={value}" for stage in GPU_STAGES for key, value in TEST_NODE_RESOURCES.items()]
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--profile", str(ROOT / "profiles/slurm"), "--directory", str(workdir),
+        "--configfile", str(config_file), "--cores", "4",
+        "--default-resources", "launcher='slurm'", f"slurm_partition='{partition}'",
+        "--set-resources", *set_resources, *args,
+    ]
+    # A session of its own: a test can kill Snakemake with all its job processes.
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finished(process: subprocess.Popen, timeout_s: float = 600) -> str:
+    _, stderr = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, stderr[-4000:]
+    return stderr
+
+
+def slurm_job_ids(workdir: Path, stage: str) -> list[str]:
+    """The SLURM jobs the launch layer submitted for a stage's Snakemake jobs (after each
+    record's digest of the calls)."""
+    records = (workdir / "results/launch" / stage).glob("*.job_id")
+    return sorted(record.read_text().split(maxsplit=1)[1] for record in records)
+
+
+def test_smoke_study_runs_its_training_and_evaluation_as_slurm_jobs(slurm_cluster, tmp_path):
+    finished(slurm_snakemake(tmp_path, slurm_cluster))
+    runs = len(SMOKE["pretrain"]["objectives"]) * len(SMOKE["clean"]["lrs"])
+    expected_jobs = {"pretrain": 2, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs}
+    for stage, count in expected_jobs.items():
+        job_ids = slurm_job_ids(tmp_path, stage)
+        assert len(job_ids) == count, (stage, job_ids)
+        assert all(job_id.split()[0].split("_")[0].isdigit() for job_id in job_ids)
+    # the epochs of a cleaning run are one job array
+    array = slurm_job_ids(tmp_path, "evaluate_cleaned")[0].split()
+    assert len(array) == SMOKE["clean"]["epochs"] and len({task.split("_")[0] for task in array}) == 1
+    wide = query(tmp_path / "results/results.duckdb", "SELECT * FROM metrics_wide").to_pandas()
+    assert len(wide) == 2 + runs * SMOKE["clean"]["epochs"]
+    assert (tmp_path / "results/figures/fig2.pdf").is_file()
+
+
+def training_call(tmp_path: Path, smoke_data: Path, epochs: int) -> dict:
+    """A pretraining on the smoke corpus, as the pretrain rule calls it."""
+    settings = {
+        "model": "tiny-rn", "objective": {"mmcl": 1.0, "inmodal": 1.0}, "epochs": epochs, "batch_size": 20,
+        "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.1, "seed": 0, "synonyms": "corpus", "num_workers": 0,
+    }
+    results = smoke_data / "results/smoke"
+    return {
+        "settings": settings,
+        "data": {
+            "manifest": str(results / "badnet/poisoned_manifest.parquet"),
+            "shard_index": str(results / "shard_index.parquet"),
+            "shards_dir": str(results / "shards"),
+            "attack": SMOKE["attacks"]["badnet"] | {"seed": 0},
+        },
+        "out_dir": str(tmp_path / "run"),
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory) -> Path:
+    """The smoke corpus downloaded and poisoned (run locally)."""
+    workdir = tmp_path_factory.mktemp("smoke_data")
+    (workdir / "smoke.yaml").write_text(yaml.safe_dump(SMOKE))
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(workdir / "smoke.yaml"), "--cores", "2", "results/smoke/badnet/poisoned_manifest.parquet"],
+        check=True, capture_output=True,
+    )
+    return workdir
+
+
+def test_a_requeued_training_job_resumes_and_ends_as_an_uninterrupted_run(slurm_cluster, smoke_data, tmp_path):
+    epochs = 40  # about 20 s: the requeue lands in the middle
+    straight = training_call(tmp_path / "straight", smoke_data, epochs)
+    run_stages("cleanclip_core.training.loop:run_training", [straight], mode="debug", folder=tmp_path, resources=StageResources(), name="straight")
+
+    requeued = training_call(tmp_path / "requeued", smoke_data, epochs)
+    resources = StageResources(cpus_per_task=1, mem_mb=2000, runtime=30, slurm_partition=slurm_cluster)
+    launch = {"mode": "slurm", "folder": tmp_path / "launch", "resources": resources, "name": "requeued"}
+    waiting = threading.Thread(target=run_stages, args=("cleanclip_core.training.loop:run_training", [requeued]), kwargs=launch)
+    waiting.start()
+    resume_state = tmp_path / "requeued/run/partial/resume.pt"
+    deadline = time.monotonic() + 180
+    while not resume_state.exists():
+        assert time.monotonic() < deadline, "the training job wrote no checkpoint in 180 s"
+        time.sleep(0.2)
+    job_id = (tmp_path / "launch/requeued.job_id").read_text().split()[1]
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    waiting.join(timeout=400)
+    assert not waiting.is_alive()
+
+    expected = torch.load(tmp_path / "straight/run/model.pt", weights_only=True)["state_dict"]
+    actual = torch.load(tmp_path / "requeued/run/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    log = pq.read_table(tmp_path / "requeued/run/train_log.parquet").to_pandas()
+    assert log.step.is_unique and log.step.tolist() == sorted(log.step)
+    job_output = "".join(path.read_text() for path in (tmp_path / "launch").glob(f"{job_id}_*_log.*"))
+    assert "resuming" in job_output and "after epoch" in job_output
+
+
+def test_killing_snakemake_while_a_job_runs_then_rerunning_finishes_cleanly(slurm_cluster, tmp_path):
+    config = copy.deepcopy(SMOKE)
+    config["pretrain"]["epochs"] = 40  # still running when Snakemake is started again
+    first = slurm_snakemake(tmp_path, slurm_cluster, config)
+    deadline = time.monotonic() + 300
+    while len(slurm_job_ids(tmp_path, "pretrain")) < 2:
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no pretraining jobs submitted in 300 s"
+        time.sleep(0.5)
+    submitted = slurm_job_ids(tmp_path, "pretrain")
+    os.killpg(first.pid, signal.SIGKILL)  # as a lost login session: Snakemake and its jobs die
+    first.communicate(timeout=60)
+
+    finished(slurm_snakemake(tmp_path, slurm_cluster, config, "--unlock"))
+    finished(slurm_snakemake(tmp_path, slurm_cluster, config))
+    assert slurm_job_ids(tmp_path, "pretrain") == submitted, "the rerun submitted the running jobs again"
+    leftovers = [p for p in (tmp_path / "results").rglob("*") if p.name.endswith(".tmp") or p.name == "partial"]
+    assert leftovers == []
+    wide = query(tmp_path / "results/results.duckdb", "SELECT * FROM metrics_wide").to_pandas()
+    assert not wide.duplicated(["run_id", "epoch"]).any()
