@@ -74,7 +74,6 @@ def clean_settings(wildcards):
     return training_settings("clean", wildcards.method, float(wildcards.lr))
 
 
-
 def evaluation_images(wildcards):
     """The labelled evaluation images: the configured ones, else the generated corpus's split."""
     return config["evaluation"]["images"] or f"results/{wildcards.dataset}/corpus/eval"

@@ -22,11 +22,12 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
     result = run_snakemake(tmp_path, default_config, "--dry-run")
     assert result.returncode == 0, result.stderr
     runs = len(default_config["pretrain"]["objectives"]) * len(default_config["clean"]["lrs"])
-    assert job_counts(result.stdout) == {
+    expected = {
         "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 5, "trigger_grid": 5,
         "pretrain": 2, "cleaning_set": 1, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs,
-        "results_database": 1, "figures": 1, "all": 1, "total": 22 + 2 * runs,
+        "results_database": 1, "figures": 1, "all": 1,
     }
+    assert job_counts(result.stdout) == expected | {"total": sum(expected.values())}
 
 
 def test_lint_is_clean():
