@@ -17,7 +17,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cleanclip_core.tables import atomic_output
 
@@ -101,11 +100,6 @@ def metrics_table(
         for name, count in counts.items()
     ]
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
-
-
-def write_metrics(table: pa.Table, path: Path) -> None:
-    with atomic_output(path) as temporary:
-        pq.write_table(table, temporary)
 
 
 def build_results_database(metrics_files: Sequence[Path], database: Path) -> None:

@@ -11,8 +11,8 @@ from cleanclip_core.results import (
     config_hash,
     metrics_table,
     query,
-    write_metrics,
 )
+from cleanclip_core.tables import write_table
 
 START = CheckpointIdentity("shapes", "badnet", "mmcl")
 
@@ -59,7 +59,7 @@ def database(tmp_path):
     paths = []
     for i, (checkpoint, (top1, asr)) in enumerate(results.items()):
         paths.append(tmp_path / f"{i}" / "metrics.parquet")
-        write_metrics(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1])
+        write_table(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1], config={}, inputs_sha256="")
     build_results_database(paths, tmp_path / "results.duckdb")
     return tmp_path / "results.duckdb"
 

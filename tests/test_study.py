@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cleanclip_core.results import query
+from cleanclip_core.results import config_hash, query
+from cleanclip_core.tables import table_provenance
 from workflow import ROOT, run_snakemake
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
@@ -42,9 +43,12 @@ def test_metrics_have_every_pretrained_model_and_cleaning_epoch(smoke_run):
 
 
 def test_metrics_files_carry_provenance(smoke_run):
-    table = pq.read_table(next((smoke_run / "results/smoke").rglob("epoch_001/metrics.parquet"))).to_pandas()
+    path = next((smoke_run / "results/smoke").rglob("epoch_001/metrics.parquet"))
+    table = pq.read_table(path).to_pandas()
     assert table.config_hash.str.fullmatch(r"[0-9a-f]{16}").all()
     assert table.code_version.str.startswith("0.1.0").all()
+    settings = table_provenance(path)["config"]
+    assert settings["clean"]["epochs"] == SMOKE["clean"]["epochs"] and table.config_hash[0] == config_hash(settings)
 
 
 def test_fig2_draws_two_panels_with_a_point_per_lr_and_epoch(smoke_run):
