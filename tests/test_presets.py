@@ -16,7 +16,7 @@ import yaml
 
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
-from workflow import ROOT, run_snakemake
+from workflow import ROOT, job_counts, run_snakemake
 
 # preset: (dataset name, open_clip model, BadNet poisons), from design.md §4-5.
 PAPER_PRESETS = {
@@ -74,11 +74,6 @@ def expected_job_counts(config: dict) -> dict[str, int]:
     if config["dataset"]["url_list"] is None:
         counts["generate_corpus"] = 1
     return counts | {"total": sum(counts.values())}
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    table = dry_run_output.split("Job stats:")[1]
-    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 class Timed:

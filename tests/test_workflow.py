@@ -1,7 +1,6 @@
 """The Snakemake workflow: its DAG, its lint, and its answers to bad input, on real runs."""
 
 import copy
-import re
 import shutil
 import subprocess
 import sys
@@ -9,12 +8,7 @@ import sys
 import pytest
 import yaml
 
-from workflow import ROOT, TINY_CONFIG, run_snakemake
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    table = dry_run_output.split("Job stats:")[1]
-    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+from workflow import ROOT, TINY_CONFIG, job_counts, run_snakemake
 
 
 def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):

@@ -1,5 +1,6 @@
 """Running the real Snakemake workflow from tests, in a scratch working directory."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,9 @@ def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.Complet
         "--directory", str(workdir), "--configfile", str(config_file), "--cores", "2", *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The jobs per rule in the `Job stats` table of a Snakemake dry run."""
+    table = dry_run_output.split("Job stats:")[1]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
