@@ -5,7 +5,11 @@ from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 
 
-configfile: "config.yaml"
+# The embedded default, unless config files are given: a preset then runs alone, with nothing
+# of config.yaml merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 try:
@@ -24,11 +28,6 @@ include: "rules/results.smk"
 rule all:
     default_target: True
     input:
-        expand(
-            "results/{dataset}/{attack}/trigger_grid.png",
-            dataset=DATASET,
-            attack=config["attacks"],
-        ),
-        "results/figures/fig2.pdf",
-        "results/figures/trajectories.pdf",
-        "results/tables/best_accuracy.csv",
+        expand(f"{ATTACK_DIR}/trigger_grid.png", dataset=DATASET, attack=config["attacks"]),
+        rules.headline_figure.output,
+        rules.figures.output,

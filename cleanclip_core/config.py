@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 from cleanclip_core.errors import UserError
+from cleanclip_core.study import start_kind
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
 
@@ -35,6 +36,8 @@ def _location(error: jsonschema.ValidationError) -> str:
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check `config` against the schema and fill in its defaults, in place; return it."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    if isinstance(config.get("objectives"), dict):  # a config adds objectives to the built-in ones
+        config["objectives"] = copy.deepcopy(schema["properties"]["objectives"]["default"]) | config["objectives"]
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
@@ -43,23 +46,31 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    """Names that must be keys of another section, and the labels the supervised objective needs."""
-    named = [("study.attack", [config["study"]["attack"]], "attacks")]
-    named += [(f"{stage}.{key}", config[stage][key], "objectives")
-              for stage, key in (("pretrain", "objectives"), ("clean", "methods"))]
+    """Names in the study that must be keys of another section, weights that train something,
+    and the labels the supervised objective needs."""
+    for name, weights in config["objectives"].items():
+        if not any(weights.values()):
+            raise UserError(f"config: objectives.{name}: every weight is zero, so it trains nothing; give one term a weight above 0")
+    study = config["study"]
+    named = [
+        ("study.attacks", study["attacks"], "attacks"),
+        ("study.pretrain_objectives", study["pretrain_objectives"], "objectives"),
+        ("study.clean_methods", study["clean_methods"], "objectives"),
+    ]
     for location, names, section in named:
         unknown = [name for name in names if name not in config[section]]
         if unknown:
             raise UserError(f"config: {location}: {unknown[0]!r} is not one of {section} ({', '.join(config[section])})")
-    def supervised(stage: str, key: str) -> list[str]:
-        return [name for name in config[stage][key] if config["objectives"][name].get("supervised")]
 
-    if supervised("pretrain", "objectives"):
+    def supervised(names: list[str]) -> list[str]:
+        return [name for name in names if config["objectives"][name].get("supervised")]
+
+    if supervised(study["pretrain_objectives"]):
         raise UserError(
-            f"config: pretrain.objectives: {supervised('pretrain', 'objectives')[0]!r} has a "
+            f"config: study.pretrain_objectives: {supervised(study['pretrain_objectives'])[0]!r} has a "
             "supervised term, which only cleaning supports"
         )
-    supervised_methods = supervised("clean", "methods")
+    supervised_methods = supervised(study["clean_methods"])
     if supervised_methods and config["dataset"]["url_list"] and not config["clean"]["labels"]:
         raise UserError(
             f"config: clean.labels: cleaning method {supervised_methods[0]!r} is supervised and needs a "
@@ -77,7 +88,9 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             "TSV (caption<TAB>url) or set it to null to generate the embedded corpus"
         )
     classnames = config["evaluation"]["classnames"]
+    start = config["study"]["start"]
     named_files = {
+        "study.start": start if start_kind(start) == "file" else None,
         "clean.labels": config["clean"]["labels"],
         "evaluation.images": config["evaluation"]["images"],
         "evaluation.classnames": None if classnames == "imagenet" else classnames,

@@ -22,7 +22,7 @@ from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.data.loaders import EvaluationSet, Transform
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.results import CheckpointIdentity, code_version, config_hash, metrics_table
+from cleanclip_core.results import code_version, config_hash, metrics_table
 from cleanclip_core.tables import files_sha256, write_table
 
 log = logging.getLogger(__name__)
@@ -245,11 +245,11 @@ def write_checkpoint_metrics(
     table does) the settings that made it and the hash of the weights.
 
     The evaluation stage: plain arguments (`classnames` as read_classnames takes them, the
-    checkpoint's CheckpointIdentity fields), so launching it needs no torch.
+    checkpoint's identity columns, results.IDENTITY_SCHEMA), so launching it needs no torch.
     """
     evaluation_images = EvaluationImages(Path(images), read_classnames(classnames))
     metrics = evaluate_checkpoint(model_name, Path(weights), evaluation_images, attack, batch_size, num_workers)
     log.info(f"{weights}: " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
-    table = metrics_table(metrics, CheckpointIdentity(**checkpoint), config_hash(provenance), code_version())
+    table = metrics_table(metrics, checkpoint, config_hash(provenance), code_version())
     write_table(table, Path(output), config=dict(provenance), inputs_sha256=files_sha256([weights]))
     return metrics

@@ -1,15 +1,14 @@
 """The results: a tidy metrics table per evaluated checkpoint, and the DuckDB database over them.
 
-A metrics row is one observation (design section 3): which checkpoint (dataset, attack,
-pretraining objective, cleaning method, learning rate, epoch), which metric, its value, over how
-many images, and the provenance (a hash of the settings that made the checkpoint, the code version).
+A metrics row is one observation (design section 3): which checkpoint (every dimension of the
+study grid, cleanclip_core.study, and the epoch), which metric, its value, over how many images,
+and the provenance (a hash of the settings that made the checkpoint, the code version).
 """
 
 import hashlib
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
@@ -18,44 +17,28 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from cleanclip_core.study import CLEAN_DIMENSIONS, DIMENSIONS, PRETRAIN_DIMENSIONS
 from cleanclip_core.tables import atomic_output
 
-METRICS_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("dataset", pa.string()),
-    ("attack", pa.string()),
-    ("pretrain_objective", pa.string()),
-    ("clean_method", pa.string()),  # null for the pretrained (poisoned) model
-    ("lr", pa.float64()),  # null for the pretrained model
-    ("epoch", pa.int32()),  # 0 for the pretrained model
-    ("metric", pa.string()),
-    ("value", pa.float64()),
-    ("n_images", pa.int64()),
-    ("config_hash", pa.string()),
-    ("code_version", pa.string()),
-])
+IDENTITY_SCHEMA = pa.schema(
+    [(d.name, pa.type_for_alias(d.arrow_type)) for d in DIMENSIONS] + [("epoch", pa.int32())]
+)
+"""A checkpoint's identity columns: every grid dimension (the cleaning ones null for a pretrained
+model) and its epoch (0 for a pretrained model)."""
+METRICS_SCHEMA = pa.schema(
+    [("run_id", pa.string()), *IDENTITY_SCHEMA]
+    + [("metric", pa.string()), ("value", pa.float64()), ("n_images", pa.int64()),
+       ("config_hash", pa.string()), ("code_version", pa.string())]
+)
 ACCURACY_METRICS = ("top1", "top5")  # over the clean images
 ASR_METRICS = ("asr_top1", "asr_top5", "asr_top10")  # over the triggered images not of the target
 VIEWS_SQL = files("cleanclip_core") / "results_views.sql"
 
 
-@dataclass(frozen=True)
-class CheckpointIdentity:
-    """Which checkpoint: the pretrained model (no cleaning method, epoch 0) or a cleaning epoch."""
-
-    dataset: str
-    attack: str
-    pretrain_objective: str
-    clean_method: str | None = None
-    lr: float | None = None
-    epoch: int = 0
-
-    @property
-    def run_id(self) -> str:
-        parts = [self.dataset, self.attack, self.pretrain_objective]
-        if self.clean_method is not None:
-            parts += [self.clean_method, f"lr_{self.lr:g}"]
-        return "/".join(parts)
+def run_id(checkpoint: Mapping[str, Any]) -> str:
+    """The run a checkpoint belongs to, as its folder under results/runs/ names it:
+    `dimension=value` for each dimension it has, in the grid's order."""
+    return "/".join(f"{d.name}={checkpoint[d.name]}" for d in DIMENSIONS if checkpoint.get(d.name) is not None)
 
 
 def config_hash(settings: Mapping[str, Any]) -> str:
@@ -77,20 +60,16 @@ def code_version() -> str:
 
 
 def metrics_table(
-    metrics: Mapping[str, float], checkpoint: CheckpointIdentity, settings_hash: str, code: str
+    metrics: Mapping[str, float], checkpoint: Mapping[str, Any], settings_hash: str, code: str
 ) -> pa.Table:
-    """The tidy rows of one checkpoint's metrics (as `evaluate_zero_shot` returns them)."""
+    """The tidy rows of one checkpoint's metrics (as `evaluate_zero_shot` returns them);
+    `checkpoint` maps the identity columns (IDENTITY_SCHEMA) to its values."""
     counts = {name: metrics["n_images"] for name in ACCURACY_METRICS}
     counts |= {name: metrics["n_triggered"] for name in ASR_METRICS}
     rows = [
-        {
-            "run_id": checkpoint.run_id,
-            "dataset": checkpoint.dataset,
-            "attack": checkpoint.attack,
-            "pretrain_objective": checkpoint.pretrain_objective,
-            "clean_method": checkpoint.clean_method,
-            "lr": checkpoint.lr,
-            "epoch": checkpoint.epoch,
+        {"run_id": run_id(checkpoint)}
+        | {column: checkpoint.get(column) for column in IDENTITY_SCHEMA.names}
+        | {
             "metric": name,
             "value": metrics[name],
             "n_images": count,
@@ -111,7 +90,21 @@ def build_results_database(metrics_files: Sequence[Path], database: Path) -> Non
                 "CREATE TABLE metrics AS SELECT * FROM read_parquet(?) ORDER BY run_id, epoch, metric",
                 [[str(path) for path in metrics_files]],
             )
-            connection.execute(VIEWS_SQL.read_text())
+            connection.execute(views_sql())
+
+
+def views_sql() -> str:
+    """The views of results_views.sql, their identity columns filled in from the grid."""
+    pretrain = ", ".join(PRETRAIN_DIMENSIONS)
+    return VIEWS_SQL.read_text().format(
+        identity=", ".join(IDENTITY_SCHEMA.names),
+        pretrain=pretrain,
+        clean=", ".join(CLEAN_DIMENSIONS),
+        run_pretrain=", ".join(f"run.{name}" for name in PRETRAIN_DIMENSIONS),
+        run_clean=", ".join(f"run.{name}" for name in CLEAN_DIMENSIONS),
+        same_pretrained_model=" AND ".join(f"checkpoint.{name} = run.{name}" for name in PRETRAIN_DIMENSIONS),
+        group=f"{pretrain}, clean_method, cleaning_poisons",
+    )
 
 
 def query(database: Path, sql: str) -> pa.Table:

@@ -1,9 +1,11 @@
--- Views over the table `metrics` (one row per checkpoint and metric) of results/results.duckdb.
+-- Views over the table `metrics` (one row per checkpoint and metric) of a study's results.duckdb.
+-- The identity columns in braces are filled in from the study grid (cleanclip_core.study):
+-- {{pretrain}} names a pretrained model, {{clean}} a cleaning run within it.
 
 -- One row per checkpoint, one column per metric.
 CREATE VIEW metrics_wide AS
 SELECT
-    run_id, dataset, attack, pretrain_objective, clean_method, lr, epoch,
+    run_id, {identity},
     max(value) FILTER (metric = 'top1') AS top1,
     max(value) FILTER (metric = 'top5') AS top5,
     max(value) FILTER (metric = 'asr_top1') AS asr_top1,
@@ -17,51 +19,64 @@ GROUP BY ALL;
 -- Every cleaning run's epochs, with its start (the poisoned pretrained model) as epoch 0.
 CREATE VIEW cleaning_trajectories AS
 WITH runs AS (
-    SELECT DISTINCT run_id, dataset, attack, pretrain_objective, clean_method, lr
+    SELECT DISTINCT run_id, {pretrain}, {clean}
     FROM metrics
     WHERE clean_method IS NOT NULL
 )
 SELECT
-    runs.run_id, runs.dataset, runs.attack, runs.pretrain_objective, runs.clean_method, runs.lr,
+    run.run_id, {run_pretrain}, {run_clean},
     checkpoint.epoch, checkpoint.top1, checkpoint.top5,
     checkpoint.asr_top1, checkpoint.asr_top5, checkpoint.asr_top10
-FROM runs
+FROM runs AS run
 JOIN metrics_wide AS checkpoint
-    ON checkpoint.dataset = runs.dataset
-    AND checkpoint.attack = runs.attack
-    AND checkpoint.pretrain_objective = runs.pretrain_objective
-    AND (checkpoint.run_id = runs.run_id OR checkpoint.clean_method IS NULL)
-ORDER BY runs.run_id, checkpoint.epoch;
+    ON checkpoint.run_id = run.run_id
+    OR (checkpoint.clean_method IS NULL AND {same_pretrained_model})
+ORDER BY run.run_id, checkpoint.epoch;
 
--- The papers' oracle selection: per pretrained model and cleaning method, the best clean top-1
--- of any cleaning epoch (any learning rate) whose ASR@1 is at most 5%, beside the start's.
--- best_top1 is null when no epoch got the ASR that low.
-CREATE VIEW best_accuracy_at_low_asr AS
+-- The study's summary: one row per pretrained model x cleaning method x poisons in the cleaning
+-- set, over the method's learning rates. The start's top-1, ASR@1 and ASR@10; the papers' oracle
+-- selection (the best top-1 of any cleaning epoch whose ASR@1 is at most 5%, with its lr and
+-- epoch; null when no epoch got the ASR that low); the lowest ASR@1 any epoch reached; and the
+-- last epoch of the run whose last epoch has the lowest ASR@1.
+CREATE VIEW study_summary AS
 WITH starts AS (
-    SELECT dataset, attack, pretrain_objective, top1 AS start_top1, asr_top1 AS start_asr_top1
+    SELECT {pretrain}, top1 AS start_top1, asr_top1 AS start_asr_top1, asr_top10 AS start_asr_top10
     FROM metrics_wide
     WHERE clean_method IS NULL
 ),
-methods AS (
-    SELECT DISTINCT dataset, attack, pretrain_objective, clean_method
-    FROM metrics
-    WHERE clean_method IS NOT NULL
+cleaned AS (
+    SELECT * FROM metrics_wide WHERE clean_method IS NOT NULL
+),
+groups AS (
+    SELECT {group}, min(asr_top1) AS lowest_asr_top1
+    FROM cleaned
+    GROUP BY ALL
 ),
 best AS (
-    SELECT dataset, attack, pretrain_objective, clean_method,
-           top1 AS best_top1, asr_top1, lr, epoch
-    FROM metrics_wide
-    WHERE clean_method IS NOT NULL AND asr_top1 <= 0.05
-    QUALIFY row_number() OVER (
-        PARTITION BY dataset, attack, pretrain_objective, clean_method
-        ORDER BY top1 DESC, lr, epoch
-    ) = 1
+    SELECT {group}, top1 AS best_top1, asr_top1 AS best_asr_top1, asr_top10 AS best_asr_top10,
+           lr AS best_lr, epoch AS best_epoch
+    FROM cleaned
+    WHERE asr_top1 <= 0.05
+    QUALIFY row_number() OVER (PARTITION BY {group} ORDER BY top1 DESC, lr, epoch) = 1
+),
+last_epochs AS (
+    SELECT * FROM cleaned
+    QUALIFY epoch = max(epoch) OVER (PARTITION BY run_id)
+),
+last AS (
+    SELECT {group}, lr AS last_lr, epoch AS last_epoch, top1 AS last_top1,
+           asr_top1 AS last_asr_top1, asr_top10 AS last_asr_top10
+    FROM last_epochs
+    QUALIFY row_number() OVER (PARTITION BY {group} ORDER BY asr_top1, top1 DESC, lr) = 1
 )
 SELECT
-    methods.dataset, methods.attack, methods.pretrain_objective, methods.clean_method,
-    starts.start_top1, starts.start_asr_top1,
-    best.best_top1, best.asr_top1, best.lr, best.epoch
-FROM methods
-LEFT JOIN starts USING (dataset, attack, pretrain_objective)
-LEFT JOIN best USING (dataset, attack, pretrain_objective, clean_method)
-ORDER BY methods.dataset, methods.attack, methods.pretrain_objective, methods.clean_method;
+    {group},
+    starts.start_top1, starts.start_asr_top1, starts.start_asr_top10,
+    best.best_top1, best.best_asr_top1, best.best_asr_top10, best.best_lr, best.best_epoch,
+    groups.lowest_asr_top1,
+    last.last_lr, last.last_epoch, last.last_top1, last.last_asr_top1, last.last_asr_top10
+FROM groups
+LEFT JOIN starts USING ({pretrain})
+LEFT JOIN best USING ({group})
+LEFT JOIN last USING ({group})
+ORDER BY {group};

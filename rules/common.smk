@@ -1,13 +1,60 @@
-# Helpers shared by the rules: path builders and input functions.
+# Helpers shared by the rules: the study grid as Paramspaces, path builders and input functions.
+# Every grid path and wildcard constraint below derives from cleanclip_core.study.
 import re
 from pathlib import Path
 
+from snakemake.utils import Paramspace
+
+from cleanclip_core import study
+
 DATASET = config["dataset"]["name"]
+STUDY = config["study"]
+START = STUDY["start"]
+PRETRAINED_TAG = START if study.start_kind(START) == "tag" else None  # open_clip downloads it
+PRETRAINED = Paramspace(study.pretrained_models(config), param_sep="=")
+CLEANING = Paramspace(study.cleaning_runs(config), param_sep="=")
+# A pretrained model: results/runs/dataset=.../attack=.../model=.../start=.../pretrain_objective=...
+PRETRAIN_RUN = f"results/runs/{PRETRAINED.wildcard_pattern}"
+# A cleaning run, inside its pretrained model's folder: .../clean_method=.../cleaning_poisons=.../lr=...
+CLEAN_RUN = f"results/runs/{CLEANING.wildcard_pattern}"
+CLEAN_EPOCHS = range(1, config["clean"]["epochs"] + 1)
+STUDY_DIR = f"results/studies/{study.study_name(config)}"
+ATTACK_DIR = "results/{dataset}/{attack}"
 
 
+CLEAN_EPOCH_WEIGHTS = expand(f"{CLEAN_RUN}/epoch_{{epoch:03d}}.pt", epoch=CLEAN_EPOCHS, allow_missing=True)
+CLEAN_EPOCH_METRICS = expand(
+    f"{CLEAN_RUN}/epoch_{{epoch:03d}}/metrics.parquet", epoch=CLEAN_EPOCHS, allow_missing=True
+)
+
+
+def _one_of(values):
+    return "|".join(re.escape(str(value)) for value in dict.fromkeys(values))
+
+
+# Each grid dimension takes the study's values; every configured attack is poisoned and pictured.
 wildcard_constraints:
-    dataset=DATASET,
-    attack="|".join(config["attacks"]),
+    **{name: _one_of(CLEANING.dataframe[name]) for name in CLEANING.dataframe.columns} | {"attack": _one_of(config["attacks"])},
+
+
+# The figures' facets: one fig2 and one trajectories figure per attack x poisons in the cleaning
+# set (their panels are the pretraining objectives).
+FIGURE_FACETS = [
+    {"attack": attack, "cleaning_poisons": int(poisons)}
+    for attack, poisons in CLEANING.dataframe[["attack", "cleaning_poisons"]].drop_duplicates().itertuples(index=False)
+]
+
+
+def study_figures(name, suffix):
+    """The paths of a per-facet figure of the study, in FIGURE_FACETS' order."""
+    return [
+        f"{STUDY_DIR}/figures/{name}/{facet['attack']}_poisons{facet['cleaning_poisons']}.{suffix}"
+        for facet in FIGURE_FACETS
+    ]
+
+
+def report_figures(name, caption):
+    return [report(path, caption=caption, category="Figures", subcategory=name) for path in study_figures(name, "png")]
 
 
 def url_list(wildcards):
@@ -27,51 +74,21 @@ def attack_config(wildcards):
     return config["attacks"][wildcards.attack]
 
 
-STUDY_ATTACK = config["study"]["attack"]
-PRETRAIN_OBJECTIVES = config["pretrain"]["objectives"]
-CLEAN_METHODS = config["clean"]["methods"]
-CLEAN_EPOCHS = range(1, config["clean"]["epochs"] + 1)
-
-
-def lr_label(lr):
-    """A learning rate as it appears in paths: 0.001, 1e-05."""
-    return f"{lr:g}"
-
-
-CLEAN_LRS = [lr_label(lr) for lr in config["clean"]["lrs"]]
-PRETRAIN_RUN = "results/{dataset}/{attack}/pretrain/{objective}"
-CLEAN_RUN = f"{PRETRAIN_RUN}/clean/{{method}}/lr_{{lr}}"
-CLEAN_EPOCH_WEIGHTS = expand(f"{CLEAN_RUN}/epoch_{{epoch:03d}}.pt", epoch=CLEAN_EPOCHS, allow_missing=True)
-CLEAN_EPOCH_METRICS = expand(
-    f"{CLEAN_RUN}/epoch_{{epoch:03d}}/metrics.parquet", epoch=CLEAN_EPOCHS, allow_missing=True
-)
-
-
-wildcard_constraints:
-    objective="|".join(PRETRAIN_OBJECTIVES),
-    method="|".join(CLEAN_METHODS),
-    lr="|".join(re.escape(lr) for lr in CLEAN_LRS),
-
-
-def training_settings(stage, objective, lr):
-    """The settings of one training run (cleanclip_core.training.loop.TrainSettings)."""
-    stage_config = config[stage]
-    return {
-        "model": config["model"]["name"],
-        "objective": config["objectives"][objective],
-        "lr": lr,
-    } | {
-        key: stage_config[key]
-        for key in ("epochs", "batch_size", "warmup_steps", "weight_decay", "seed", "synonyms", "num_workers")
-    }
+def start_weights(wildcards):
+    """The local checkpoint pretraining starts from, an input of the rule (a new file reruns it)."""
+    return {"start_weights": START} if study.start_kind(START) == "file" else {}
 
 
 def pretrain_settings(wildcards):
-    return training_settings("pretrain", wildcards.objective, config["pretrain"]["lr"])
+    return study.pretrain_settings(config, wildcards.pretrain_objective)
 
 
 def clean_settings(wildcards):
-    return training_settings("clean", wildcards.method, float(wildcards.lr))
+    return study.clean_settings(config, wildcards.clean_method, float(wildcards.lr))
+
+
+def cleaning_set_settings(wildcards):
+    return study.cleaning_set_settings(config, int(wildcards.cleaning_poisons))
 
 
 def evaluation_images(wildcards):
@@ -79,38 +96,43 @@ def evaluation_images(wildcards):
     return config["evaluation"]["images"] or f"results/{wildcards.dataset}/corpus/eval"
 
 
+def _identity(space, wildcards):
+    """A grid point's dimension values as plain Python values (Paramspace gives numpy's)."""
+    return {name: getattr(value, "item", lambda: value)() for name, value in space.instance(wildcards).items()}
+
+
 def pretrained_checkpoints(wildcards):
-    """The identity of a pretrained model (cleanclip_core.results.CheckpointIdentity), in a list."""
-    return [{"dataset": wildcards.dataset, "attack": wildcards.attack, "pretrain_objective": wildcards.objective}]
+    """The identity of a pretrained model (a metrics row's dimension columns), in a list."""
+    return [_identity(PRETRAINED, wildcards) | {"epoch": 0}]
 
 
 def cleaned_checkpoints(wildcards):
     """The identities of a cleaning run's epochs."""
-    run = pretrained_checkpoints(wildcards)[0] | {"clean_method": wildcards.method, "lr": float(wildcards.lr)}
+    run = _identity(CLEANING, wildcards)
     return [run | {"epoch": epoch} for epoch in CLEAN_EPOCHS]
 
 
 def pretrained_provenance(wildcards):
-    """Every setting that made a pretrained model and its metrics: their hash is the config_hash."""
-    return {
-        "dataset": config["dataset"],
-        "attack": attack_config(wildcards),
-        "init_weights": config["model"]["init_weights"],
-        "pretrain": pretrain_settings(wildcards),
-        "evaluation": config["evaluation"],
-    }
+    """Every experiment setting that made a pretrained model and its metrics: their hash is the
+    metrics' config_hash."""
+    return study.pretrained_provenance(config, wildcards.attack, wildcards.pretrain_objective)
 
 
 def cleaned_provenance(wildcards):
-    cleaning_set = {key: config["clean"][key] for key in ("n_clean", "n_poisons", "seed", "labels")}
-    return pretrained_provenance(wildcards) | {"clean": clean_settings(wildcards) | cleaning_set}
+    return study.cleaned_provenance(
+        config, wildcards.attack, wildcards.pretrain_objective, wildcards.clean_method,
+        int(wildcards.cleaning_poisons), float(wildcards.lr),
+    )
 
 
 def study_metrics(wildcards):
     """The metrics files of the study: every pretrained model and every cleaning epoch."""
-    study = {"dataset": DATASET, "attack": STUDY_ATTACK, "objective": PRETRAIN_OBJECTIVES}
-    pretrained = expand(f"{PRETRAIN_RUN}/metrics.parquet", **study)
-    cleaned = expand(CLEAN_EPOCH_METRICS, **study, method=CLEAN_METHODS, lr=CLEAN_LRS)
+    pretrained = [f"results/runs/{run}/metrics.parquet" for run in PRETRAINED.instance_patterns]
+    cleaned = [
+        f"results/runs/{run}/epoch_{epoch:03d}/metrics.parquet"
+        for run in CLEANING.instance_patterns
+        for epoch in CLEAN_EPOCHS
+    ]
     return pretrained + cleaned
 
 

@@ -28,6 +28,10 @@ rule download:
     params:
         download=config["dataset"]["download"],
     threads: 2
+    resources:
+        download_threads=config["execution"]["download_threads"],
+        download_timeout_s=config["execution"]["download_timeout_s"],
+        download_retries=config["execution"]["download_retries"],
     log:
         "results/logs/download/{dataset}.log",
     benchmark:

@@ -1,4 +1,4 @@
-# Results: zero-shot evaluation of every checkpoint, the results database, the figures.
+# Results: zero-shot evaluation of every checkpoint, the study's database, tables and figures.
 
 
 rule evaluate_pretrained:
@@ -6,17 +6,21 @@ rule evaluate_pretrained:
         weights=[f"{PRETRAIN_RUN}/model.pt"],
         images=evaluation_images,
     output:
-        "results/{dataset}/{attack}/pretrain/{objective}/metrics.parquet",
+        f"{PRETRAIN_RUN}/metrics.parquet",
     params:
-        model=config["model"]["name"],
+        model=STUDY["model"],
         attack=attack_config,
-        evaluation=config["evaluation"],
+        classnames=config["evaluation"]["classnames"],
         checkpoints=pretrained_checkpoints,
         provenance=pretrained_provenance,
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+        evaluation_batch_size=config["execution"]["evaluation_batch_size"],
     log:
-        "results/logs/evaluate/{dataset}/{attack}/{objective}.log",
+        f"results/logs/evaluate/{PRETRAINED.wildcard_pattern}.log",
     benchmark:
-        "results/benchmarks/evaluate/{dataset}/{attack}/{objective}.tsv"
+        f"results/benchmarks/evaluate/{PRETRAINED.wildcard_pattern}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -31,23 +35,26 @@ use rule evaluate_pretrained as evaluate_cleaned with:
     output:
         CLEAN_EPOCH_METRICS,
     params:
+        model=STUDY["model"],
+        attack=attack_config,
+        classnames=config["evaluation"]["classnames"],
         checkpoints=cleaned_checkpoints,
         provenance=cleaned_provenance,
     log:
-        "results/logs/evaluate/{dataset}/{attack}/{objective}/{method}/lr_{lr}.log",
+        f"results/logs/evaluate/{CLEANING.wildcard_pattern}.log",
     benchmark:
-        "results/benchmarks/evaluate/{dataset}/{attack}/{objective}/{method}/lr_{lr}.tsv"
+        f"results/benchmarks/evaluate/{CLEANING.wildcard_pattern}.tsv"
 
 
 rule results_database:
     input:
         study_metrics,
     output:
-        "results/results.duckdb",
+        f"{STUDY_DIR}/results.duckdb",
     log:
-        "results/logs/results_database.log",
+        f"{STUDY_DIR}/logs/results_database.log",
     benchmark:
-        "results/benchmarks/results_database.tsv"
+        f"{STUDY_DIR}/benchmarks/results_database.tsv"
     conda:
         "../envs/results.yaml"
     script:
@@ -56,25 +63,47 @@ rule results_database:
 
 rule figures:
     input:
-        "results/results.duckdb",
+        f"{STUDY_DIR}/results.duckdb",
     output:
-        fig2_pdf="results/figures/fig2.pdf",
-        fig2_png=report("results/figures/fig2.png", caption="../report/fig2.rst", category="Figures"),
-        fig2_data="results/figures/fig2_data.parquet",
-        trajectories_pdf="results/figures/trajectories.pdf",
-        trajectories_png=report(
-            "results/figures/trajectories.png", caption="../report/trajectories.rst", category="Figures"
+        fig2=study_figures("fig2", "pdf"),
+        fig2_png=report_figures("fig2", "../report/fig2.rst"),
+        fig2_data=f"{STUDY_DIR}/figures/fig2_data.parquet",
+        trajectories=study_figures("trajectories", "pdf"),
+        trajectories_png=report_figures("trajectories", "../report/trajectories.rst"),
+        contamination=f"{STUDY_DIR}/figures/contamination.pdf",
+        contamination_png=report(
+            f"{STUDY_DIR}/figures/contamination.png", caption="../report/contamination.rst", category="Figures"
         ),
-        best_accuracy=report(
-            "results/tables/best_accuracy.csv", caption="../report/best_accuracy.rst", category="Tables"
-        ),
+        summary=report(f"{STUDY_DIR}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
     params:
-        pretrain_objectives=PRETRAIN_OBJECTIVES,
+        facets=FIGURE_FACETS,
+        objectives=STUDY["pretrain_objectives"],
     log:
-        "results/logs/figures.log",
+        f"{STUDY_DIR}/logs/figures.log",
     benchmark:
-        "results/benchmarks/figures.tsv"
+        f"{STUDY_DIR}/benchmarks/figures.tsv"
     conda:
         "../envs/results.yaml"
     script:
         "../workflow_scripts/figures.py"
+
+
+# The card's target: the configured study's headline fig2 (its first attack, its first number of
+# poisons in the cleaning set). Rerun when another study is configured.
+rule headline_figure:
+    input:
+        pdf=study_figures("fig2", "pdf")[0],
+        png=study_figures("fig2", "png")[0],
+    output:
+        pdf="results/figures/fig2.pdf",
+        png="results/figures/fig2.png",
+    params:
+        study=study.study_name(config),
+    log:
+        "results/logs/headline_figure.log",
+    benchmark:
+        "results/benchmarks/headline_figure.tsv"
+    conda:
+        "../envs/results.yaml"
+    shell:
+        "cp {input.pdf} {output.pdf} && cp {input.png} {output.png} 2> {log}"

@@ -1,10 +1,11 @@
-# Training: pretraining of the poisoned model per objective, and cleaning runs per
-# (pretrained model, method, learning rate) keeping every epoch's weights.
+# Training: pretraining of the poisoned model per grid point, and cleaning runs per
+# (pretrained model, method, poisons in the cleaning set, learning rate), keeping every epoch.
 
 
 rule pretrain:
     input:
-        manifest="results/{dataset}/{attack}/poisoned_manifest.parquet",
+        unpack(start_weights),
+        manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
     output:
@@ -13,14 +14,17 @@ rule pretrain:
     params:
         settings=pretrain_settings,
         attack=attack_config,
-        init_weights=config["model"]["init_weights"],
+        pretrained=PRETRAINED_TAG,
         keep_every_epoch=False,
         out_dir=run_folder,
     threads: 2
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
     log:
-        "results/logs/pretrain/{dataset}/{attack}/{objective}.log",
+        f"results/logs/pretrain/{PRETRAINED.wildcard_pattern}.log",
     benchmark:
-        "results/benchmarks/pretrain/{dataset}/{attack}/{objective}.tsv"
+        f"results/benchmarks/pretrain/{PRETRAINED.wildcard_pattern}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -30,17 +34,15 @@ rule pretrain:
 rule cleaning_set:
     input:
         unpack(cleaning_labels),
-        poisoned_manifest="results/{dataset}/{attack}/poisoned_manifest.parquet",
+        poisoned_manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
     output:
-        "results/{dataset}/{attack}/cleaning_set.parquet",
+        f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet",
     params:
-        n_clean=config["clean"]["n_clean"],
-        n_poisons=config["clean"]["n_poisons"],
-        seed=config["clean"]["seed"],
+        settings=cleaning_set_settings,
     log:
-        "results/logs/cleaning_set/{dataset}/{attack}.log",
+        "results/logs/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}.log",
     benchmark:
-        "results/benchmarks/cleaning_set/{dataset}/{attack}.tsv"
+        "results/benchmarks/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}.tsv"
     conda:
         "../envs/data.yaml"
     script:
@@ -49,23 +51,27 @@ rule cleaning_set:
 
 rule clean:
     input:
-        manifest="results/{dataset}/{attack}/cleaning_set.parquet",
+        manifest=f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
-        init_weights=f"{PRETRAIN_RUN}/model.pt",
+        start_weights=f"{PRETRAIN_RUN}/model.pt",
     output:
         weights=CLEAN_EPOCH_WEIGHTS,
         step_log=f"{CLEAN_RUN}/train_log.parquet",
     params:
         settings=clean_settings,
         attack=attack_config,
+        pretrained=None,
         keep_every_epoch=True,
         out_dir=run_folder,
     threads: 2
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
     log:
-        "results/logs/clean/{dataset}/{attack}/{objective}/{method}/lr_{lr}.log",
+        f"results/logs/clean/{CLEANING.wildcard_pattern}.log",
     benchmark:
-        "results/benchmarks/clean/{dataset}/{attack}/{objective}/{method}/lr_{lr}.tsv"
+        f"results/benchmarks/clean/{CLEANING.wildcard_pattern}.tsv"
     conda:
         "../envs/torch.yaml"
     script:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from cleanclip_core.errors import UserError
-from cleanclip_core.plots.cleaning import fig2_points, plot_fig2, plot_trajectories, save_figure
+from cleanclip_core.plots.cleaning import fig2_points, plot_contamination, plot_fig2, plot_trajectories, save_figure
 
 
 def trajectories() -> pd.DataFrame:
@@ -17,6 +17,17 @@ def trajectories() -> pd.DataFrame:
                     "run_id": f"{objective}/{lr}", "pretrain_objective": objective, "clean_method": "cleanclip",
                     "lr": lr, "epoch": epoch, "top1": start + 0.01 * epoch, "asr_top1": max(0.0, 0.9 - 0.2 * epoch * lr * 1000),
                 })
+    return pd.DataFrame(rows)
+
+
+def summary() -> pd.DataFrame:
+    """The study summary's columns the contamination figure draws: two attacks, two objectives,
+    0 to 5 poisons in the cleaning set; no epoch of MMCL+SSL gets ASR@1 to 5% with poisons."""
+    rows = [
+        {"attack": attack, "pretrain_objective": objective, "clean_method": "cleanclip", "cleaning_poisons": k,
+         "best_top1": 0.5 if objective == "mmcl" or k == 0 else None, "lowest_asr_top1": 0.02 * k}
+        for attack in ("badnet", "blended") for objective in ("mmcl", "mmcl_ssl") for k in (0, 1, 5)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -39,8 +50,10 @@ def test_fig2_of_an_objective_without_cleaning_runs_is_a_user_error():
 def test_figures_are_written_as_pdf_and_png_with_the_same_bytes_each_time(tmp_path):
     points = fig2_points(trajectories(), ["mmcl", "mmcl_ssl"])
     for name in ("a", "b"):
-        save_figure(plot_fig2(points, ["mmcl", "mmcl_ssl"]), tmp_path / f"{name}.pdf")
-        save_figure(plot_trajectories(trajectories(), ["mmcl", "mmcl_ssl"]), tmp_path / f"{name}.png")
+        save_figure(plot_fig2(points, ["mmcl", "mmcl_ssl"], "badnet"), tmp_path / f"{name}.pdf")
+        save_figure(plot_trajectories(trajectories(), ["mmcl", "mmcl_ssl"], "badnet"), tmp_path / f"{name}.png")
+        save_figure(plot_contamination(summary()), tmp_path / f"{name}_contamination.pdf")
     assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+    assert (tmp_path / "a_contamination.pdf").read_bytes() == (tmp_path / "b_contamination.pdf").read_bytes()
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

@@ -5,16 +5,16 @@ import math
 import pyarrow as pa
 import pytest
 
-from cleanclip_core.results import (
-    CheckpointIdentity,
-    build_results_database,
-    config_hash,
-    metrics_table,
-    query,
-)
+from cleanclip_core.results import IDENTITY_SCHEMA, build_results_database, config_hash, metrics_table, query
 from cleanclip_core.tables import write_table
 
-START = CheckpointIdentity("shapes", "badnet", "mmcl")
+
+def pretrained(objective: str = "mmcl") -> dict:
+    return {"dataset": "shapes", "attack": "badnet", "model": "tiny-rn", "start": "scratch",
+            "pretrain_objective": objective, "epoch": 0}
+
+
+START = pretrained()
 
 
 def evaluated(top1: float, asr_top1: float) -> dict[str, float]:
@@ -25,19 +25,23 @@ def evaluated(top1: float, asr_top1: float) -> dict[str, float]:
     }
 
 
-def cleaned(lr: float, epoch: int, objective: str = "mmcl") -> CheckpointIdentity:
-    return CheckpointIdentity("shapes", "badnet", objective, "cleanclip", lr, epoch)
+def cleaned(lr: float, epoch: int, objective: str = "mmcl", poisons: int = 0) -> dict:
+    return pretrained(objective) | {"clean_method": "cleanclip", "cleaning_poisons": poisons, "lr": lr, "epoch": epoch}
+
+
+MMCL_RUN = "dataset=shapes/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective=mmcl"
 
 
 def test_a_checkpoint_gives_one_row_per_metric_with_its_image_count():
     table = metrics_table(evaluated(0.5, 0.9), cleaned(0.001, 3), "abc", "0.1.0").to_pandas()
     assert list(table.metric) == ["top1", "top5", "asr_top1", "asr_top5", "asr_top10"]
     assert list(table.n_images) == [100, 100, 90, 90, 90]
-    assert set(table.run_id) == {"shapes/badnet/mmcl/cleanclip/lr_0.001"}
-    assert set(table.epoch) == {3}
+    assert set(table.run_id) == {f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.001"}
+    assert table.columns.tolist()[1:len(IDENTITY_SCHEMA) + 1] == IDENTITY_SCHEMA.names
+    assert set(table.epoch) == {3} and set(table.cleaning_poisons) == {0}
     start = metrics_table(evaluated(0.5, 0.9), START, "abc", "0.1.0").to_pandas()
-    assert set(start.run_id) == {"shapes/badnet/mmcl"}
-    assert start.clean_method.isna().all() and start.lr.isna().all() and set(start.epoch) == {0}
+    assert set(start.run_id) == {MMCL_RUN}
+    assert start[["clean_method", "cleaning_poisons", "lr"]].isna().all().all() and set(start.epoch) == {0}
 
 
 def test_config_hash_depends_on_the_settings_not_on_key_order():
@@ -47,17 +51,18 @@ def test_config_hash_depends_on_the_settings_not_on_key_order():
 
 @pytest.fixture()
 def database(tmp_path):
-    """Two pretrained models; MMCL cleaned at two learning rates for two epochs, MMCL+SSL at one,
-    where no epoch gets the ASR to 5%."""
-    results = {
-        START: (0.50, 0.95),
-        cleaned(0.001, 1): (0.55, 0.20), cleaned(0.001, 2): (0.60, 0.05),
-        cleaned(0.003, 1): (0.70, 0.04), cleaned(0.003, 2): (0.65, 0.01),
-        CheckpointIdentity("shapes", "badnet", "mmcl_ssl"): (0.60, 0.97),
-        cleaned(0.003, 1, "mmcl_ssl"): (0.62, 0.40), cleaned(0.003, 2, "mmcl_ssl"): (0.61, 0.30),
-    }
+    """Two pretrained models; MMCL cleaned at two learning rates for two epochs, and with 5
+    poisons in the cleaning set at one; MMCL+SSL at one, where no epoch gets the ASR to 5%."""
+    results = [
+        (START, 0.50, 0.95),
+        (cleaned(0.001, 1), 0.55, 0.20), (cleaned(0.001, 2), 0.60, 0.05),
+        (cleaned(0.003, 1), 0.70, 0.04), (cleaned(0.003, 2), 0.65, 0.01),
+        (cleaned(0.003, 1, poisons=5), 0.66, 0.50), (cleaned(0.003, 2, poisons=5), 0.64, 0.45),
+        (pretrained("mmcl_ssl"), 0.60, 0.97),
+        (cleaned(0.003, 1, "mmcl_ssl"), 0.62, 0.40), (cleaned(0.003, 2, "mmcl_ssl"), 0.61, 0.30),
+    ]
     paths = []
-    for i, (checkpoint, (top1, asr)) in enumerate(results.items()):
+    for i, (checkpoint, top1, asr) in enumerate(results):
         paths.append(tmp_path / f"{i}" / "metrics.parquet")
         write_table(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1], config={}, inputs_sha256="")
     build_results_database(paths, tmp_path / "results.duckdb")
@@ -66,30 +71,38 @@ def database(tmp_path):
 
 def test_wide_view_has_one_row_per_checkpoint(database):
     wide = query(database, "SELECT * FROM metrics_wide ORDER BY run_id, epoch").to_pandas()
-    assert len(wide) == 8
-    row = wide[(wide.run_id == "shapes/badnet/mmcl/cleanclip/lr_0.003") & (wide.epoch == 1)].iloc[0]
+    assert len(wide) == 10
+    row = wide[(wide.run_id == f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003") & (wide.epoch == 1)].iloc[0]
     assert (row.top1, row.asr_top1, row.n_images, row.n_triggered) == (0.70, 0.04, 100, 90)
 
 
 def test_trajectories_start_every_cleaning_run_at_its_pretrained_model(database):
     runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
-    assert len(runs) == 3 * 3  # three runs, epochs 0, 1, 2
+    assert len(runs) == 4 * 3  # four runs, epochs 0, 1, 2
     starts = runs[runs.epoch == 0].set_index("run_id")
-    assert starts.loc["shapes/badnet/mmcl/cleanclip/lr_0.001"].top1 == 0.50
-    assert starts.loc["shapes/badnet/mmcl_ssl/cleanclip/lr_0.003"].asr_top1 == 0.97
+    assert starts.loc[f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=5/lr=0.003"].top1 == 0.50
+    assert starts.loc[MMCL_RUN.replace("=mmcl", "=mmcl_ssl") + "/clean_method=cleanclip/cleaning_poisons=0/lr=0.003"].asr_top1 == 0.97
 
 
-def test_best_accuracy_at_low_asr_is_the_oracle_selection_and_null_when_never_reached(database):
-    best = query(database, "SELECT * FROM best_accuracy_at_low_asr").to_pandas().set_index("pretrain_objective")
-    mmcl = best.loc["mmcl"]
+def test_study_summary_gives_start_oracle_lowest_and_last_per_method_and_cleaning_poisons(database):
+    summary = query(database, "SELECT * FROM study_summary").to_pandas()
+    assert len(summary) == 3
+    row = summary.set_index(["pretrain_objective", "cleaning_poisons"]).loc
+    mmcl = row["mmcl", 0]
     # candidates with ASR@1 <= 5%: (0.60, lr 1e-3, epoch 2), (0.70, 3e-3, 1), (0.65, 3e-3, 2)
-    assert (mmcl.best_top1, mmcl.lr, mmcl.epoch, mmcl.start_top1) == (0.70, 0.003, 1, 0.50)
-    assert math.isnan(best.loc["mmcl_ssl"].best_top1)
-    assert best.loc["mmcl_ssl"].start_asr_top1 == 0.97
+    assert (mmcl.best_top1, mmcl.best_lr, mmcl.best_epoch) == (0.70, 0.003, 1)
+    assert (mmcl.start_top1, mmcl.start_asr_top1, mmcl.start_asr_top10, mmcl.lowest_asr_top1) == (0.50, 0.95, 1.0, 0.01)
+    # last epochs: lr 1e-3 (0.60, 0.05) and lr 3e-3 (0.65, 0.01): the lower ASR@1 is reported
+    assert (mmcl.last_lr, mmcl.last_epoch, mmcl.last_top1, mmcl.last_asr_top1) == (0.003, 2, 0.65, 0.01)
+    contaminated = row["mmcl", 5]
+    assert math.isnan(contaminated.best_top1) and contaminated.lowest_asr_top1 == 0.45
+    assert contaminated.start_top1 == 0.50
+    ssl = row["mmcl_ssl", 0]
+    assert math.isnan(ssl.best_top1) and (ssl.start_asr_top1, ssl.lowest_asr_top1, ssl.last_top1) == (0.97, 0.30, 0.61)
 
 
 def test_the_database_holds_its_rows_itself(database, tmp_path):
     for path in tmp_path.glob("*/metrics.parquet"):
         path.unlink()
-    assert query(database, "SELECT count(*) AS n FROM metrics")["n"].to_pylist() == [8 * 5]
+    assert query(database, "SELECT count(*) AS n FROM metrics")["n"].to_pylist() == [10 * 5]
     assert isinstance(query(database, "SELECT * FROM metrics"), pa.Table)

@@ -21,6 +21,10 @@ from slurm.fixture import slurm_cluster  # noqa: F401  (pytest fixture)
 from workflow import ROOT
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
+# One attack, method and cleaning set of the smoke study: the grid's breadth is tested locally
+# (test_study.py); here every kind of stage runs as a SLURM job.
+SMOKE["study"] |= {"attacks": ["badnet"], "clean_methods": ["cleanclip"], "cleaning_poisons": [0]}
+DATABASE = "results/studies/smoke/results.duckdb"
 GPU_STAGES = ("pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned")
 # profiles/slurm asks for GPUs; the test cluster has 2 CPUs and no GPU.
 TEST_NODE_RESOURCES = {"gpus_per_node": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
@@ -57,7 +61,7 @@ def slurm_job_ids(workdir: Path, stage: str) -> list[str]:
 
 def test_smoke_study_runs_its_training_and_evaluation_as_slurm_jobs(slurm_cluster, tmp_path):
     finished(slurm_snakemake(tmp_path, slurm_cluster))
-    runs = len(SMOKE["pretrain"]["objectives"]) * len(SMOKE["clean"]["lrs"])
+    runs = len(SMOKE["study"]["pretrain_objectives"]) * len(SMOKE["clean"]["lrs"])
     expected_jobs = {"pretrain": 2, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs}
     for stage, count in expected_jobs.items():
         job_ids = slurm_job_ids(tmp_path, stage)
@@ -66,7 +70,7 @@ def test_smoke_study_runs_its_training_and_evaluation_as_slurm_jobs(slurm_cluste
     # the epochs of a cleaning run are one job array
     array = slurm_job_ids(tmp_path, "evaluate_cleaned")[0].split()
     assert len(array) == SMOKE["clean"]["epochs"] and len({task.split("_")[0] for task in array}) == 1
-    wide = query(tmp_path / "results/results.duckdb", "SELECT * FROM metrics_wide").to_pandas()
+    wide = query(tmp_path / DATABASE, "SELECT * FROM metrics_wide").to_pandas()
     assert len(wide) == 2 + runs * SMOKE["clean"]["epochs"]
     assert (tmp_path / "results/figures/fig2.pdf").is_file()
 
@@ -150,5 +154,5 @@ def test_killing_snakemake_while_a_job_runs_then_rerunning_finishes_cleanly(slur
     assert slurm_job_ids(tmp_path, "pretrain") == submitted, "the rerun submitted the running jobs again"
     leftovers = [p for p in (tmp_path / "results").rglob("*") if p.name.endswith(".tmp") or p.name == "partial"]
     assert leftovers == []
-    wide = query(tmp_path / "results/results.duckdb", "SELECT * FROM metrics_wide").to_pandas()
+    wide = query(tmp_path / DATABASE, "SELECT * FROM metrics_wide").to_pandas()
     assert not wide.duplicated(["run_id", "epoch"]).any()

@@ -1,90 +1,200 @@
-"""The whole DAG on the smoke config through Snakemake: metrics, database, figures, report, and
-what a changed learning rate reruns."""
+"""The smoke study (two attacks, two pretraining objectives, two cleaning methods, two numbers of
+poisons in the cleaning set) through Snakemake, once: its metrics, database, summary, figures and
+report; then what each change of an execution setting or of a grid dimension reruns."""
 
 import copy
 import re
+import shutil
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cleanclip_core.results import config_hash, query
+from cleanclip_core import study
+from cleanclip_core.config import validate_config
+from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query
 from cleanclip_core.tables import table_provenance
-from workflow import ROOT, run_snakemake
+from workflow import ROOT, job_counts, run_snakemake
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
-OBJECTIVES = SMOKE["pretrain"]["objectives"]
-LRS = SMOKE["clean"]["lrs"]
-EPOCHS = range(1, SMOKE["clean"]["epochs"] + 1)
+STUDY_DIR = "results/studies/smoke"
+EPOCHS = SMOKE["clean"]["epochs"]
+# Two trainings or evaluations at once on the test machine's 2 cores.
+ONE_THREAD = ["--set-threads", "pretrain=1", "clean=1", "evaluate_pretrained=1", "evaluate_cleaned=1"]
+LIGHT = {"results_database": 1, "figures": 1, "headline_figure": 1, "all": 1}
 
 
 def jobs_run(snakemake_stderr: str) -> dict[str, int]:
-    """The job counts of the run's `Job stats` table."""
+    """The job counts of a run's `Job stats` table."""
     table = snakemake_stderr.split("Job stats:")[1].split("\n\n")[0]
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def planned(workdir, config) -> dict[str, int]:
+    """The jobs a dry run with `config` plans, per rule, without the total; {} for none."""
+    result = run_snakemake(workdir, config, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    counts = job_counts(result.stdout)
+    counts.pop("total")
+    return counts
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
-    result = run_snakemake(workdir, SMOKE)
+    result = run_snakemake(workdir, SMOKE, *ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
-def test_metrics_have_every_pretrained_model_and_cleaning_epoch(smoke_run):
-    wide = query(smoke_run / "results/results.duckdb", "SELECT * FROM metrics_wide").to_pandas()
-    expected = {(objective, None, 0) for objective in OBJECTIVES}
-    expected |= {(objective, lr, epoch) for objective in OBJECTIVES for lr in LRS for epoch in EPOCHS}
-    observed = {(row.pretrain_objective, None if row.epoch == 0 else row.lr, row.epoch) for row in wide.itertuples()}
-    assert observed == expected
+@pytest.fixture(scope="module")
+def wide(smoke_run):
+    return query(smoke_run / f"{STUDY_DIR}/results.duckdb", "SELECT * FROM metrics_wide").to_pandas()
+
+
+def test_metrics_have_every_pretrained_model_and_cleaning_epoch_of_the_grid(wide):
+    config = validate_config(copy.deepcopy(SMOKE))
+    starts = {(*row, None, None, None, 0) for row in study.pretrained_models(config).itertuples(index=False)}
+    epochs = range(1, EPOCHS + 1)
+    cleaned = {(*row, epoch) for row in study.cleaning_runs(config).itertuples(index=False) for epoch in epochs}
+    identities = wide[list(IDENTITY_SCHEMA.names)].itertuples(index=False)
+    assert {tuple(None if pd.isna(value) else value for value in row) for row in identities} == starts | cleaned
+    assert len(wide) == len(starts | cleaned)
     assert wide[["top1", "top5", "asr_top1", "asr_top5", "asr_top10"]].notna().all().all()
     assert (wide.n_images == SMOKE["dataset"]["corpus"]["n_eval"]).all()
 
 
-def test_metrics_files_carry_provenance(smoke_run):
-    path = next((smoke_run / "results/smoke").rglob("epoch_001/metrics.parquet"))
+def test_every_metrics_row_carries_every_dimension_and_its_run_folder(smoke_run):
+    for path in (smoke_run / "results/runs").rglob("metrics.parquet"):
+        table = pq.read_table(path).to_pandas()
+        assert table.columns[: len(IDENTITY_SCHEMA) + 1].tolist() == ["run_id", *IDENTITY_SCHEMA.names]
+        run_folder = path.parent.parent if path.parent.name.startswith("epoch_") else path.parent
+        assert set(table.run_id) == {str(run_folder.relative_to(smoke_run / "results/runs"))}
+        pretrained = table[list(study.PRETRAIN_DIMENSIONS)]
+        assert pretrained.notna().all().all()
+
+
+def test_metrics_files_carry_provenance_without_execution_settings(smoke_run):
+    path = next((smoke_run / "results/runs").rglob("epoch_001/metrics.parquet"))
     table = pq.read_table(path).to_pandas()
     assert table.config_hash.str.fullmatch(r"[0-9a-f]{16}").all()
     assert table.code_version.str.startswith("0.1.0").all()
     settings = table_provenance(path)["config"]
-    assert settings["clean"]["epochs"] == SMOKE["clean"]["epochs"] and table.config_hash[0] == config_hash(settings)
+    assert settings["clean"]["epochs"] == EPOCHS and table.config_hash[0] == config_hash(settings)
+    assert not re.search(r"num_workers|batch_size.: 64|threads|timeout", str(settings))
 
 
-def test_fig2_draws_two_panels_with_a_point_per_lr_and_epoch(smoke_run):
-    points = pq.read_table(smoke_run / "results/figures/fig2_data.parquet").to_pandas()
-    assert list(points.panel.unique()) == OBJECTIVES
-    for panel in OBJECTIVES:
-        cleaned = points[(points.panel == panel) & (points.epoch > 0)]
-        assert sorted(zip(cleaned.lr, cleaned.epoch)) == [(lr, e) for lr in LRS for e in EPOCHS]
-        assert len(points[(points.panel == panel) & (points.epoch == 0)]) == 1
-    for figure in ("fig2.pdf", "fig2.png", "trajectories.pdf", "trajectories.png"):
-        assert (smoke_run / "results/figures" / figure).stat().st_size > 10_000
+def test_summary_has_a_row_per_attack_objective_method_and_cleaning_poisons(smoke_run):
+    summary = query(smoke_run / f"{STUDY_DIR}/results.duckdb", "SELECT * FROM study_summary").to_pandas()
+    keys = ["attack", "pretrain_objective", "clean_method", "cleaning_poisons"]
+    grid = study.cleaning_runs(validate_config(copy.deepcopy(SMOKE)))
+    assert sorted(map(tuple, summary[keys].values.tolist())) == sorted(map(tuple, grid[keys].drop_duplicates().values.tolist()))
+    assert summary[["start_top1", "start_asr_top1", "start_asr_top10", "last_top1", "lowest_asr_top1"]].notna().all().all()
+    csv = (smoke_run / f"{STUDY_DIR}/tables/summary.csv").read_text().splitlines()
+    assert len(csv) == len(summary) + 1 and csv[0].startswith("dataset,attack,model,start,pretrain_objective")
 
 
-def test_report_holds_the_figures_and_the_table(smoke_run):
+def test_fig2_per_attack_and_cleaning_poisons_and_the_headline_is_the_first(smoke_run):
+    points = pq.read_table(smoke_run / f"{STUDY_DIR}/figures/fig2_data.parquet").to_pandas()
+    facets = points[["attack", "cleaning_poisons"]].drop_duplicates()
+    assert len(facets) == len(SMOKE["study"]["attacks"]) * len(SMOKE["study"]["cleaning_poisons"])
+    for facet in facets.itertuples(index=False):
+        in_facet = points[(points.attack == facet.attack) & (points.cleaning_poisons == facet.cleaning_poisons)]
+        assert list(in_facet.panel.unique()) == SMOKE["study"]["pretrain_objectives"]
+        assert (in_facet.epoch == 0).sum() == 2
+        for kind in ("fig2", "trajectories"):
+            for suffix in ("pdf", "png"):
+                path = smoke_run / f"{STUDY_DIR}/figures/{kind}/{facet.attack}_poisons{facet.cleaning_poisons}.{suffix}"
+                assert path.stat().st_size > 10_000
+    headline = (smoke_run / "results/figures/fig2.pdf").read_bytes()
+    assert headline == (smoke_run / f"{STUDY_DIR}/figures/fig2/badnet_poisons0.pdf").read_bytes()
+    assert (smoke_run / f"{STUDY_DIR}/figures/contamination.pdf").stat().st_size > 10_000
+
+
+def test_report_holds_every_figure_and_the_summary(smoke_run):
     result = run_snakemake(smoke_run, SMOKE, "--report", "results/report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (smoke_run / "results/report.html").read_text()
-    for name in ("fig2.png", "trajectories.png", "best_accuracy.csv"):
+    for name in ("badnet_poisons0.png", "blended_poisons2.png", "contamination.png", "summary.csv"):
         assert name in report
 
 
-def test_changing_one_learning_rate_reruns_only_its_cleaning_and_what_follows(smoke_run):
-    pretrained = sorted((smoke_run / "results/smoke/badnet/pretrain").glob("*/model.pt"))
-    kept_mtimes = [path.stat().st_mtime_ns for path in pretrained]
+@pytest.mark.parametrize(
+    "setting, value",
+    [("num_workers", 1), ("evaluation_batch_size", 7), ("download_threads", 2), ("download_timeout_s", 3), ("download_retries", 2)],
+)
+def test_changing_an_execution_setting_reruns_nothing(smoke_run, setting, value):
     config = copy.deepcopy(SMOKE)
-    config["clean"]["lrs"] = [LRS[0], 0.002]
-    result = run_snakemake(smoke_run, config)
+    config["execution"][setting] = value
+    assert planned(smoke_run, config) == {}
+
+
+def changed(**changes) -> dict:
+    """The smoke config with `changes` (section -> {key: value}) merged into it."""
+    config = copy.deepcopy(SMOKE)
+    for section, values in changes.items():
+        config[section] |= values
+    return config
+
+
+def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
+    """The jobs of `pretrained` new pretrained models and `runs` new cleaning runs, and the
+    study's database and figures after them."""
+    jobs = {"pretrain": pretrained, "evaluate_pretrained": pretrained, "clean": runs, "evaluate_cleaned": runs}
+    return {name: count for name, count in (jobs | (data or {})).items() if count} | LIGHT
+
+
+@pytest.mark.parametrize(
+    "dimension, config, expected",
+    [
+        # a new attack: its poisoning, its two cleaning sets, 2 pretrained models, 2 x 2 x 2 runs
+        ("attack", changed(attacks=SMOKE["attacks"] | {"sig": {"type": "sig", "target_label": "star", "n_poisons": 6}},
+                           study={"attacks": ["badnet", "sig"]}),
+         training(2, 8, {"poison": 1, "trigger_grid": 1, "cleaning_set": 2})),
+        ("model", changed(study={"model": "tiny-vit"}), training(4, 16)),
+        ("pretrain_objective", changed(study={"pretrain_objectives": ["mmcl", "ssl_only"]}), training(2, 8)),
+        ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 8)),
+        ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 8, {"cleaning_set": 2})),
+        ("lr", changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}}), training(0, 8)),
+        ("an experiment setting", changed(pretrain={"per_objective": {"mmcl": {"lr": 0.002}}}), training(2, 8)),
+    ],
+)
+def test_changing_one_value_of_a_dimension_reruns_exactly_what_depends_on_it(smoke_run, dimension, config, expected):
+    assert planned(smoke_run, config) == expected
+
+
+def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):
+    weights = next((smoke_run / "results/runs").rglob("pretrain_objective=mmcl/model.pt"))
+    shutil.copy(weights, smoke_run / "my_clip.pt")
+    config = changed(study={"start": "my_clip.pt"})
+    assert planned(smoke_run, config) == training(4, 16)
+    result = run_snakemake(smoke_run, config, "--dry-run")
+    assert "start=my_clip/pretrain_objective=mmcl/model.pt" in result.stdout
+
+
+def test_a_second_study_in_the_same_folder_reuses_the_pretrained_models_and_keeps_its_own_figures(smoke_run):
+    figures = smoke_run / f"{STUDY_DIR}/figures/fig2/badnet_poisons0.pdf"
+    config = changed(study={"name": "smoke_high_lr", "clean_methods": ["cleanclip"], "cleaning_poisons": [0]},
+                     clean={"lrs": [0.01]})
+    result = run_snakemake(smoke_run, config, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert jobs_run(result.stderr) == {
-        "clean": len(OBJECTIVES),
-        "evaluate_cleaned": len(OBJECTIVES),
-        "results_database": 1,
-        "figures": 1,
-        "all": 1,
-        "total": 3 + 2 * len(OBJECTIVES),
-    }
+    assert job_counts(result.stdout) == training(0, 4) | {"total": 8 + 4}
+    assert "results/studies/smoke_high_lr/figures/fig2/badnet_poisons0.pdf" in result.stdout
+    assert str(figures.relative_to(smoke_run)) not in result.stdout
+
+
+def test_a_new_learning_rate_runs_only_its_cleaning_and_evaluation(smoke_run):
+    """For real, on one run of the plan above (the dry runs cover the whole plan)."""
+    pretrained = sorted((smoke_run / "results/runs").rglob("model.pt"))
+    kept_mtimes = [path.stat().st_mtime_ns for path in pretrained]
+    config = changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}})
+    run = "dataset=smoke/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective=mmcl/clean_method=cleanclip/cleaning_poisons=2/lr=0.002"
+    target = f"results/runs/{run}/epoch_{EPOCHS:03d}/metrics.parquet"
+    result = run_snakemake(smoke_run, config, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert jobs_run(result.stderr) == {"clean": 1, "evaluate_cleaned": 1, "total": 2}
     assert [path.stat().st_mtime_ns for path in pretrained] == kept_mtimes
-    lrs = query(smoke_run / "results/results.duckdb", "SELECT DISTINCT lr FROM metrics WHERE lr IS NOT NULL")
-    assert sorted(lrs["lr"].to_pylist()) == [LRS[0], 0.002]
+    assert set(pq.read_table(smoke_run / target).column("lr").to_pylist()) == {0.002}

@@ -15,11 +15,11 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
     default_config = yaml.safe_load((ROOT / "config.yaml").read_text())
     result = run_snakemake(tmp_path, default_config, "--dry-run")
     assert result.returncode == 0, result.stderr
-    runs = len(default_config["pretrain"]["objectives"]) * len(default_config["clean"]["lrs"])
+    runs = len(default_config["study"]["pretrain_objectives"]) * len(default_config["clean"]["lrs"])
     expected = {
         "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 5, "trigger_grid": 5,
         "pretrain": 2, "cleaning_set": 1, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs,
-        "results_database": 1, "figures": 1, "all": 1,
+        "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
     }
     assert job_counts(result.stdout) == expected | {"total": sum(expected.values())}
 
@@ -77,7 +77,7 @@ def test_impossible_poisoning_fails_with_one_line_each_and_no_output(tiny_run):
         "too_many": {"type": "badnet", "target_label": "star", "n_poisons": 1000},
         "no_target": {"type": "label_consistent", "target_label": "banana", "n_poisons": 1},
     }
-    config["study"] = {"attack": "too_many"}
+    config["study"] = {"attacks": ["too_many"]}
     targets = [f"results/tiny/{name}/poisoned_manifest.parquet" for name in config["attacks"]]
     result = run_snakemake(tiny_run, config, "--keep-going", *targets)
     assert result.returncode != 0

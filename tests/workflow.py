@@ -13,8 +13,9 @@ TINY_CONFIG = {
     "dataset": {
         "name": "tiny",
         "corpus": {"n_train": 60, "n_eval": 10, "image_size": 32, "seed": 0},
-        "download": {"image_size": 16, "samples_per_shard": 30, "threads_per_process": 4},
+        "download": {"image_size": 16, "samples_per_shard": 30},
     },
+    "execution": {"download_threads": 4},
     "attacks": {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 6}},
 }
 

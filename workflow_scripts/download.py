@@ -8,7 +8,12 @@ if __name__ == "__main__":
             snakemake.input.url_list,
             snakemake.output.shards,
             snakemake.output.stats,
-            DownloadSettings(**snakemake.params.download),
+            DownloadSettings(
+                **snakemake.params.download,
+                threads_per_process=snakemake.resources.download_threads,
+                timeout_s=snakemake.resources.download_timeout_s,
+                retries=snakemake.resources.download_retries,
+            ),
             processes=snakemake.threads,
             img2dataset_log=snakemake.log[0],
         )

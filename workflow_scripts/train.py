@@ -11,7 +11,9 @@ with reported_step(snakemake.log[0]):
             "attack": snakemake.params.attack,
         },
         "out_dir": snakemake.params.out_dir,
-        "init_weights": snakemake.input.get("init_weights", snakemake.params.get("init_weights")),
+        "init_weights": snakemake.input.get("start_weights"),
+        "pretrained": snakemake.params.pretrained,
         "keep_every_epoch": snakemake.params.keep_every_epoch,
     }
-    run_stages("cleanclip_core.training.loop:run_training", [call], **launch_from_snakemake(snakemake))
+    execution = {"num_workers": snakemake.resources.num_workers}
+    run_stages("cleanclip_core.training.loop:run_training", [call], execution=execution, **launch_from_snakemake(snakemake))

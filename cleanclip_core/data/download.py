@@ -27,6 +27,10 @@ URL_LIST_COLUMNS = ["caption", "url"]
 STATS_COLUMNS = ["count", "successes", "failed_to_download", "failed_to_resize"]
 
 
+# How fast the download runs, not what it stores: kept out of the stats table's provenance.
+EXECUTION_SETTINGS = ("threads_per_process", "timeout_s", "retries")
+
+
 @dataclass(frozen=True)
 class DownloadSettings:
     image_size: int
@@ -91,7 +95,9 @@ def download_shards(
     os.replace(partial, shards_dir)
     urls_parquet.unlink()
     stats = download_stats(shards_dir)
-    config = {"url_list": str(url_list)} | asdict(settings)
+    config = {"url_list": str(url_list)} | {
+        key: value for key, value in asdict(settings).items() if key not in EXECUTION_SETTINGS
+    }
     write_table(stats, stats_path, config=config, inputs_sha256=url_list_sha256)
     log.info(summarize_stats(stats))
     return stats

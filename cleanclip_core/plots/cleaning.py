@@ -3,11 +3,14 @@
 fig2 follows Verma et al.'s Figure 2: a panel per pretraining objective, clean zero-shot top-1
 against ASR@1, a point per (learning rate, cleaning epoch), the poisoned start as a red star and
 the region of successful cleaning shaded. The trajectories figure follows every cleaning run
-epoch by epoch. The points of fig2 are written beside it, so what was drawn can be checked.
+epoch by epoch. Both exist per facet of the study (attack x poisons in the cleaning set). The
+points of fig2 are written beside it, so what was drawn can be checked. The contamination figure
+follows Verma et al.'s ablation over the poisons left in the cleaning set.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,7 +67,7 @@ def _epoch_alpha(epoch: int, last_epoch: int) -> float:
     return 0.3 + 0.7 * epoch / max(1, last_epoch)
 
 
-def plot_fig2(points: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Figure:
     cleaned = points[points.epoch > 0]
     colors = _lr_colors(cleaned.lr)
     markers = dict(zip(sorted(set(cleaned.clean_method)), METHOD_MARKERS))
@@ -98,11 +101,11 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str]) -> Figure:
         handles += [axes[0].scatter([], [], color="gray", marker=m, label=method) for method, m in markers.items()]
     handles += axes[0].get_legend_handles_labels()[0][:2]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), fontsize=8)
-    figure.suptitle("Cleaning: clean accuracy vs attack success (a point per epoch, later epochs darker)")
+    figure.suptitle(f"Cleaning {facet}: clean accuracy vs attack success\n(a point per epoch, later epochs darker)")
     return figure
 
 
-def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], facet: str) -> Figure:
     """Top-1 (upper row) and ASR@1 (lower row) by cleaning epoch, a line per run, a column per
     pretraining objective."""
     colors = _lr_colors(trajectories.lr)
@@ -127,6 +130,37 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str]) -> 
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
+    figure.suptitle(f"Cleaning {facet}, epoch by epoch")
+    return figure
+
+
+def plot_contamination(summary: pd.DataFrame) -> Figure:
+    """Verma et al.'s contamination ablation: against the poisons left in the cleaning set, the
+    best top-1 at ASR@1 <= 5% (upper row; missing where no epoch got there) and the lowest ASR@1
+    reached (lower row); a column per attack, a line per pretraining objective and method."""
+    attacks = list(dict.fromkeys(summary.attack))
+    figure = Figure(figsize=(PANEL_INCHES * len(attacks), 2 * PANEL_INCHES * 0.75 + 0.6), layout="constrained")
+    axes = figure.subplots(2, len(attacks), squeeze=False, sharex=True, sharey="row")
+    lines = summary.groupby(["pretrain_objective", "clean_method"], sort=False)
+    methods = list(dict.fromkeys(summary.clean_method))
+    styles = dict(zip(methods, [("-", "o"), ("--", "s"), (":", "D"), ("-.", "^")] * len(methods)))
+    for column, attack in enumerate(attacks):
+        for (objective, method), line in lines:
+            line = line[line.attack == attack].sort_values("cleaning_poisons")
+            label = f"{OBJECTIVE_TITLES.get(objective, objective)}, {method}"
+            style, marker = styles[method]
+            for row, metric in enumerate(["best_top1", "lowest_asr_top1"]):
+                axes[row, column].plot(line.cleaning_poisons, 100 * line[metric], style, marker=marker, label=label)
+        axes[0, column].set_title(attack)
+        axes[1, column].set_xlabel("poisons in the cleaning set")
+        axes[1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].set_ylabel("best top-1 at ASR@1 <= 5% (%)")
+    axes[1, 0].set_ylabel("lowest ASR@1 reached (%)")
+    for ax in axes.flat:
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    figure.suptitle("Poisons left in the cleaning set (a point per pretrained model, method and count)")
     return figure
 
 
@@ -138,21 +172,34 @@ def save_figure(figure: Figure, path: Path) -> None:
         figure.savefig(temporary, format=suffix, dpi=150, metadata=metadata)
 
 
-def write_cleaning_figures(
-    database: Path, objectives: Sequence[str], fig2: Sequence[Path], fig2_data: Path,
-    trajectories: Sequence[Path], best_accuracy: Path,
+def facet_title(facet: Mapping[str, Any]) -> str:
+    return f"{facet['attack']}, {facet['cleaning_poisons']} poisons in the cleaning set"
+
+
+def write_study_figures(
+    database: Path, objectives: Sequence[str], facets: Sequence[Mapping[str, Any]], *,
+    fig2: Sequence[Sequence[Path]], fig2_data: Path, trajectories: Sequence[Sequence[Path]],
+    contamination: Sequence[Path], summary: Path,
 ) -> pd.DataFrame:
-    """fig2 (each of its paths), its points, the trajectories figure and the table of the best
-    accuracy at low ASR, from the results database; returns that table."""
+    """From a study's results database: per facet (attack x poisons in the cleaning set) fig2
+    and the trajectories figure (each at every path given for the facet), the points of every
+    fig2, the contamination figure, and the summary table, which is returned."""
     runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
-    points = fig2_points(runs, objectives)
-    for path in fig2:
-        save_figure(plot_fig2(points, objectives), path)
+    points = []
+    for facet, fig2_paths, trajectory_paths in zip(facets, fig2, trajectories, strict=True):
+        facet_runs = runs[(runs.attack == facet["attack"]) & (runs.cleaning_poisons == facet["cleaning_poisons"])]
+        facet_points = fig2_points(facet_runs, objectives)
+        for path in fig2_paths:
+            save_figure(plot_fig2(facet_points, objectives, facet_title(facet)), path)
+        for path in trajectory_paths:
+            save_figure(plot_trajectories(facet_runs, objectives, facet_title(facet)), path)
+        points.append(facet_points.assign(**facet))
     with atomic_output(fig2_data) as temporary:
-        pq.write_table(pa.Table.from_pandas(points, preserve_index=False), temporary)
-    for path in trajectories:
-        save_figure(plot_trajectories(runs[runs.pretrain_objective.isin(objectives)], objectives), path)
-    best = query(database, "SELECT * FROM best_accuracy_at_low_asr").to_pandas()
-    with atomic_output(best_accuracy) as temporary:
-        best.to_csv(temporary, index=False, float_format="%.4f")
-    return best
+        pq.write_table(pa.Table.from_pandas(pd.concat(points, ignore_index=True), preserve_index=False), temporary)
+    table = query(database, "SELECT * FROM study_summary").to_pandas()
+    table["best_epoch"] = table["best_epoch"].astype("Int64")  # null where no epoch got there
+    for path in contamination:
+        save_figure(plot_contamination(table), path)
+    with atomic_output(summary) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.4f")
+    return table

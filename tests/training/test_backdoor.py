@@ -8,7 +8,8 @@ import yaml
 from workflow import ROOT, run_snakemake
 
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
-OBJECTIVES = DEFAULT["pretrain"]["objectives"]
+OBJECTIVES = DEFAULT["study"]["pretrain_objectives"]
+PRETRAINED = "results/runs/dataset=shapes/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective={}"
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def pretrained_metrics(tmp_path_factory) -> dict[str, dict[str, float]]:
     """The default config's BadNet study run to the metrics of both pretrained models."""
     config = DEFAULT | {"attacks": {"badnet": DEFAULT["attacks"]["badnet"]}}
     workdir = tmp_path_factory.mktemp("backdoor")
-    targets = [f"results/shapes/badnet/pretrain/{objective}/metrics.parquet" for objective in OBJECTIVES]
+    targets = [f"{PRETRAINED.format(objective)}/metrics.parquet" for objective in OBJECTIVES]
     result = run_snakemake(workdir, config, *targets)
     assert result.returncode == 0, result.stderr[-3000:]
     tables = {objective: pq.read_table(workdir / target).to_pylist() for objective, target in zip(OBJECTIVES, targets)}
