@@ -1,4 +1,5 @@
-"""CLIP models from open_clip by name, including this project's tiny configs; weights from files.
+"""CLIP models from open_clip by name, including this project's tiny configs; weights from files
+or from open_clip's pretrained tags.
 
 A model is a name plus a JSON config, as in open_clip: the configs in `model_configs/` (the
 embedded default's tiny models) are registered with open_clip on import.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.transform import PreprocessCfg
 from torchvision.transforms import v2
 
 from cleanclip_core.errors import UserError
@@ -18,19 +20,50 @@ from cleanclip_core.errors import UserError
 open_clip.add_model_config(Path(str(files("cleanclip_core") / "model_configs")))
 
 
-def create_model(name: str, weights: Path | None = None, seed: int = 0) -> open_clip.CLIP:
-    """The open_clip model `name`, initialized from `seed` or loaded from a local `weights` file."""
+def create_model(
+    name: str, weights: Path | None = None, seed: int = 0, pretrained: str | None = None
+) -> open_clip.CLIP:
+    """The open_clip model `name`: initialized from `seed`, loaded from a local `weights` file,
+    or from open_clip's `pretrained` tag (e.g. openai), downloaded on first use."""
     if name not in open_clip.list_models():
         raise UserError(f"unknown model {name!r}; open_clip knows e.g. RN50, ViT-B-32, tiny-vit")
+    if weights is not None and pretrained is not None:
+        raise UserError(f"start {name} from a weights file ({weights}) or a pretrained tag ({pretrained}), not both")
+    if pretrained is not None:
+        check_pretrained(name, pretrained)
     torch.manual_seed(seed)
     logging.disable(logging.WARNING)  # open_clip warns "initialized randomly", which we intend
     try:
-        model = open_clip.create_model(name, pretrained=None, load_weights=False)
+        model = open_clip.create_model(name, pretrained=pretrained, load_weights=pretrained is not None)
+    except RuntimeError as error:
+        if pretrained is None:
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(f"could not load the {pretrained} weights of {name}: is this machine online? ({reason})") from None
     finally:
         logging.disable(logging.NOTSET)
     if weights is not None:
         load_weights(model, weights, name)
     return model
+
+
+def check_pretrained(name: str, tag: str) -> None:
+    """Refuse, before any download, a tag open_clip does not have for `name`, and weights that
+    `name` would run differently from how they were trained: with other activations, or (since a
+    checkpoint is evaluated by model name alone) with other image normalization."""
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        raise UserError(f"open_clip has no pretrained weights {tag!r} for {name}; it has {', '.join(tags) or 'none'}")
+    trained_with = open_clip.get_pretrained_cfg(name, tag)
+    if trained_with.get("quick_gelu", False) and not open_clip.get_model_config(name).get("quick_gelu", False):
+        raise UserError(f"the {tag} weights of {name} were trained with QuickGELU; use the model {name}-quickgelu")
+    default = PreprocessCfg()
+    if (trained_with.get("mean", default.mean), trained_with.get("std", default.std)) != (default.mean, default.std):
+        raise UserError(
+            f"the {tag} weights of {name} expect images normalized with mean {trained_with['mean']}, "
+            f"std {trained_with['std']}, not open_clip's default that a checkpoint of {name} is evaluated with; "
+            "pick another tag"
+        )
 
 
 def load_weights(model: torch.nn.Module, path: Path, name: str = "the model") -> None:

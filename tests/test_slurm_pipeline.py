@@ -79,7 +79,7 @@ def training_call(tmp_path: Path, smoke_data: Path, epochs: int) -> dict:
     """A pretraining on the smoke corpus, as the pretrain rule calls it."""
     settings = {
         "model": "tiny-rn", "objective": {"mmcl": 1.0, "inmodal": 1.0}, "epochs": epochs, "batch_size": 20,
-        "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.1, "seed": 0, "synonyms": "corpus", "num_workers": 0,
+        "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.1, "seed": 0, "synonyms": "corpus",
     }
     results = smoke_data / "results/smoke"
     return {
@@ -91,6 +91,7 @@ def training_call(tmp_path: Path, smoke_data: Path, epochs: int) -> dict:
             "attack": SMOKE["attacks"]["badnet"] | {"seed": 0},
         },
         "out_dir": str(tmp_path / "run"),
+        "num_workers": 0,
     }
 
 

@@ -37,9 +37,8 @@ def save_resume_state(
         torch.save(state, temporary)
 
 
-def load_resume_state(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The state a run with the same settings left at `path`, or None to start afresh."""
+def load_resume_state(path: Path) -> dict[str, Any] | None:
+    """The state a run left at `path`, with the settings it was made under, or None if none."""
     if not Path(path).is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state if state["settings"] == settings else None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -2,7 +2,8 @@
 
 Each epoch ends with its checkpoint (written atomically); a killed run started again with the
 same settings resumes from the last one and ends with the same weights as an uninterrupted run:
-data order, augmentations and initialization are all functions of the seed and the epoch.
+data order, augmentations and initialization are all functions of the seed and the epoch. How it
+executes (data-loader processes) is not a setting: a run may resume with other execution.
 Until the run ends, everything it writes stays in `partial/` under its output folder: a
 workflow manager that deletes the outputs of an interrupted job before rerunning it deletes
 nothing the resumed run needs.
@@ -56,7 +57,6 @@ class TrainSettings:
     weight_decay: float
     seed: int
     synonyms: str
-    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,13 @@ def train(
     out_dir: Path,
     *,
     init_weights: Path | None = None,
+    pretrained: str | None = None,
     keep_every_epoch: bool = False,
+    num_workers: int = 0,
 ) -> Path:
-    """Train on `data`; write the step log and the final weights, whose path is returned:
-    `epoch_NNN.pt` for every epoch if `keep_every_epoch`, else `model.pt`."""
+    """Train on `data`, from `init_weights` (a local file), open_clip's `pretrained` tag or the
+    seed; write the step log and the final weights, whose path is returned: `epoch_NNN.pt` for
+    every epoch if `keep_every_epoch`, else `model.pt`. `num_workers` data-loader processes."""
     out_dir = Path(out_dir)
     partial = out_dir / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
@@ -97,13 +100,17 @@ def train(
     if settings.batch_size % world_size:
         raise UserError(f"batch size {settings.batch_size} does not split over {world_size} processes")
 
-    model = create_model(settings.model, init_weights, seed=settings.seed)
+    model = create_model(settings.model, init_weights, seed=settings.seed, pretrained=pretrained)
     pairs = data.pairs(image_size_of(model))
     trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective)).to(device)
     optimizer = adamw(trained, settings.lr, settings.weight_decay)
-    # A resume state is only valid for the same settings and the same starting weights.
-    run_settings = asdict(settings) | {"init_weights": init_weights and files_sha256([init_weights])}
-    resumed = load_resume_state(partial / RESUME_STATE, run_settings)
+    # A resume state is only valid for the same settings, starting weights and kept files.
+    run_settings = asdict(settings) | {
+        "init_weights": init_weights and files_sha256([init_weights]),
+        "pretrained": pretrained,
+        "keep_every_epoch": keep_every_epoch,
+    }
+    resumed = _resume_state(partial, run_settings, rank, world_size)
     epochs_done, step = 0, 0
     if resumed is not None:
         trained.load_state_dict(resumed["state_dict"])
@@ -121,7 +128,7 @@ def train(
     sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
     loader = DataLoader(
         views, settings.batch_size // world_size, sampler=sampler, drop_last=True,
-        num_workers=settings.num_workers, pin_memory=device.type == "cuda",
+        num_workers=num_workers, pin_memory=device.type == "cuda",
     )
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
@@ -167,13 +174,16 @@ def run_training(
     data: dict[str, Any],
     out_dir: str,
     init_weights: str | None = None,
+    pretrained: str | None = None,
     keep_every_epoch: bool = False,
+    num_workers: int = 0,
 ) -> str:
     """The training stage: `train` from plain arguments (the fields of TrainSettings and
     TrainingData), so launching it needs no torch; returns the final weights' path."""
     final = train(
         TrainSettings(**settings), TrainingData(**data), Path(out_dir),
-        init_weights=init_weights, keep_every_epoch=keep_every_epoch,
+        init_weights=init_weights, pretrained=pretrained, keep_every_epoch=keep_every_epoch,
+        num_workers=num_workers,
     )
     return str(final)
 
@@ -219,6 +229,32 @@ def _finite_rows(pending: list[dict], epochs_done: int, folder: Path, lr: float)
                 f"try a lower learning rate than {lr}"
             )
     return finished
+
+
+def _resume_state(partial: Path, run_settings: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] | None:
+    """The state an interrupted run with the same settings left in `partial`, or None to start
+    afresh from an empty `partial`: an earlier run's epoch weights or step log left there would
+    be published with this run's files."""
+    state = load_resume_state(partial / RESUME_STATE)
+    _barrier(world_size)  # every process has read the state before it is discarded
+    if state is not None and state["settings"] != run_settings:
+        if rank == 0:
+            log.warning(f"discarding the partial run in {partial}: {_changes(state['settings'], run_settings)} changed")
+        state = None
+    if state is None and rank == 0:
+        shutil.rmtree(partial)
+        partial.mkdir()
+    return state
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The settings that differ, as `key old→new`, or the key alone where that is long (hashes)."""
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            change = f"{key} {old.get(key)!r}→{new.get(key)!r}"
+            changes.append(change if len(change) <= 60 else key)
+    return ", ".join(changes)
 
 
 def _n_classes(pairs: PoisonedTrainingSet, objective: dict[str, float]) -> int | None:

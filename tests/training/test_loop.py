@@ -1,6 +1,7 @@
 """The training loop on real data: resume after a real kill, DDP equivalence, bad input."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from cleanclip_core.data.cleaning_set import with_class_labels
 from cleanclip_core.models import create_model
 from cleanclip_core.objectives import ObjectiveNetwork
 from cleanclip_core.poison import poison_manifest
+from cleanclip_core.training import loop
 from cleanclip_core.training.checkpoints import load_resume_state, save_weights
 from cleanclip_core.training.loop import PARTIAL, RESUME_STATE, TrainingData, TrainSettings, train, training_step
 from cleanclip_core.training.optim import adamw
@@ -30,7 +32,7 @@ ATTACK = {
 }
 SETTINGS = TrainSettings(
     model="tiny-vit", objective={"mmcl": 1.0, "inmodal": 1.0}, epochs=2, batch_size=4, lr=1e-3,
-    warmup_steps=3, weight_decay=0.1, seed=0, synonyms="corpus", num_workers=0,
+    warmup_steps=3, weight_decay=0.1, seed=0, synonyms="corpus",
 )
 TRAIN_IN_A_PROCESS = """
 import json, sys
@@ -73,16 +75,82 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_same_weights(training_data, tm
     assert straight.wait() == 0, straight.stderr.read()
     # Nothing outside partial/: a workflow manager deleting the job's outputs deletes no progress.
     assert [path.name for path in (tmp_path / "killed").iterdir()] == [PARTIAL]
-    assert load_resume_state(tmp_path / "killed" / PARTIAL / RESUME_STATE, asdict(SETTINGS) | {"init_weights": None})["epochs_done"] == 1
+    assert load_resume_state(tmp_path / "killed" / PARTIAL / RESUME_STATE)["epochs_done"] == 1
 
     resumed = start_training(training_data, tmp_path / "killed")
     assert resumed.wait() == 0, resumed.stderr.read()
-    expected, actual = weights(tmp_path / "straight/model.pt"), weights(tmp_path / "killed/model.pt")
-    assert expected.keys() == actual.keys()
-    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "killed/model.pt"))
     losses = [pq.read_table(tmp_path / run / "train_log.parquet")["loss"] for run in ("straight", "killed")]
     assert losses[0].equals(losses[1])
     assert not (tmp_path / "killed" / PARTIAL).exists()
+
+
+class Stopped(Exception):
+    """A run stopped right after committing an epoch, as if killed there."""
+
+
+def stop_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make runs stop once `epoch` is committed (its resume state written)."""
+    save = loop.save_resume_state
+
+    def save_then_stop(*args, **kwargs) -> None:
+        save(*args, **kwargs)
+        if kwargs["epochs_done"] == epoch:
+            raise Stopped
+
+    monkeypatch.setattr(loop, "save_resume_state", save_then_stop)
+
+
+def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_a_run_resumes_with_another_number_of_data_loader_processes(training_data, tmp_path, monkeypatch, caplog):
+    train(SETTINGS, training_data, tmp_path / "straight")
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        stop_after_epoch(patch, 1)
+        train(SETTINGS, training_data, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        train(SETTINGS, training_data, tmp_path / "run", num_workers=1)
+    assert f"resuming {tmp_path / 'run'} after epoch 1" in caplog.messages
+    assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "run/model.pt"))
+
+
+def test_a_partial_run_under_other_settings_is_discarded_with_a_warning(training_data, tmp_path, monkeypatch, caplog):
+    earlier = replace(SETTINGS, objective={"mmcl": 1.0}, epochs=3)
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        stop_after_epoch(patch, 2)
+        train(earlier, training_data, tmp_path, keep_every_epoch=True)
+    assert (tmp_path / PARTIAL / "epoch_002.pt").is_file()
+
+    with caplog.at_level(logging.WARNING, logger=loop.__name__):
+        train(replace(earlier, lr=2e-3, epochs=1), training_data, tmp_path, keep_every_epoch=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_001.pt", "train_log.parquet"]
+    log = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
+    assert list(log.step) == list(range(15)) and set(log.epoch) == {1}
+    assert log.lr.max() == pytest.approx(2e-3)
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.message == f"discarding the partial run in {tmp_path / PARTIAL}: epochs 3→1, lr 0.001→0.002 changed"
+
+
+@pytest.mark.parametrize("start", ["init_weights", "pretrained"])
+def test_a_run_starts_from_its_weights_file_or_pretrained_tag(training_data, local_tag, tmp_path, start):
+    tag, path = local_tag
+    still = replace(SETTINGS, epochs=1, lr=0.0)  # a run at learning rate 0 ends where it started
+    final = train(still, training_data, tmp_path / "run", **{start: path if start == "init_weights" else tag})
+    assert_same_weights(weights(path), weights(final))
+
+
+def test_a_partial_run_from_other_starting_weights_is_discarded(training_data, local_tag, tmp_path, monkeypatch, caplog):
+    tag, path = local_tag
+    one_epoch = replace(SETTINGS, epochs=1)
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        stop_after_epoch(patch, 1)
+        train(one_epoch, training_data, tmp_path, init_weights=path)
+    with caplog.at_level(logging.WARNING, logger=loop.__name__):
+        train(one_epoch, training_data, tmp_path, pretrained=tag)
+    assert caplog.messages == [f"discarding the partial run in {tmp_path / PARTIAL}: init_weights, pretrained None→'local' changed"]
 
 
 def test_step_log_has_every_step_with_its_loss_terms(training_data, tmp_path):
