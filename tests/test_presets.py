@@ -19,6 +19,7 @@ import yaml
 from cleanclip_core import study
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
+from cleanclip_core.models import check_pretrained
 from workflow import ROOT, job_counts
 
 BASE = "verma"
@@ -130,6 +131,7 @@ def test_each_overlay_changes_what_it_names():
     assert weights == [1, 2, 4, 6, 8]
     finetune = preset(BASE, "finetune_poisoning")
     assert (finetune["study"]["start"], finetune["study"]["pretrain_objectives"]) == ("openai", ["mmcl"])
+    check_pretrained(finetune["study"]["model"], finetune["study"]["start"])  # open_clip has it, with its activation
     settings = study.pretrain_settings(finetune, "mmcl")
     assert (settings["epochs"], settings["batch_size"]) == (5, 128) and 1e-6 <= settings["lr"] <= 2e-5
     assert finetune["attacks"]["badnet"]["n_poisons"] == 1500 and finetune["clean"]["epochs"] == 10
