@@ -1,6 +1,7 @@
 """The Snakemake workflow: its DAG, its lint, and its answers to bad input, on real runs."""
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,13 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
         "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
     }
     assert job_counts(result.stdout) == expected | {"total": sum(expected.values())}
+
+    # Every GPU stage takes one `gpu`, which profiles/local caps: two trainings never share a GPU.
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
+    gpu_stages = {"pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned"}
+    assert {rule for rule, resources in jobs if "gpu=1" in resources.split(", ")} == gpu_stages
+    local_profile = yaml.safe_load((ROOT / "profiles/local/config.yaml").read_text())
+    assert local_profile["resources"] == {"gpu": 1}
 
 
 def test_lint_is_clean():
