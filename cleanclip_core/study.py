@@ -14,7 +14,6 @@ threads) never do.
 
 import hashlib
 import itertools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +47,6 @@ DIMENSIONS = (
 )
 PRETRAIN_DIMENSIONS = tuple(d.name for d in DIMENSIONS if d.stage == "pretrain")
 CLEAN_DIMENSIONS = tuple(d.name for d in DIMENSIONS if d.stage == "clean")
-CHECKPOINT_COLUMNS = (*PRETRAIN_DIMENSIONS, *CLEAN_DIMENSIONS, "epoch")
-"""The identity of a checkpoint: every dimension, and its epoch (0: the pretrained model)."""
 
 
 def start_kind(start: str) -> str:
@@ -100,8 +97,7 @@ def study_name(config: Mapping[str, Any]) -> str:
     study = config["study"]
     if study["name"]:
         return study["name"]
-    grid = {"dataset": config["dataset"]["name"], "study": study, "lrs": cleaning_runs(config).lr.tolist()}
-    digest = hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(cleaning_runs(config).to_csv(index=False).encode()).hexdigest()[:8]
     return f"{config['dataset']['name']}_{study['model']}_{start_label(study['start'])}_{digest}"
 
 
