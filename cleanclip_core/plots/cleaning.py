@@ -105,14 +105,31 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
     return figure
 
 
+def _two_rows(columns: int, ylabels: tuple[str, str], xlabel: str) -> tuple[Figure, np.ndarray]:
+    """A figure of two rows of percentage panels (0-100), sharing x and each row's y, with an
+    integer x axis."""
+    figure = Figure(figsize=(PANEL_INCHES * columns, 2 * PANEL_INCHES * 0.75 + 0.6), layout="constrained")
+    axes = figure.subplots(2, columns, squeeze=False, sharex=True, sharey="row")
+    for ax in axes.flat:
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, label in zip(axes[:, 0], ylabels):
+        ax.set_ylabel(label)
+    return figure, axes
+
+
 def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], facet: str) -> Figure:
     """Top-1 (upper row) and ASR@1 (lower row) by cleaning epoch, a line per run, a column per
     pretraining objective."""
     colors = _lr_colors(trajectories.lr)
     methods = sorted(set(trajectories.clean_method))
     styles = dict(zip(methods, ["-", "--", ":", "-."] * len(methods)))
-    figure = Figure(figsize=(PANEL_INCHES * len(objectives), 2 * PANEL_INCHES * 0.75 + 0.6), layout="constrained")
-    axes = figure.subplots(2, len(objectives), squeeze=False, sharex=True, sharey="row")
+    figure, axes = _two_rows(
+        len(objectives), ("clean zero-shot top-1 (%)", "ASR@1 (%)"), "cleaning epoch (0: poisoned start)"
+    )
     for column, objective in enumerate(objectives):
         runs = trajectories[trajectories.pretrain_objective == objective]
         for (method, lr), run in runs.groupby(["clean_method", "lr"], sort=True):
@@ -122,13 +139,6 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], fac
                 axes[row, column].plot(run.epoch, 100 * run[metric], styles[method], marker="o", ms=3,
                                        color=colors[lr], label=label)
         axes[0, column].set_title(objective_title(objective))
-        axes[1, column].set_xlabel("cleaning epoch (0: poisoned start)")
-        axes[1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0, 0].set_ylabel("clean zero-shot top-1 (%)")
-    axes[1, 0].set_ylabel("ASR@1 (%)")
-    for ax in axes.flat:
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     figure.suptitle(f"Cleaning {facet}, epoch by epoch")
     return figure
@@ -139,8 +149,9 @@ def plot_contamination(summary: pd.DataFrame) -> Figure:
     best top-1 at ASR@1 <= 5% (upper row; missing where no epoch got there) and the lowest ASR@1
     reached (lower row); a column per attack, a line per pretraining objective and method."""
     attacks = list(dict.fromkeys(summary.attack))
-    figure = Figure(figsize=(PANEL_INCHES * len(attacks), 2 * PANEL_INCHES * 0.75 + 0.6), layout="constrained")
-    axes = figure.subplots(2, len(attacks), squeeze=False, sharex=True, sharey="row")
+    figure, axes = _two_rows(
+        len(attacks), ("best top-1 at ASR@1 <= 5% (%)", "lowest ASR@1 reached (%)"), "poisons in the cleaning set"
+    )
     lines = summary.groupby(["pretrain_objective", "clean_method"], sort=False)
     methods = list(dict.fromkeys(summary.clean_method))
     styles = dict(zip(methods, [("-", "o"), ("--", "s"), (":", "D"), ("-.", "^")] * len(methods)))
@@ -152,13 +163,6 @@ def plot_contamination(summary: pd.DataFrame) -> Figure:
             for row, metric in enumerate(["best_top1", "lowest_asr_top1"]):
                 axes[row, column].plot(line.cleaning_poisons, 100 * line[metric], style, marker=marker, label=label)
         axes[0, column].set_title(attack)
-        axes[1, column].set_xlabel("poisons in the cleaning set")
-        axes[1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0, 0].set_ylabel("best top-1 at ASR@1 <= 5% (%)")
-    axes[1, 0].set_ylabel("lowest ASR@1 reached (%)")
-    for ax in axes.flat:
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     figure.suptitle("Poisons left in the cleaning set (a point per pretrained model, method and count)")
     return figure
