@@ -193,13 +193,19 @@ def test_preset_runs_alone_with_its_configfiles_and_plans_its_whole_grid(overlay
 
 
 def test_the_cards_command_plans_the_default_study_from_the_repository_root(tmp_path):
-    """`snakemake --profile slurm results/figures/fig2.pdf` from the repository root, after the
-    documented one-time `make profiles`."""
+    """`snakemake --profile slurm results/figures/fig2.pdf` from the repository root of a fresh
+    clone (no profile of the user's): Snakemake finds the root's `slurm`, a link to profiles/slurm."""
     environment = os.environ | {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
-    setup = subprocess.run(["make", "profiles"], cwd=ROOT, env=environment, capture_output=True, text=True)
-    assert setup.returncode == 0, setup.stderr
     command = [sys.executable, "-m", "snakemake", "--profile", "slurm", "results/figures/fig2.pdf", "--dry-run"]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Using profile slurm" in result.stderr
     assert "results/figures/fig2.pdf" in result.stdout
+
+
+def test_make_profiles_lets_snakemake_find_the_profiles_from_anywhere(tmp_path):
+    environment = os.environ | {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
+    setup = subprocess.run(["make", "profiles"], cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stderr
+    for name in ("local", "slurm"):
+        assert (tmp_path / ".config/snakemake" / name).resolve() == (ROOT / "profiles" / name).resolve()
