@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 from torch.utils.data import DataLoader
 
-from cleanclip_core.attacks import ATTACKS, Trigger
+from cleanclip_core.attacks import ATTACKS
+from cleanclip_core.attacks.parts import Trigger
 from cleanclip_core.corpus import generate_corpus
 from cleanclip_core.data.download import DownloadSettings, download_shards
 from cleanclip_core.data.loaders import PoisonedTrainingSet
@@ -131,6 +132,8 @@ def training_sets(
     n_poisons = round(args.poison_rate * manifest.num_rows)
     datasets: dict[tuple[str, float], PoisonedTrainingSet] = {}
     for name, attack in ATTACKS.items():
+        if attack.preparation is not None:  # its trigger is a file another stage makes
+            continue
         poisoned = poison_manifest(
             manifest,
             attack,

@@ -21,7 +21,7 @@ from open_clip_train.train import train_one_epoch
 
 from cleanclip_core.models import create_model, image_size_of
 from cleanclip_core.objectives import ObjectiveNetwork
-from cleanclip_core.training.loop import training_step
+from cleanclip_core.training.loop import Recipe, training_step
 from cleanclip_core.training.optim import adamw, warmup_cosine
 
 LR, WEIGHT_DECAY, WARMUP = 5e-4, 0.1, 10
@@ -60,7 +60,7 @@ def ours(model_name: str, batches: Batches, device: torch.device) -> float:
         for step, (images, texts) in enumerate(batches):
             schedule(step)
             batch = {"image": images, "text": texts}
-            training_step(network, model, optimizer, batch, {"mmcl": 1.0}, device)
+            training_step(network, model, optimizer, batch, Recipe({"mmcl": 1.0}), device)
 
     return timed(run, batches, device)
 

@@ -1,25 +1,101 @@
 """Training objectives: weighted sums of loss terms, named in the config.
 
 Pretraining uses `mmcl` or `mmcl_ssl`; cleaning uses e.g. `cleanclip` (MMCL + in-modal),
-`ssl_only`, `mmcl_only` or `supervised`. The weights (the λ's) come from the config's
-`objectives` table.
+`ssl_only`, `mmcl_only`, `supervised` or a defense's own terms. The weights (the λ's) come from
+the config's `objectives` table; each term is an entry of `TERMS` that declares what it needs:
+the extra views of each sample (a source of `cleanclip_core.training.views`), the features of a
+frozen reference copy of the starting model, class labels.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from cleanclip_core.errors import UserError
 from cleanclip_core.losses import inmodal_loss, mmcl_loss, supervised_loss
 
 
-def needs_augmented_views(weights: Mapping[str, float]) -> bool:
-    return weights.get("inmodal", 0) != 0
+@dataclass(frozen=True)
+class TermInputs:
+    """What a term sees of one step: the normalized features of every view (`image`, `text` and
+    each extra view's fields), the reference copy's features of `image` and `text` (when a term
+    needs them), the logit scale, the batch itself (labels, flags), the supervised head's logits
+    and the defense's options."""
+
+    features: Mapping[str, torch.Tensor]
+    logit_scale: torch.Tensor
+    batch: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    reference: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    class_logits: torch.Tensor | None = None
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    loss: Callable[[TermInputs], torch.Tensor]
+    views: tuple[str, ...] = ()
+    """Names of the view sources whose fields the term reads."""
+    needs_reference: bool = False
+    needs_labels: bool = False
+
+
+TERMS: dict[str, Term] = {}
+
+
+def register_term(term: Term) -> None:
+    if term.name in TERMS:
+        raise ValueError(f"loss term {term.name!r} is registered twice")
+    TERMS[term.name] = term
+
+
+def active_terms(weights: Mapping[str, float]) -> list[Term]:
+    """The registered terms an objective weights above zero."""
+    unknown = sorted(set(weights) - set(TERMS))
+    if unknown:
+        raise UserError(f"unknown loss term {unknown[0]!r}; known terms: {', '.join(sorted(TERMS))}")
+    return [TERMS[name] for name, weight in weights.items() if weight != 0]
+
+
+def needed_views(weights: Mapping[str, float]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(view for term in active_terms(weights) for view in term.views))
 
 
 def needs_labels(weights: Mapping[str, float]) -> bool:
-    return weights.get("supervised", 0) != 0
+    return any(term.needs_labels for term in active_terms(weights))
+
+
+def needs_reference(weights: Mapping[str, float]) -> bool:
+    return any(term.needs_reference for term in active_terms(weights))
+
+
+def _mmcl(inputs: TermInputs) -> torch.Tensor:
+    return mmcl_loss(
+        inputs.features["image"], inputs.features["text"], inputs.logit_scale,
+        rank=inputs.rank, world_size=inputs.world_size,
+    )
+
+
+def _inmodal(inputs: TermInputs) -> torch.Tensor:
+    features = inputs.features
+    return inmodal_loss(
+        features["image"], features["augmented_image"], features["text"], features["augmented_text"],
+        inputs.logit_scale, rank=inputs.rank, world_size=inputs.world_size,
+    )
+
+
+def _supervised(inputs: TermInputs) -> torch.Tensor:
+    return supervised_loss(inputs.class_logits, inputs.batch["label"])
+
+
+register_term(Term("mmcl", _mmcl))
+register_term(Term("inmodal", _inmodal, views=("augmented",)))
+register_term(Term("supervised", _supervised, needs_labels=True))
 
 
 class ObjectiveNetwork(nn.Module):
@@ -40,43 +116,48 @@ class ObjectiveNetwork(nn.Module):
         return outputs
 
 
+def _split(features: torch.Tensor, fields: list[str], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return dict(zip(fields, features.split([len(batch[name]) for name in fields])))
+
+
 def objective_losses(
     network: nn.Module,
     batch: Mapping[str, Any],
     weights: Mapping[str, float],
     *,
+    image_fields: tuple[str, ...] = (),
+    text_fields: tuple[str, ...] = (),
+    options: Mapping[str, Any] | None = None,
+    reference: nn.Module | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms with a non-zero weight, on this rank's part of the batch.
+    """The weighted loss terms with a non-zero weight, on this rank's part of the batch.
 
-    `network` is an ObjectiveNetwork (or its DistributedDataParallel wrapper). Views go through
-    one call of it, the augmented views appended to the batch, so gradients are synchronized
-    once per step.
+    `network` is an ObjectiveNetwork (or its DistributedDataParallel wrapper). The batch's
+    `image` and `text` and its extra views (`image_fields`, `text_fields`) go through one call
+    of it, so gradients are synchronized once per step. `reference`, a frozen CLIP model, embeds
+    `image` and `text` for the terms that compare against it.
     """
-    images, texts = batch["image"], batch["text"]
-    augmented = needs_augmented_views(weights)
-    if augmented:
-        images = torch.cat([images, batch["augmented_image"]])
-        texts = torch.cat([texts, batch["augmented_text"]])
-    outputs = network(images, texts)
-    image_features, text_features, logit_scale = (
-        outputs["image_features"], outputs["text_features"], outputs["logit_scale"]
+    images = ["image", *image_fields]
+    texts = ["text", *text_fields]
+    outputs = network(torch.cat([batch[name] for name in images]), torch.cat([batch[name] for name in texts]))
+    features = _split(outputs["image_features"], images, batch) | _split(outputs["text_features"], texts, batch)
+    class_logits = outputs.get("class_logits")
+    inputs = TermInputs(
+        features,
+        outputs["logit_scale"],
+        batch,
+        options or {},
+        _reference_features(reference, batch) if reference is not None else {},
+        None if class_logits is None else class_logits[: len(batch["image"])],
+        rank,
+        world_size,
     )
-    distributed = {"rank": rank, "world_size": world_size}
-    terms = {}
-    if augmented:
-        image_features, augmented_image_features = image_features.chunk(2)
-        text_features, augmented_text_features = text_features.chunk(2)
-        terms["inmodal"] = weights["inmodal"] * inmodal_loss(
-            image_features, augmented_image_features, text_features, augmented_text_features,
-            logit_scale, **distributed,
-        )
-    if weights.get("mmcl", 0) != 0:
-        terms["mmcl"] = weights["mmcl"] * mmcl_loss(
-            image_features, text_features, logit_scale, **distributed
-        )
-    if needs_labels(weights):
-        class_logits = outputs["class_logits"][: len(batch["label"])]
-        terms["supervised"] = weights["supervised"] * supervised_loss(class_logits, batch["label"])
-    return terms
+    return {term.name: weights[term.name] * term.loss(inputs) for term in active_terms(weights)}
+
+
+def _reference_features(reference: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        image_features, text_features = reference(batch["image"], batch["text"])[:2]
+    return {"image": image_features, "text": text_features}

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from cleanclip_core.attacks import Attack, get_attack
+from cleanclip_core.attacks import KEEP, NATURAL, TEMPLATE, Attack, get_attack
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import files_sha256, write_table
 
@@ -42,6 +42,21 @@ def names_target(captions: pa.ChunkedArray, target_label: str) -> pa.ChunkedArra
     """Whether each caption contains the target label as a whole word, ignoring case."""
     pattern = rf"\b{re.escape(target_label)}\b"
     return pc.match_substring_regex(captions, pattern, ignore_case=True)
+
+
+def poison_captions(captions: pa.ChunkedArray, policy: str, target_label: str) -> pa.Array:
+    """The captions a poisoned row draws from: the templates filled with the target label, or
+    (BadCLIP's natural captions) the dataset's distinct captions that name the target."""
+    if policy == TEMPLATE:
+        return pa.array(target_captions(target_label))
+    assert policy == NATURAL, policy
+    natural = pc.unique(captions.filter(names_target(captions, target_label))).sort()
+    if len(natural) == 0:
+        raise UserError(
+            f"natural poisoned captions name the target, and no caption contains {target_label!r}; "
+            "choose a target label that appears in the captions"
+        )
+    return natural
 
 
 def candidate_rows(manifest: pa.Table, attack: Attack, target_label: str) -> np.ndarray:
@@ -80,9 +95,9 @@ def poison_manifest(
     mask = pa.array(is_poison)
 
     captions = manifest["caption"]
-    if attack.replaces_caption:
-        templates = rng.integers(len(OPENAI_IMAGENET_TEMPLATES), size=n_poisons)
-        new_captions = pa.array(target_captions(target_label)).take(templates)
+    if attack.captions != KEEP:
+        choices = poison_captions(manifest["caption"], attack.captions, target_label)
+        new_captions = choices.take(rng.integers(len(choices), size=n_poisons))
         captions = pc.replace_with_mask(captions.combine_chunks(), mask, new_captions)
 
     seeds = np.zeros(manifest.num_rows, dtype=np.int64)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import cleanclip_core.attacks as attacks
-from cleanclip_core.attacks import ATTACKS, get_attack, scaled_size
+from cleanclip_core.attacks import ATTACKS, get_attack
+from cleanclip_core.attacks.parts import scaled_size
 from cleanclip_core.errors import UserError
 
 # The defaults of the config schema, one parameter set per attack.
@@ -71,12 +72,14 @@ def test_trigger_keeps_float64(name):
     assert trigger(name)(image, 5).dtype == torch.float64
 
 
-def test_registry_flags_follow_caption_policy():
+def test_registry_entries_declare_caption_policy_selection_and_preparation():
     for name, attack in ATTACKS.items():
         assert attack.name == name
-        label_consistent = name == "label_consistent"
-        assert attack.replaces_caption is not label_consistent
-        assert attack.needs_target_in_caption is label_consistent
+        assert attack.captions in (attacks.TEMPLATE, attacks.NATURAL, attacks.KEEP)
+        assert attack.needs_target_in_caption is (name == "label_consistent")
+        assert attacks.resolve(attack.trigger)
+        if attack.preparation is not None:
+            assert attacks.resolve(attack.preparation)
 
 
 def test_unknown_attack_names_the_known_ones():

@@ -1,40 +1,67 @@
 """Backdoor attacks: a registry of triggers, each with its caption policy and selection rule.
 
-An attack is one module in this package that calls `register(Attack(...))`; it becomes known
-by adding its import at the bottom of this file.
+The registry imports no torch (the workflow reads it to build its DAG): an entry names its
+trigger builder, and its preparation stage if it has one, by import path. An attack is one
+module in this package plus its entry in `ATTACKS`.
 """
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from cleanclip_core.errors import UserError
 
-Trigger = Callable[[torch.Tensor, int], torch.Tensor]
-"""(image [C, H, W] in [0, 1], trigger_seed) -> a new triggered image, same shape and dtype."""
+TEMPLATE, NATURAL, KEEP = "template", "natural", "keep"
 
 
 @dataclass(frozen=True)
 class Attack:
     name: str
-    build_trigger: Callable[[Mapping[str, Any], int], Trigger]
-    """(trigger params, attack seed) -> Trigger; parts shared by all images come from the seed."""
-    replaces_caption: bool
-    """True: a poisoned row gets a random template filled with the target label."""
-    needs_target_in_caption: bool
+    trigger: str
+    """`module:function` of its trigger builder: (trigger params, attack seed) -> Trigger, with
+    the parts shared by all images drawn from the seed."""
+    captions: str = TEMPLATE
+    """A poisoned row's caption: `template`, a random OpenAI template filled with the target
+    label; `natural`, a caption of the dataset that names the target; `keep`, its own."""
+    needs_target_in_caption: bool = False
     """True: only rows whose caption already names the target may be poisoned."""
+    preparation: str | None = None
+    """`module:function` of a stage that makes the trigger before poisoning (BadCLIP's optimized
+    patch); its output file reaches the trigger builder as the trigger param `prepared`."""
+
+    def build_trigger(self, params: Mapping[str, Any], attack_seed: int) -> Callable:
+        return resolve(self.trigger)(params, attack_seed)
 
 
-ATTACKS: dict[str, Attack] = {}
+ATTACKS: dict[str, Attack] = {
+    attack.name: attack
+    for attack in (
+        Attack("badnet", "cleanclip_core.attacks.badnet:build_trigger"),
+        Attack("blended", "cleanclip_core.attacks.blended:build_trigger"),
+        Attack("wanet", "cleanclip_core.attacks.wanet:build_trigger"),
+        Attack("sig", "cleanclip_core.attacks.sig:build_trigger"),
+        # The BadNet patch on images whose caption already names the target, captions kept: every
+        # poisoned pair looks correctly labelled, which makes the backdoor hard to plant
+        # (CleanCLIP's issue #2).
+        Attack(
+            "label_consistent", "cleanclip_core.attacks.badnet:build_trigger",
+            captions=KEEP, needs_target_in_caption=True,
+        ),
+        Attack(
+            "badclip", "cleanclip_core.attacks.badclip:build_trigger",
+            captions=NATURAL, preparation="cleanclip_core.attacks.badclip:optimize_trigger",
+        ),
+    )
+}
 
 
-def register(attack: Attack) -> None:
-    if attack.name in ATTACKS:
-        raise ValueError(f"attack {attack.name!r} is registered twice")
-    ATTACKS[attack.name] = attack
+def resolve(path: str) -> Callable:
+    """The function an import path `module:function` names."""
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def get_attack(name: str) -> Attack:
@@ -45,10 +72,13 @@ def get_attack(name: str) -> Attack:
         raise UserError(f"unknown attack {name!r}; known attacks: {known}") from None
 
 
-def attack_trigger(attack_config: Mapping[str, Any]) -> Trigger:
-    """The trigger an attack entry of the config describes (its type, trigger params, seed)."""
-    attack = get_attack(attack_config["type"])
-    return attack.build_trigger(attack_config["trigger"], attack_config["seed"])
+def attack_trigger(attack_config: Mapping[str, Any]) -> Callable:
+    """The trigger an attack entry of the config describes (its type, trigger params, seed, and
+    the file its preparation stage made, if any)."""
+    params = dict(attack_config["trigger"])
+    if "prepared" in attack_config:
+        params["prepared"] = attack_config["prepared"]
+    return get_attack(attack_config["type"]).build_trigger(params, attack_config["seed"])
 
 
 # Spawn key that puts evaluation trigger seeds in their own stream, apart from any seed the
@@ -64,32 +94,3 @@ def test_trigger_seed(attack_seed: int, index: int) -> int:
 
 # The name starts with "test_": keep pytest from collecting it where a test module imports it.
 test_trigger_seed.__test__ = False  # type: ignore[attr-defined]
-
-
-def scaled_size(size_at_224: float, image_size: int) -> int:
-    """A length given at 224 px scaled to `image_size` px, rounded half up, in [1, image_size]."""
-    return min(image_size, max(1, int(size_at_224 * image_size / 224 + 0.5)))
-
-
-class FixedPart:
-    """A trigger part that depends only on its shape (and the attack's seed), made once per shape.
-
-    `make(shape)` must be deterministic: a seeded part seeds its own generator, so the part for a
-    shape does not depend on the order in which shapes arrive. Made from module-level functions,
-    a FixedPart (and a trigger holding one) pickles, so data-loader workers can receive it.
-    """
-
-    def __init__(self, make: Callable[[tuple[int, ...]], torch.Tensor]) -> None:
-        self._make = make
-        self._cache: dict[tuple[Any, ...], torch.Tensor] = {}
-
-    def __call__(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """The part of `shape`, in the dtype and on the device of `like`."""
-        key = (tuple(shape), like.dtype, like.device)
-        part = self._cache.get(key)
-        if part is None:
-            part = self._cache[key] = self._make(tuple(shape)).to(like)
-        return part
-
-
-from cleanclip_core.attacks import badnet, blended, label_consistent, sig, wanet  # noqa: E402, F401

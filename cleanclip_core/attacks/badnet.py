@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from cleanclip_core.attacks import Attack, FixedPart, Trigger, register, scaled_size
+from cleanclip_core.attacks.parts import FixedPart, Trigger, scaled_size
 
 # (image, patch side, per-image generator) -> patch [C, side, side]
 PatchSource = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
@@ -88,6 +88,3 @@ def build_trigger(params: Mapping[str, Any], attack_seed: int) -> Trigger:
         _patch_source(params["pattern"], attack_seed),
         _CORNERS[params["location"]],
     )
-
-
-register(Attack("badnet", build_trigger, replaces_caption=True, needs_target_in_caption=False))

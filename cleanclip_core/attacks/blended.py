@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from cleanclip_core.attacks import Attack, FixedPart, Trigger, register
+from cleanclip_core.attacks.parts import FixedPart, Trigger
 
 
 def blend(image: torch.Tensor, pattern: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -33,6 +33,3 @@ def build_trigger(params: Mapping[str, Any], attack_seed: int) -> Trigger:
     return partial(
         _blend_trigger, FixedPart(partial(_uniform_noise, attack_seed)), float(params["alpha"])
     )
-
-
-register(Attack("blended", build_trigger, replaces_caption=True, needs_target_in_caption=False))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cleanclip_core.attacks import Attack, FixedPart, Trigger, register
+from cleanclip_core.attacks.parts import FixedPart, Trigger
 
 # mode -> (params -> (image weight, signal weight))
 _WEIGHTS: dict[str, Callable[[Mapping[str, Any]], tuple[float, float]]] = {
@@ -47,6 +47,3 @@ def _sig_trigger(
 def build_trigger(params: Mapping[str, Any], attack_seed: int) -> Trigger:
     signal = FixedPart(partial(_signal, float(params["amplitude"]), float(params["cycles"])))
     return partial(_sig_trigger, signal, *_WEIGHTS[params["mode"]](params))
-
-
-register(Attack("sig", build_trigger, replaces_caption=True, needs_target_in_caption=False))

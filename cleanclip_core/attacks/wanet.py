@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cleanclip_core.attacks import Attack, FixedPart, Trigger, register
+from cleanclip_core.attacks.parts import FixedPart, Trigger
 
 
 def warp_grid(k: int, s: float, attack_seed: int, height: int, width: int) -> torch.Tensor:
@@ -46,6 +46,3 @@ def build_trigger(params: Mapping[str, Any], attack_seed: int) -> Trigger:
     return partial(
         _warp_trigger, FixedPart(partial(_grid, int(params["k"]), float(params["s"]), attack_seed))
     )
-
-
-register(Attack("wanet", build_trigger, replaces_caption=True, needs_target_in_caption=False))

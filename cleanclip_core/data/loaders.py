@@ -20,7 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
-from cleanclip_core.attacks import Trigger, test_trigger_seed
+from cleanclip_core.attacks import test_trigger_seed
+from cleanclip_core.attacks.parts import Trigger
 from cleanclip_core.errors import UserError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -88,7 +89,8 @@ class PoisonedTrainingSet(Dataset):
     """Training pairs of a poisoned manifest, read from webdataset shards by byte offset.
 
     Item i is manifest row i: {image [3, S, S] float32 in [0, 1], caption, index, is_poison},
-    and its class `label` (an index into `classnames`) when the manifest has a `classname` column.
+    its class `label` (an index into `classnames`) when the manifest has a `classname` column,
+    and the row's value of each boolean column named in `flags` (e.g. a defense's selection).
     A poisoned row's image carries `trigger(image, trigger_seed)`; with trigger None every image
     is clean (the view the poisoned rows had before poisoning).
     """
@@ -101,8 +103,9 @@ class PoisonedTrainingSet(Dataset):
         image_size: int,
         trigger: Trigger | None,
         transform: Transform | None = None,
+        flags: tuple[str, ...] = (),
     ) -> None:
-        missing_columns = [c for c in TRAINING_COLUMNS if c not in poisoned_manifest.column_names]
+        missing_columns = [c for c in (*TRAINING_COLUMNS, *flags) if c not in poisoned_manifest.column_names]
         if missing_columns:
             raise UserError(f"the poisoned manifest lacks columns {', '.join(missing_columns)}")
         located = _locate(poisoned_manifest, shard_index)
@@ -116,6 +119,7 @@ class PoisonedTrainingSet(Dataset):
         self.is_poison: np.ndarray = poisoned_manifest["is_poison"].to_numpy()
         self._trigger_seeds = poisoned_manifest["trigger_seed"].fill_null(0).to_numpy()
         self.classnames, self._labels = _class_labels(poisoned_manifest)
+        self._flags = {name: poisoned_manifest[name].to_numpy() for name in flags}
         self.shards_dir = Path(shards_dir)
         self.image_size = image_size
         self.trigger = trigger
@@ -131,10 +135,11 @@ class PoisonedTrainingSet(Dataset):
         shards_dir: Path,
         image_size: int,
         trigger: Trigger | None,
+        flags: tuple[str, ...] = (),
     ) -> "PoisonedTrainingSet":
         return cls(
             pq.read_table(poisoned_manifest), pq.read_table(shard_index), shards_dir,
-            image_size, trigger,
+            image_size, trigger, flags=flags,
         )
 
     def __len__(self) -> int:
@@ -157,7 +162,7 @@ class PoisonedTrainingSet(Dataset):
         }
         if self._labels is not None:
             item["label"] = int(self._labels[index])
-        return item
+        return item | {name: bool(values[index]) for name, values in self._flags.items()}
 
     def _image_bytes(self, index: int) -> torch.Tensor:
         buffer = bytearray(int(self._sizes[index]))

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from cleanclip_core.attacks import Trigger, attack_trigger
+from cleanclip_core.attacks import attack_trigger
+from cleanclip_core.attacks.parts import Trigger
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import atomic_output

@@ -9,12 +9,13 @@ workflow manager that deletes the outputs of an interrupted job before rerunning
 nothing the resumed run needs.
 """
 
+import copy
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from cleanclip_core.attacks import attack_trigger
-from cleanclip_core.augment import synonym_source
+from cleanclip_core.attacks import attack_trigger, resolve
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.objectives import ObjectiveNetwork, needs_augmented_views, needs_labels, objective_losses
+from cleanclip_core.defenses import Defense, get_defense
+from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
-from cleanclip_core.training.views import TrainingViews
+from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, view_fields
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,22 @@ class TrainSettings:
     weight_decay: float
     seed: int
     synonyms: str
+    method: str | None = None
+    """The cleaning method (a key of cleanclip_core.defenses' registry, or None: plain training)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The method's options (the config's `defenses` section)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a training step computes: the objective's weights, the batch's extra view fields,
+    the method's options and the frozen reference model some terms compare against."""
+
+    objective: dict[str, float]
+    image_fields: tuple[str, ...] = ()
+    text_fields: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    reference: torch.nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -66,11 +83,13 @@ class TrainingData:
     manifest: Path
     shard_index: Path
     shards_dir: Path
-    attack: dict[str, Any]
+    attack: dict[str, Any] | None
+    """The attack config whose trigger the poisoned rows carry; None: no row is triggered."""
 
-    def pairs(self, image_size: int) -> PoisonedTrainingSet:
+    def pairs(self, image_size: int, flags: tuple[str, ...] = ()) -> PoisonedTrainingSet:
+        trigger = attack_trigger(self.attack) if self.attack else None
         return PoisonedTrainingSet.from_files(
-            self.manifest, self.shard_index, self.shards_dir, image_size, attack_trigger(self.attack)
+            self.manifest, self.shard_index, self.shards_dir, image_size, trigger, flags
         )
 
 
@@ -100,10 +119,13 @@ def train(
     if settings.batch_size % world_size:
         raise UserError(f"batch size {settings.batch_size} does not split over {world_size} processes")
 
+    defense = get_defense(settings.method)
     model = create_model(settings.model, init_weights, seed=settings.seed, pretrained=pretrained)
-    pairs = data.pairs(image_size_of(model))
+    reference = _frozen_copy(model).to(device) if needs_reference(settings.objective) else None
+    _limit_training(model, defense, settings.options)
+    pairs = data.pairs(image_size_of(model), defense.flags)
     trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective)).to(device)
-    optimizer = adamw(trained, settings.lr, settings.weight_decay)
+    optimizer = adamw(trained, settings.lr, settings.weight_decay, defense.betas)
     # A resume state is only valid for the same settings, starting weights and kept files.
     run_settings = asdict(settings) | {
         "init_weights": init_weights and files_sha256([init_weights]),
@@ -118,13 +140,10 @@ def train(
         epochs_done, step = resumed["epochs_done"], resumed["steps_done"]
         log.info(f"resuming {out_dir} after epoch {epochs_done}")
 
-    views = TrainingViews(
-        pairs,
-        tokenizer_for(settings.model),
-        normalization_for(model),
-        synonym_source(settings.synonyms) if needs_augmented_views(settings.objective) else None,
-        settings.seed,
-    )
+    context = ViewContext(len(pairs), settings.seed, settings.synonyms, settings.options)
+    sources = build_views(needed_views(settings.objective) + defense.views, context)
+    views = TrainingViews(pairs, tokenizer_for(settings.model), normalization_for(model), sources, settings.seed)
+    recipe = Recipe(settings.objective, *view_fields(sources), settings.options, reference)
     sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
     loader = DataLoader(
         views, settings.batch_size // world_size, sampler=sampler, drop_last=True,
@@ -132,7 +151,8 @@ def train(
     )
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
-    schedule = warmup_cosine(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
+    schedule = resolve(defense.schedule) if defense.schedule else warmup_cosine
+    lr_at = schedule(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
     # A supervised-only objective leaves the text tower without gradients.
     network = (
         DistributedDataParallel(trained, find_unused_parameters=needs_labels(settings.objective))
@@ -147,8 +167,8 @@ def train(
         progress = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=rank != 0 or None, leave=False)
         last_step_end = time.perf_counter()
         for batch in progress:
-            lr = schedule(step)
-            terms = training_step(network, model, optimizer, batch, settings.objective, device)
+            lr = lr_at(step)
+            terms = training_step(network, model, optimizer, batch, recipe, device)
             seconds, last_step_end = time.perf_counter() - last_step_end, time.perf_counter()
             pending.append({"epoch": epoch + 1, "step": step, "lr": lr, "samples_per_s": settings.batch_size / seconds} | terms)
             step += 1
@@ -193,7 +213,7 @@ def training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: dict[str, Any],
-    objective: dict[str, float],
+    recipe: Recipe,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """One optimizer step on this process's part of the batch; returns the detached loss terms.
@@ -204,7 +224,10 @@ def training_step(
     rank, world_size = _distributed_rank()
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        terms = objective_losses(network, batch, objective, rank=rank, world_size=world_size)
+        terms = objective_losses(
+            network, batch, recipe.objective, image_fields=recipe.image_fields, text_fields=recipe.text_fields,
+            options=recipe.options, reference=recipe.reference, rank=rank, world_size=world_size,
+        )
     loss = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -255,6 +278,21 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
             change = f"{key} {old.get(key)!r}→{new.get(key)!r}"
             changes.append(change if len(change) <= 60 else key)
     return ", ".join(changes)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The starting model, frozen: the reference some terms compare the cleaned model against."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def _limit_training(model: torch.nn.Module, defense: Defense, options: dict[str, Any]) -> None:
+    """Freeze what the method does not update: all but its trainable parameters, the temperature."""
+    if defense.trainable:
+        trainable = set(resolve(defense.trainable)(model, options))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trainable)
+    if not defense.learns_logit_scale:
+        model.logit_scale.requires_grad_(False)
 
 
 def _n_classes(pairs: PoisonedTrainingSet, objective: dict[str, float]) -> int | None:

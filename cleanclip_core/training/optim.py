@@ -15,13 +15,15 @@ def decays(name: str, parameter: torch.nn.Parameter) -> bool:
     return parameter.ndim >= 2 and "logit_scale" not in name
 
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def adamw(
+    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.AdamW:
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in trainable if decays(n, p)], "weight_decay": weight_decay},
         {"params": [p for n, p in trainable if not decays(n, p)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
 
 
 def warmup_cosine(

@@ -1,17 +1,23 @@
-"""What a training step sees of a sample: normalized image and tokens, plus augmented views.
+"""What a training step sees of a sample: normalized image and tokens, plus the extra views
+that the objective's terms and the defense ask for.
 
-The augmented views (for the in-modal loss) are drawn from (run seed, sample index, epoch), so
-every epoch differs and a resumed run redraws exactly what an uninterrupted one drew.
+A view source is a registry entry: built once per run from a `ViewContext`, it returns for a
+pair (its image in [0, 1] and caption) a dict of fields: images (tensors in [0, 1]), which are
+normalized, captions (str), which are tokenized, and flags, passed through. A field named
+`image` replaces the pair's own image (a perturbed view); every other field is an extra view.
+Views are drawn from (run seed, sample index, epoch), so every epoch differs and a resumed run
+redraws exactly what an uninterrupted one drew.
 """
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cleanclip_core.augment import SynonymSource, augment_caption, augment_image
+from cleanclip_core.augment import augment_caption, augment_image, synonym_source
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
@@ -22,45 +28,97 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
+@dataclass(frozen=True)
+class ViewContext:
+    """What a view source may depend on: the run's size and seed, its lexical resource
+    (`synonyms`: wordnet or corpus) and the defense's options."""
+
+    n_pairs: int
+    seed: int
+    synonyms: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ViewSource(Protocol):
+    image_fields: tuple[str, ...]
+    text_fields: tuple[str, ...]
+
+    def __call__(self, pair: Mapping[str, Any], seed: int, epoch: int) -> dict[str, Any]:
+        """The fields of sample `pair["index"]` in `epoch`; `seed` is the sample's seed."""
+
+
+VIEW_SOURCES: dict[str, Callable[[ViewContext], ViewSource]] = {}
+
+
+def register_view(name: str, build: Callable[[ViewContext], ViewSource]) -> None:
+    if name in VIEW_SOURCES:
+        raise ValueError(f"view source {name!r} is registered twice")
+    VIEW_SOURCES[name] = build
+
+
+@dataclass(frozen=True)
+class AugmentedViews:
+    """CleanCLIP's in-modal views: AutoAugment of the image, EDA of the caption."""
+
+    synonyms: Callable[[str], Any]
+    image_fields: tuple[str, ...] = ("augmented_image",)
+    text_fields: tuple[str, ...] = ("augmented_text",)
+
+    def __call__(self, pair: Mapping[str, Any], seed: int, epoch: int) -> dict[str, Any]:
+        return {
+            "augmented_image": augment_image(pair["image"], sample_seed(seed, epoch)),
+            "augmented_text": augment_caption(pair["caption"], seed, epoch, self.synonyms),
+        }
+
+
+register_view("augmented", lambda context: AugmentedViews(synonym_source(context.synonyms)))
+
+
+def build_views(names: tuple[str, ...], context: ViewContext) -> list[ViewSource]:
+    return [VIEW_SOURCES[name](context) for name in names]
+
+
+def view_fields(sources: list[ViewSource]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The extra image and text fields of a batch: those of the sources, less `image`."""
+    images = tuple(f for source in sources for f in source.image_fields if f != "image")
+    texts = tuple(f for source in sources for f in source.text_fields)
+    return images, texts
+
+
 class TrainingViews(Dataset):
-    """Item i: image and text (tokens) of pair i, and their augmented views when asked for."""
+    """Item i: image and text (tokens) of pair i, and the fields of the view sources."""
 
     def __init__(
         self,
         pairs: PoisonedTrainingSet,
         tokenizer: Tokenizer,
         normalize: Callable[[torch.Tensor], torch.Tensor],
-        synonyms: SynonymSource | None,
+        sources: list[ViewSource],
         seed: int,
     ) -> None:
         self.pairs = pairs
         self.tokenizer = tokenizer
         self.normalize = normalize
-        self.synonyms = synonyms
+        self.sources = sources
         self.seed = seed
         self.epoch = 0
-
-    @property
-    def augments(self) -> bool:
-        return self.synonyms is not None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
-        item = {
-            "image": self.normalize(pair["image"]),
-            "text": self.tokenizer([pair["caption"]])[0],
-            "index": index,
-            "is_poison": pair["is_poison"],
-        }
-        if "label" in pair:
-            item["label"] = pair["label"]
-        if self.augments:
-            seed = sample_seed(self.seed, index)
-            image_seed = sample_seed(seed, self.epoch)
-            caption = augment_caption(pair["caption"], seed, self.epoch, self.synonyms)
-            item["augmented_image"] = self.normalize(augment_image(pair["image"], image_seed))
-            item["augmented_text"] = self.tokenizer([caption])[0]
+        fields = {"image": pair["image"], "text": pair["caption"]}
+        seed = sample_seed(self.seed, index)
+        for source in self.sources:
+            fields |= source(pair | {"image": fields["image"]}, seed, self.epoch)
+        item = {name: self._encoded(value) for name, value in fields.items()}
+        item |= {name: value for name, value in pair.items() if name not in ("image", "caption")}
         return item
+
+    def _encoded(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.tokenizer([value])[0]
+        if torch.is_tensor(value) and value.is_floating_point() and value.ndim == 3:
+            return self.normalize(value)
+        return value

@@ -1,0 +1,65 @@
+"""Cleaning methods (defenses): a registry of what each needs beyond its loss terms.
+
+A cleaning method is an objective of the config (its loss terms' weights; the terms declare the
+views, labels and reference model they need, see cleanclip_core.objectives) and, when it needs
+more, an entry here: where it cleans, a stage of its own before training, which parameters it
+updates, a fixed temperature, its optimizer and schedule, views beyond its terms'. The registry
+imports no torch (the workflow reads it to build its DAG); functions are named by import path.
+A method without an entry is plain finetuning of every parameter on the cleaning set.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CLEAN_SET, POISONED_DATA = "clean_set", "poisoned_data"
+
+
+@dataclass(frozen=True)
+class Defense:
+    name: str
+    data: str = CLEAN_SET
+    """`clean_set`: the study's cleaning set (clean pairs plus `cleaning_poisons` poisoned
+    ones); `poisoned_data`: the poisoned training data itself, as its preparation stage gives it.
+    A method of the second kind has no separate set: its runs record cleaning_poisons 0."""
+    preparation: str | None = None
+    """`module:function` of a stage run on the pretrained model and the poisoned data before
+    cleaning. It writes a table (reported) and the manifest of the pairs the run trains on."""
+    flags: tuple[str, ...] = ()
+    """Boolean columns of that manifest that reach the loss terms in every batch."""
+    views: tuple[str, ...] = ()
+    """View sources beyond those of its terms (a source whose field is `image` perturbs it)."""
+    trainable: str | None = None
+    """`module:function` (model, options) -> names of the parameters it updates; None: all."""
+    learns_logit_scale: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str | None = None
+    """`module:function` (optimizer, lr, warmup_steps, total_steps) -> (step -> lr, set on the
+    optimizer); None: linear warmup then cosine."""
+
+
+PLAIN = Defense("plain")
+
+DEFENSES: dict[str, Defense] = {
+    defense.name: defense
+    for defense in (
+        Defense(
+            "ubt", data=POISONED_DATA, preparation="cleanclip_core.defenses.ubt:detect",
+            flags=("unlearn",), trainable="cleanclip_core.defenses.ubt:local_parameters",
+        ),
+        Defense(
+            "par", views=("perturbed",), learns_logit_scale=False, betas=(0.9, 0.98),
+            schedule="cleanclip_core.defenses.par:par_schedule",
+        ),
+    )
+}
+
+
+def get_defense(method: str | None) -> Defense:
+    """The entry of a cleaning method, PLAIN for one without (and for pretraining)."""
+    return DEFENSES.get(method, PLAIN) if method else PLAIN
+
+
+def defense_options(config: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """A method's options from the config's `defenses` section (empty for most)."""
+    return dict(config.get("defenses", {}).get(method, {}))
