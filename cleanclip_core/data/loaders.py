@@ -145,6 +145,11 @@ class PoisonedTrainingSet(Dataset):
     def __len__(self) -> int:
         return len(self._offsets)
 
+    @property
+    def captions(self) -> list[str]:
+        """Every row's caption (the poisoned one where poisoned), in row order."""
+        return self._captions.to_pylist()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         is_poison = bool(self.is_poison[index])
         image = _model_input(

@@ -140,7 +140,7 @@ def train(
         epochs_done, step = resumed["epochs_done"], resumed["steps_done"]
         log.info(f"resuming {out_dir} after epoch {epochs_done}")
 
-    context = ViewContext(len(pairs), settings.seed, settings.synonyms, settings.options)
+    context = ViewContext(pairs.captions, settings.seed, settings.synonyms, settings.options)
     sources = build_views(needed_views(settings.objective) + defense.views, context)
     views = TrainingViews(pairs, tokenizer_for(settings.model), normalization_for(model), sources, settings.seed)
     recipe = Recipe(settings.objective, *view_fields(sources), settings.options, reference)

@@ -9,7 +9,7 @@ Views are drawn from (run seed, sample index, epoch), so every epoch differs and
 redraws exactly what an uninterrupted one drew.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,10 +30,10 @@ def sample_seed(seed: int, index: int) -> int:
 
 @dataclass(frozen=True)
 class ViewContext:
-    """What a view source may depend on: the run's size and seed, its lexical resource
-    (`synonyms`: wordnet or corpus) and the defense's options."""
+    """What a view source may depend on: the run's captions (one per pair, in order) and seed,
+    its lexical resource (`synonyms`: wordnet or corpus) and the defense's options."""
 
-    n_pairs: int
+    captions: Sequence[str]
     seed: int
     synonyms: str
     options: Mapping[str, Any] = field(default_factory=dict)
