@@ -31,3 +31,4 @@ rule all:
         expand(f"{ATTACK_DIR}/trigger_grid.png", dataset=DATASET, attack=config["attacks"]),
         rules.headline_figure.output,
         rules.figures.output,
+        rules.preparation_summary.output if prepared_methods() else [],

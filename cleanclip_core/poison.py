@@ -134,3 +134,21 @@ def write_poisoned_manifest(
     )
     log.info(f"{attack_name}: {attack_config['n_poisons']} of {poisoned.num_rows} rows poisoned")
     return poisoned
+
+
+def unpoisoned_manifest(manifest: pa.Table) -> pa.Table:
+    """Every manifest row as a training row that no attack touched (a clean surrogate's data)."""
+    missing = pa.nulls(manifest.num_rows)
+    return pa.table(
+        [
+            manifest["key"], manifest["shard"], manifest["caption"], manifest["caption"],
+            pa.array(np.zeros(manifest.num_rows, dtype=bool)), missing.cast(pa.string()), missing.cast(pa.int64()),
+        ],
+        schema=POISONED_MANIFEST_SCHEMA,
+    )
+
+
+def write_unpoisoned_manifest(manifest_path: Path, output_path: Path) -> pa.Table:
+    table = unpoisoned_manifest(pq.read_table(manifest_path, columns=["key", "shard", "caption"]))
+    write_table(table, output_path, config={"attack": None}, inputs_sha256=files_sha256([manifest_path]))
+    return table

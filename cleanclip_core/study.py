@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense
+
 SCRATCH = "scratch"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -73,17 +75,24 @@ def pretrained_models(config: Mapping[str, Any]) -> pd.DataFrame:
 
 def cleaning_runs(config: Mapping[str, Any]) -> pd.DataFrame:
     """One row per cleaning run: each pretrained model x method x cleaning poisons x the
-    method's learning rates."""
+    method's learning rates. A method that cleans on the poisoned training data itself has no
+    cleaning set: it runs once per learning rate, with cleaning_poisons 0."""
     study = config["study"]
     cleaning = [
         (method, poisons, float(lr))
         for method in study["clean_methods"]
-        for poisons in study["cleaning_poisons"]
+        for poisons in method_cleaning_poisons(config, method)
         for lr in method_lrs(config, method)
     ]
     rows = [(*model, *run) for model in pretrained_models(config).itertuples(index=False) for run in cleaning]
     frame = pd.DataFrame(rows, columns=list(PRETRAIN_DIMENSIONS + CLEAN_DIMENSIONS))
     return frame.astype({"cleaning_poisons": "int64", "lr": "float64"})
+
+
+def method_cleaning_poisons(config: Mapping[str, Any], method: str) -> list[int]:
+    if get_defense(method).data == POISONED_DATA:
+        return [0]
+    return config["study"]["cleaning_poisons"]
 
 
 def method_lrs(config: Mapping[str, Any], method: str) -> list[float]:
@@ -117,7 +126,13 @@ def pretrain_settings(config: Mapping[str, Any], objective: str) -> dict:
 
 def clean_settings(config: Mapping[str, Any], method: str, lr: float) -> dict:
     overrides = {k: v for k, v in config["clean"]["per_method"].get(method, {}).items() if k != "lrs"}
-    return _train_settings(config, "clean", method, overrides | {"lr": lr})
+    method_settings = {"lr": lr, "method": method, "options": defense_options(config, method)}
+    return _train_settings(config, "clean", method, overrides | method_settings)
+
+
+def preparation_settings(config: Mapping[str, Any], method: str) -> dict:
+    """What a cleaning method's preparation stage depends on: its options and the cleaning seed."""
+    return {"method": method, "options": defense_options(config, method), "seed": config["clean"]["seed"]}
 
 
 def dataset_settings(config: Mapping[str, Any]) -> dict:

@@ -6,6 +6,8 @@ from pathlib import Path
 from snakemake.utils import Paramspace
 
 from cleanclip_core import study
+from cleanclip_core.attacks import get_attack
+from cleanclip_core.defenses import get_defense
 
 DATASET = config["dataset"]["name"]
 STUDY = config["study"]
@@ -70,8 +72,62 @@ def cleaning_labels(wildcards):
     return {"labels": labels, "manifest": f"results/{wildcards.dataset}/manifest.parquet"} if labels else {}
 
 
-def attack_config(wildcards):
+def attack_preparation(wildcards):
+    """The file the attack's preparation stage makes (BadCLIP's optimized patch), if it has one."""
+    attack = get_attack(config["attacks"][wildcards.attack]["type"])
+    return {"prepared": f"{ATTACK_DIR}/trigger.pt".format(**dict(wildcards.items()))} if attack.preparation else {}
+
+
+def attack_entry(wildcards):
     return config["attacks"][wildcards.attack]
+
+
+def attack_config(wildcards):
+    """The attack's config entry, with the file its preparation stage made."""
+    return attack_entry(wildcards) | attack_preparation(wildcards)
+
+
+def surrogate(wildcards):
+    """The clean model an attack's preparation optimizes against: the study's start when it is a
+    local file, else (from scratch) a model pretrained on the unpoisoned data; an open_clip tag
+    needs no file."""
+    kind = study.start_kind(START)
+    if kind == "tag":
+        return {}
+    return {"surrogate": START if kind == "file" else f"results/{wildcards.dataset}/surrogate/model={STUDY['model']}/model.pt"}
+
+
+def surrogate_settings(wildcards):
+    return study.pretrain_settings(config, "mmcl")
+
+
+def cleaning_data(wildcards):
+    """What a cleaning run trains on: the study's cleaning set, or, for a method that cleans on
+    the poisoned training data, the pairs its preparation stage chose (else that data itself)."""
+    defense = get_defense(wildcards.clean_method)
+    if defense.data == "clean_set":
+        return f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet".format(**dict(wildcards.items()))
+    if defense.preparation:
+        return f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/manifest.parquet".format(**dict(wildcards.items()))
+    return f"{ATTACK_DIR}/poisoned_manifest.parquet".format(**dict(wildcards.items()))
+
+
+def preparation_settings(wildcards):
+    return study.preparation_settings(config, wildcards.clean_method)
+
+
+def prepared_methods():
+    """The study's cleaning methods that have a stage of their own before cleaning."""
+    return [method for method in STUDY["clean_methods"] if get_defense(method).preparation]
+
+
+def study_preparations(wildcards):
+    """The tables of every preparation stage of the study (UBT's detection), with their identities."""
+    return [
+        f"results/runs/{model}/clean_method={method}/prepared/table.parquet"
+        for model in PRETRAINED.instance_patterns
+        for method in prepared_methods()
+    ]
 
 
 def start_weights(wildcards):

@@ -1,8 +1,81 @@
-# Poisoning: one poisoned manifest per attack, and a picture of its trigger.
+# Poisoning: an attack's preparation (BadCLIP's optimized trigger, against a clean surrogate),
+# one poisoned manifest per attack, and a picture of its trigger.
+
+
+rule unpoisoned_manifest:
+    input:
+        manifest="results/{dataset}/manifest.parquet",
+    output:
+        "results/{dataset}/unpoisoned_manifest.parquet",
+    log:
+        "results/logs/unpoisoned_manifest/{dataset}.log",
+    benchmark:
+        "results/benchmarks/unpoisoned_manifest/{dataset}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/unpoisoned_manifest.py"
+
+
+# The attacker's surrogate when the study pretrains from scratch: a clean model, pretrained like
+# the study's MMCL model on the unpoisoned data.
+rule pretrain_surrogate:
+    input:
+        manifest="results/{dataset}/unpoisoned_manifest.parquet",
+        shard_index="results/{dataset}/shard_index.parquet",
+        shards="results/{dataset}/shards",
+    output:
+        weights="results/{dataset}/surrogate/model={model}/model.pt",
+        step_log="results/{dataset}/surrogate/model={model}/train_log.parquet",
+    params:
+        settings=surrogate_settings,
+        attack=None,
+        pretrained=None,
+        keep_every_epoch=False,
+        out_dir=run_folder,
+    threads: 2
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+    log:
+        "results/logs/pretrain_surrogate/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain_surrogate/{dataset}/{model}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule optimize_trigger:
+    input:
+        unpack(surrogate),
+        manifest="results/{dataset}/manifest.parquet",
+        shard_index="results/{dataset}/shard_index.parquet",
+        shards="results/{dataset}/shards",
+    output:
+        f"{ATTACK_DIR}/trigger.pt",
+    params:
+        model=STUDY["model"],
+        pretrained=PRETRAINED_TAG,
+        attack=attack_entry,
+    threads: 2
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+    log:
+        "results/logs/optimize_trigger/{dataset}/{attack}.log",
+    benchmark:
+        "results/benchmarks/optimize_trigger/{dataset}/{attack}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/optimize_trigger.py"
 
 
 rule poison:
     input:
+        unpack(attack_preparation),
         manifest="results/{dataset}/manifest.parquet",
     output:
         "results/{dataset}/{attack}/poisoned_manifest.parquet",
@@ -20,6 +93,7 @@ rule poison:
 
 rule trigger_grid:
     input:
+        unpack(attack_preparation),
         poisoned_manifest="results/{dataset}/{attack}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",

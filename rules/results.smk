@@ -3,6 +3,7 @@
 
 rule evaluate_pretrained:
     input:
+        unpack(attack_preparation),
         weights=[f"{PRETRAIN_RUN}/model.pt"],
         images=evaluation_images,
     output:
@@ -30,6 +31,7 @@ rule evaluate_pretrained:
 # Every epoch of a cleaning run, in one job (a job array on a cluster).
 use rule evaluate_pretrained as evaluate_cleaned with:
     input:
+        unpack(attack_preparation),
         weights=CLEAN_EPOCH_WEIGHTS,
         images=evaluation_images,
     output:
@@ -107,3 +109,18 @@ rule headline_figure:
         "../envs/results.yaml"
     shell:
         "cp {input.pdf} {output.pdf} && cp {input.png} {output.png} 2> {log}"
+
+
+rule preparation_summary:
+    input:
+        study_preparations,
+    output:
+        report(f"{STUDY_DIR}/tables/preparation.csv", caption="../report/preparation.rst", category="Tables"),
+    log:
+        f"{STUDY_DIR}/logs/preparation_summary.log",
+    benchmark:
+        f"{STUDY_DIR}/benchmarks/preparation_summary.tsv"
+    conda:
+        "../envs/results.yaml"
+    script:
+        "../workflow_scripts/preparation_summary.py"

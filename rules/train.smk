@@ -4,6 +4,7 @@
 
 rule pretrain:
     input:
+        unpack(attack_preparation),
         unpack(start_weights),
         manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
@@ -49,9 +50,40 @@ rule cleaning_set:
         "../workflow_scripts/cleaning_set.py"
 
 
+# A cleaning method's stage of its own before cleaning (UBT's detection of suspicious pairs), on
+# the pretrained model and its poisoned training data.
+rule prepare_cleaning:
+    input:
+        unpack(attack_preparation),
+        manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
+        shard_index="results/{dataset}/shard_index.parquet",
+        shards="results/{dataset}/shards",
+        weights=f"{PRETRAIN_RUN}/model.pt",
+    output:
+        table=f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/table.parquet",
+        manifest=f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/manifest.parquet",
+    params:
+        model=STUDY["model"],
+        attack=attack_config,
+        settings=preparation_settings,
+    threads: 2
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+    log:
+        f"results/logs/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}.log",
+    benchmark:
+        f"results/benchmarks/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/prepare_cleaning.py"
+
+
 rule clean:
     input:
-        manifest=f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet",
+        unpack(attack_preparation),
+        manifest=cleaning_data,
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
         start_weights=f"{PRETRAIN_RUN}/model.pt",

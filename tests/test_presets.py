@@ -17,13 +17,15 @@ import pytest
 import yaml
 
 from cleanclip_core import study
+from cleanclip_core.attacks import get_attack
+from cleanclip_core.defenses import get_defense
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import check_pretrained
 from workflow import ROOT, job_counts
 
 BASE = "verma"
-OVERLAYS = ["cc6m", "vit_b32", "contamination", "ssl_weights", "finetune_poisoning"]
+OVERLAYS = ["cc6m", "vit_b32", "contamination", "ssl_weights", "finetune_poisoning", "defenses_cc3m"]
 LARGEST = [BASE, "contamination"]  # Verma's full grid with the contamination ablation
 DRY_RUN_CPU_LIMIT_S = 15  # the target is 10 s; CPU time still varies with the machine's load
 
@@ -63,7 +65,14 @@ def placeholder_paths(root: Path) -> dict:
 def expected_job_counts(config: dict) -> dict[str, int]:
     """The jobs of a preset's full DAG (rule all) from nothing, per rule, from its grid."""
     pretrained, cleaning = study.pretrained_models(config), study.cleaning_runs(config)
-    counts = {
+    prepared_attacks = [a for a in config["attacks"].values() if get_attack(a["type"]).preparation]
+    prepared_methods = [m for m in config["study"]["clean_methods"] if get_defense(m).preparation]
+    surrogate = bool(prepared_attacks) and config["study"]["start"] == "scratch"
+    preparations = {
+        "optimize_trigger": len(prepared_attacks), "unpoisoned_manifest": surrogate, "pretrain_surrogate": surrogate,
+        "prepare_cleaning": len(pretrained) * len(prepared_methods), "preparation_summary": bool(prepared_methods),
+    }
+    counts = {name: int(count) for name, count in preparations.items() if count} | {
         "download": 1, "manifest": 1,
         "poison": len(config["attacks"]), "trigger_grid": len(config["attacks"]),
         "cleaning_set": len(cleaning[["attack", "cleaning_poisons"]].drop_duplicates()),
@@ -91,7 +100,7 @@ class Timed:
 
 def test_the_presets_are_all_here():
     presets = {path.stem for path in (ROOT / "configs").glob("*.yaml")}
-    assert presets == {BASE, *OVERLAYS, "smoke"}
+    assert presets == {BASE, *OVERLAYS, "smoke", "defenses"}  # defenses: an overlay on config.yaml
 
 
 def test_the_base_states_verma_et_al_s_study():
@@ -135,6 +144,12 @@ def test_each_overlay_changes_what_it_names():
     settings = study.pretrain_settings(finetune, "mmcl")
     assert (settings["epochs"], settings["batch_size"]) == (5, 128) and 1e-6 <= settings["lr"] <= 2e-5
     assert finetune["attacks"]["badnet"]["n_poisons"] == 1500 and finetune["clean"]["epochs"] == 10
+    defenses = preset(BASE, "defenses_cc3m")
+    assert defenses["study"]["attacks"] == ["badnet", "blended", "badclip"]
+    assert defenses["study"]["clean_methods"] == ["cleanclip", "ta_cleaner", "ubt", "par"]
+    assert {(a["target_label"], a["n_poisons"]) for a in defenses["attacks"].values()} == {("banana", 1500)}
+    par = study.clean_settings(defenses, "par", 3e-5)
+    assert (par["batch_size"], par["weight_decay"], par["method"]) == (2048, 1e-4, "par")
 
 
 @pytest.mark.parametrize("overlay", [None, *OVERLAYS])

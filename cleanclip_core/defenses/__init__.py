@@ -25,6 +25,9 @@ class Defense:
     preparation: str | None = None
     """`module:function` of a stage run on the pretrained model and the poisoned data before
     cleaning. It writes a table (reported) and the manifest of the pairs the run trains on."""
+    summary: str | None = None
+    """`module:function` (that table) -> {measure: value}, one row of the study's preparation
+    summary (UBT: precision and recall of its detection against the known poisons)."""
     flags: tuple[str, ...] = ()
     """Boolean columns of that manifest that reach the loss terms in every batch."""
     views: tuple[str, ...] = ()
@@ -45,7 +48,8 @@ DEFENSES: dict[str, Defense] = {
     for defense in (
         Defense(
             "ubt", data=POISONED_DATA, preparation="cleanclip_core.defenses.ubt:detect",
-            flags=("unlearn",), trainable="cleanclip_core.defenses.ubt:local_parameters",
+            summary="cleanclip_core.defenses.ubt:detection_quality", flags=("unlearn",),
+            trainable="cleanclip_core.defenses.ubt:local_parameters",
         ),
         Defense(
             "par", views=("perturbed",), learns_logit_scale=False, betas=(0.9, 0.98),

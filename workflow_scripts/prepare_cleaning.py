@@ -1,0 +1,23 @@
+from cleanclip_core.defenses import get_defense
+from cleanclip_core.launch import launch_from_snakemake, run_stages
+from cleanclip_core.reporting import reported_step
+
+with reported_step(snakemake.log[0]):
+    settings = snakemake.params.settings
+    call = {
+        "model": snakemake.params.model,
+        "weights": snakemake.input.weights,
+        "data": {
+            "manifest": snakemake.input.manifest,
+            "shard_index": snakemake.input.shard_index,
+            "shards_dir": snakemake.input.shards,
+            "attack": snakemake.params.attack,
+        },
+        "options": settings["options"],
+        "seed": settings["seed"],
+        "table": snakemake.output.table,
+        "manifest": snakemake.output.manifest,
+    }
+    execution = {"num_workers": snakemake.resources.num_workers}
+    stage = get_defense(settings["method"]).preparation
+    run_stages(stage, [call], execution=execution, **launch_from_snakemake(snakemake))
