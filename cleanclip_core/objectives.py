@@ -161,3 +161,6 @@ def _reference_features(reference: nn.Module, batch: Mapping[str, Any]) -> dict[
     with torch.no_grad():
         image_features, text_features = reference(batch["image"], batch["text"])[:2]
     return {"image": image_features, "text": text_features}
+
+
+from cleanclip_core.defenses import ta_cleaner  # noqa: E402, F401  (registers its terms and views)
