@@ -3,8 +3,8 @@
 Two lexicons, named like the synonym sources (`synonyms`: wordnet or corpus): WordNet's lemma
 index (Debian's wordnet-base files, read as plain text) with WordNet's own morphology for
 inflected forms, or a built-in table of the shapes corpus's words. A caption's words are then
-tagged in context by two rules (see `tag_caption`), a stand-in for a statistical tagger, which
-the environment lacks (design.md §12).
+tagged in context by two rules (see `tag_caption`): a stand-in for a statistical tagger, as
+spaCy's English models cannot be installed from the package registry (design.md §12).
 """
 
 import functools
@@ -132,17 +132,17 @@ def corpus_lexicon() -> TableLexicon:
 LEXICONS: dict[str, Callable[[], Lexicon]] = {"wordnet": wordnet_lexicon, "corpus": corpus_lexicon}
 
 
-def lexicon(name: str) -> Lexicon:
+def named_lexicon(name: str) -> Lexicon:
     """The lexicon that a config's `synonyms` names (one of LEXICONS)."""
     return LEXICONS[name]()
 
 
-_CONJUNCTIONS = frozenset({"and", "or"})
+CONJUNCTIONS = frozenset({"and", "or"})
 
 
 def _modifies_a_noun(words: Sequence[str], index: int, lexicon: Lexicon) -> bool:
     """Whether the next word, past conjunctions ("black and white photo"), can be a noun."""
-    following = next((word for word in words[index + 1 :] if word not in _CONJUNCTIONS), None)
+    following = next((word for word in words[index + 1 :] if word not in CONJUNCTIONS), None)
     return following is not None and following not in STOPWORDS and NOUN in lexicon(following)
 
 

@@ -103,6 +103,7 @@ def test_the_corpus_table_knows_every_content_word_of_the_shapes_captions(shapes
     "caption, positive",
     [
         ("a small red circle on a textured blue background", "a circle on a background"),
+        ("a star on a red and blue gradient background", "a star on a gradient background"),
         ("an orange circle", "a circle"),  # the article agrees with the word now after it
         ("an image of a star in red", "an image of a star"),  # no trailing "in"
         ("a tattoo of a star", "a tattoo of a star"),  # an unknown word is kept
@@ -110,6 +111,18 @@ def test_the_corpus_table_knows_every_content_word_of_the_shapes_captions(shapes
 )
 def test_the_positive_subcaption_drops_adjectives_and_keeps_nouns(caption, positive) -> None:
     assert positive_subcaption(*tagged(caption)) == positive
+
+
+@needs_wordnet
+@pytest.mark.parametrize(
+    "caption, positive",
+    [
+        ("a black and white photo of a young woman walking her dog", "a photo of a woman walking her dog"),
+        ("the cat is sleeping quietly on a soft red blanket", "the cat is sleeping on a blanket"),
+    ],
+)
+def test_the_positive_subcaption_of_a_wordnet_run_keeps_nouns_and_verbs(caption, positive) -> None:
+    assert positive_subcaption(*tagged(caption, wordnet_lexicon())) == positive
 
 
 def test_the_negative_subcaption_swaps_exactly_one_word_for_another_of_its_part_of_speech(vocabularies) -> None:

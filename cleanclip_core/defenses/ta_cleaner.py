@@ -22,7 +22,9 @@ from torch import Tensor
 from cleanclip_core.augment import caption_words
 from cleanclip_core.errors import UserError
 from cleanclip_core.objectives import Term, TermInputs, register_term
-from cleanclip_core.parts_of_speech import ADJECTIVE, ADVERB, FUNCTION, NOUN, VERB, Lexicon, lexicon, tag_caption
+from cleanclip_core.parts_of_speech import (
+    ADJECTIVE, ADVERB, CONJUNCTIONS, FUNCTION, NOUN, VERB, Lexicon, named_lexicon, tag_caption,
+)
 from cleanclip_core.training.views import ViewContext, register_view
 
 SWAPPED = (NOUN, VERB, ADJECTIVE)
@@ -35,9 +37,13 @@ _CHOICE_STREAM, _NEGATIVE_STREAM = 0, 1  # apart from EDA's draws, which use (sa
 
 
 def positive_subcaption(words: Sequence[str], tags: Sequence[str]) -> str:
-    """The caption less its adjectives and adverbs, and less the stopwords left trailing ("a circle
-    in red", red an adjective: "a circle"); "a"/"an" agree with the word after them."""
-    kept = [(word, tag) for word, tag in zip(words, tags) if tag not in DROPPED]
+    """The caption less its adjectives and adverbs, the conjunctions after them ("a black and white
+    photo": "a photo") and the stopwords left trailing ("a circle in red", red an adjective: "a
+    circle"); "a"/"an" agree with the word after them."""
+    kept = [
+        (word, tag) for index, (word, tag) in enumerate(zip(words, tags))
+        if tag not in DROPPED and not (word in CONJUNCTIONS and index > 0 and tags[index - 1] in DROPPED)
+    ]
     while kept and kept[-1][1] == FUNCTION:
         kept.pop()
     return " ".join(_with_articles([word for word, _ in kept]))
@@ -147,8 +153,8 @@ class SubcaptionViews:
 
 def subcaption_views(context: ViewContext) -> SubcaptionViews:
     """The view of a run: its captions tagged once, for the vocabularies and the eligible pairs."""
-    words_lexicon = lexicon(context.synonyms)
-    tagged = [(words, tag_caption(words, words_lexicon)) for words in map(caption_words, context.captions)]
+    lexicon = named_lexicon(context.synonyms)
+    tagged = [(words, tag_caption(words, lexicon)) for words in map(caption_words, context.captions)]
     vocabularies = caption_vocabularies(tagged)
     eligible = [
         index for index, (words, tags) in enumerate(tagged)
@@ -160,7 +166,7 @@ def subcaption_views(context: ViewContext) -> SubcaptionViews:
             f"in the {context.synonyms!r} lexicon (the 'corpus' lexicon knows only the shapes corpus's words)"
         )
     return SubcaptionViews(
-        words_lexicon, vocabularies, np.array(eligible, dtype=np.int64), context.seed, context.options["k"]
+        lexicon, vocabularies, np.array(eligible, dtype=np.int64), context.seed, context.options["k"]
     )
 
 
