@@ -34,6 +34,9 @@ def warmup_cosine(
 
 
 def clamp_logit_scale(model: torch.nn.Module) -> None:
-    """Keep the learned temperature at most ln(100), as CLIP does after every step."""
+    """Keep the learned temperature at most ln(100), as CLIP does after every step; a fixed one
+    (not trained) stays exactly as it started."""
+    if not model.logit_scale.requires_grad:
+        return
     with torch.no_grad():
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
