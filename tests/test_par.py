@@ -108,7 +108,10 @@ def test_a_warmup_precedes_the_par_schedule():
 def clean_pairs(shapes_shards, tmp_path_factory) -> TrainingData:
     root = tmp_path_factory.mktemp("par")
     some = shapes_shards.manifest.slice(0, 16)  # 4 steps of 4
-    unpoisoned = poison_manifest(some, get_attack("badnet"), attack_name="badnet", target_label="star", n_poisons=0, seed=0)
+    # No poisons: the loader wants a poisoned manifest's columns.
+    unpoisoned = poison_manifest(
+        some, get_attack("badnet"), attack_name="badnet", target_label="star", n_poisons=0, seed=0
+    )
     pq.write_table(unpoisoned, root / "manifest.parquet")
     pq.write_table(shapes_shards.shard_index, root / "shard_index.parquet")
     return TrainingData(root / "manifest.parquet", root / "shard_index.parquet", shapes_shards.shards_dir, None)

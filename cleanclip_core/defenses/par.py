@@ -27,7 +27,7 @@ DECAYED_LR = 0.1
 """The lr at the end of the linear decay, relative to the peak (their 3e-6 after 3e-5)."""
 LINEAR_DECAY_SHARE = 0.5
 """The share of the (post-warmup) steps over which the lr falls linearly; cosine after."""
-ERASED_SIDE_RATIO = (1.0, 1.0)
+ERASED_ASPECT_RATIO = (1.0, 1.0)
 """Aspect ratio of the erased rectangle: a square."""
 
 
@@ -94,7 +94,7 @@ def perturbation(noise_std: float, noise_p: float, erase_p: float, erase_scale: 
     (models.check_pretrained), so the mean in pixels is the same."""
     return v2.Compose([
         v2.RandomApply([v2.Lambda(functools.partial(brightening_noise, std=noise_std))], p=noise_p),
-        v2.RandomErasing(p=erase_p, scale=erase_scale, ratio=ERASED_SIDE_RATIO, value=list(PreprocessCfg().mean)),
+        v2.RandomErasing(p=erase_p, scale=erase_scale, ratio=ERASED_ASPECT_RATIO, value=list(PreprocessCfg().mean)),
     ])
 
 
