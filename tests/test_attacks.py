@@ -16,8 +16,22 @@ PARAMS = {
     "blended": {"alpha": 0.2},
     "wanet": {"k": 4, "s": 0.5},
     "sig": {"amplitude": 60 / 255, "cycles": 6, "mode": "add", "alpha": 0.2},
+    # Plus "prepared", the optimized patch's file: see badclip_patch.
+    "badclip": {
+        "patch_size": 16, "epochs": 50, "lr": 1e-3, "batch_size": 64, "n_images": 10000,
+        "triplet_weight": 500, "margin": 1,
+    },
 }
 SHAPES = [(3, 32, 32), (3, 224, 224), (3, 24, 40), (3, 8, 8)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def badclip_patch(tmp_path_factory):
+    """A stand-in for the file BadCLIP's optimization writes: a random 16 px patch."""
+    path = tmp_path_factory.mktemp("badclip") / "patch.pt"
+    patch = torch.rand((3, 16, 16), generator=torch.Generator().manual_seed(0))
+    torch.save({"patch": patch, "image_size": 224, "losses": []}, path)
+    PARAMS["badclip"]["prepared"] = str(path)
 
 
 def random_image(shape, seed=0):
@@ -83,7 +97,7 @@ def test_registry_entries_declare_caption_policy_selection_and_preparation():
 
 
 def test_unknown_attack_names_the_known_ones():
-    with pytest.raises(UserError, match="unknown attack 'nope'; known attacks: badnet, blended"):
+    with pytest.raises(UserError, match="unknown attack 'nope'; known attacks: badclip, badnet, blended"):
         get_attack("nope")
 
 

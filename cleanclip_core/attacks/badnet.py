@@ -20,9 +20,10 @@ Corner = Callable[[int, int, int, torch.Generator], tuple[int, int]]
 
 
 def paste_patch(image: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> torch.Tensor:
-    """A copy of `image` with `patch` pasted at (top, left); every other pixel is unchanged."""
+    """A copy of `image` ([C, H, W] or a batch [B, C, H, W]) with `patch` [C, h, w] pasted at
+    (top, left); every other pixel is unchanged. Gradients flow to the patch."""
     pasted = image.clone()
-    pasted[:, top : top + patch.shape[-2], left : left + patch.shape[-1]] = patch
+    pasted[..., top : top + patch.shape[-2], left : left + patch.shape[-1]] = patch
     return pasted
 
 

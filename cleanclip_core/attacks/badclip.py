@@ -1,0 +1,234 @@
+"""BadCLIP (Liang et al., CVPR 2024): a patch optimized against a frozen clean CLIP, pasted at the
+image centre.
+
+Trigger params: patch_size (side at 224 px, scaled with the image's smaller side) and prepared,
+the file `optimize_trigger` wrote. The optimization's own options (epochs, lr, batch_size,
+n_images, triplet_weight, margin) are read by `optimize_trigger` alone.
+
+The optimization follows the public code (LiangSiyuan21/BadCLIP, src/embeding_optimize_patch.py)
+with two differences: the clean embeddings of the triplet's negatives come from an unpatched copy
+of the images (the public code pastes the patch into them in place first, so anchor and negative
+coincide), and the patch is projected back onto [0, 1] after each step instead of being clipped
+in the forward pass (where a clipped pixel gets no gradient and cannot come back).
+"""
+
+import logging
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from cleanclip_core.attacks import NATURAL
+from cleanclip_core.attacks.badnet import paste_patch
+from cleanclip_core.attacks.parts import FixedPart, Trigger, scaled_size
+from cleanclip_core.data.loaders import PoisonedTrainingSet
+from cleanclip_core.errors import UserError
+from cleanclip_core.losses import mmcl_loss
+from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.poison import names_target, poison_captions
+from cleanclip_core.tables import atomic_output
+
+log = logging.getLogger(__name__)
+
+
+def paste_at_centre(image: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+    """A copy of `image` ([C, H, W] or [B, C, H, W]) with `patch` [C, s, s] at its centre (the
+    top-left corner at ((H - s) // 2, (W - s) // 2))."""
+    height, width = image.shape[-2:]
+    side = patch.shape[-1]
+    return paste_patch(image, patch, (height - side) // 2, (width - side) // 2)
+
+
+# The trigger -------------------------------------------------------------------------------------
+
+
+def load_patch(path: str | Path) -> torch.Tensor:
+    """The optimized patch [3, s, s] in [0, 1] that `optimize_trigger` wrote to `path`."""
+    if not Path(path).is_file():
+        raise UserError(f"the optimized BadCLIP patch {path} does not exist; run its optimization first")
+    return torch.load(path, map_location="cpu", weights_only=True)["patch"]
+
+
+def _resized_patch(patch: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The patch at side shape[-1]: itself, or resized bicubic (antialiased when it shrinks, as
+    images are fitted) and clipped back to [0, 1], which bicubic overshoot may leave."""
+    side = shape[-1]
+    if patch.shape[-1] == side:
+        return patch
+    resized = TF.resize(patch, [side, side], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return resized.clamp_(0, 1)
+
+
+def _paste_trigger(
+    patch_at_224: float, patch: FixedPart, image: torch.Tensor, _trigger_seed: int
+) -> torch.Tensor:
+    side = scaled_size(patch_at_224, min(image.shape[-2:]))
+    return paste_at_centre(image, patch((image.shape[0], side, side), image))
+
+
+def build_trigger(params: Mapping[str, Any], attack_seed: int) -> Trigger:
+    """The optimized patch, the same for every image and trigger seed, at the image centre."""
+    patch = load_patch(params["prepared"])
+    return partial(_paste_trigger, float(params["patch_size"]), FixedPart(partial(_resized_patch, patch)))
+
+
+# The optimization --------------------------------------------------------------------------------
+
+
+def _clean_pairs(keys: pa.Array, captions: pa.Array) -> pa.Table:
+    """Rows for PoisonedTrainingSet that no trigger touches."""
+    n = len(keys)
+    return pa.table({
+        "key": keys,
+        "caption": captions,
+        "is_poison": pa.array(np.zeros(n, dtype=bool)),
+        "trigger_seed": pa.nulls(n, pa.int64()),
+    })
+
+
+def patch_training_pairs(manifest: pa.Table, target_label: str, n_images: int, seed: int) -> pa.Table:
+    """`n_images` rows whose caption does not name the target (all of them where there are
+    fewer), each paired with a natural caption of the dataset that does, drawn from `seed`."""
+    target_captions = poison_captions(manifest["caption"], NATURAL, target_label)
+    eligible = np.flatnonzero(~names_target(manifest["caption"], target_label).to_numpy())
+    if n_images > eligible.size:
+        log.warning(
+            f"BadCLIP: n_images={n_images} exceeds the {eligible.size} rows whose caption does not "
+            f"name {target_label!r}; optimizing the patch on all of them"
+        )
+        n_images = eligible.size
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(eligible, size=n_images, replace=False))
+    captions = target_captions.take(rng.integers(len(target_captions), size=n_images))
+    return _clean_pairs(manifest["key"].take(rows).combine_chunks(), captions)
+
+
+def target_images(manifest: pa.Table, target_label: str) -> pa.Table:
+    """The rows whose caption names the target: the triplet's positives."""
+    rows = manifest.filter(names_target(manifest["caption"], target_label))
+    return _clean_pairs(rows["key"].combine_chunks(), rows["caption"].combine_chunks())
+
+
+def badclip_loss(
+    patched: torch.Tensor,
+    texts: torch.Tensor,
+    clean: torch.Tensor,
+    positives: torch.Tensor,
+    logit_scale: torch.Tensor,
+    triplet_weight: float,
+    margin: float,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between patched images and their target captions, plus `triplet_weight`
+    times a triplet margin loss (L2 distance) that pulls each patched image's embedding toward a
+    target image's and away from its own clean embedding. All embeddings normalized, [B, D]."""
+    contrastive = mmcl_loss(patched, texts, logit_scale)
+    triplet = F.triplet_margin_loss(patched, positives, clean, margin=margin, p=2)
+    return contrastive + triplet_weight * triplet
+
+
+def _generators(seed: int, n: int) -> list[torch.Generator]:
+    """`n` independent generators from one seed (patch init, data order, positive draws)."""
+    states = np.random.SeedSequence(seed).generate_state(n)
+    return [torch.Generator().manual_seed(int(state)) for state in states]
+
+
+def _surrogate(surrogate: Mapping[str, Any], device: torch.device) -> torch.nn.Module:
+    if surrogate.get("weights") is None and surrogate.get("pretrained") is None:
+        raise UserError("the BadCLIP surrogate needs trained weights: give it a weights file or a pretrained tag")
+    model = create_model(surrogate["model"], surrogate["weights"], pretrained=surrogate["pretrained"])
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _embed_images(
+    model: torch.nn.Module,
+    dataset: PoisonedTrainingSet,
+    batch_size: int,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    num_workers: int,
+) -> torch.Tensor:
+    """Normalized image embeddings [N, D] (float32) of every image of `dataset`, in order."""
+    loader = DataLoader(dataset, batch_size, num_workers=num_workers)
+    with torch.no_grad(), _autocast(device):
+        features = [model.encode_image(normalize(batch["image"].to(device)), normalize=True) for batch in loader]
+    return torch.cat(features).float()
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def optimize_trigger(
+    surrogate: dict[str, Any], data: dict[str, Any], attack: dict[str, Any], out_path: str, num_workers: int = 0
+) -> str:
+    """The BadCLIP preparation stage: optimize the patch against the frozen `surrogate` (model,
+    weights, pretrained) on the dataset of `data` (manifest, shard_index, shards_dir) as the
+    `attack` config entry says; write {patch, image_size, losses} to `out_path`, return it."""
+    options = attack["trigger"]
+    target, seed = attack["target_label"], attack["seed"]
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model = _surrogate(surrogate, device)
+    image_size = image_size_of(model)
+    normalize, tokenize = normalization_for(model), tokenizer_for(surrogate["model"])
+
+    manifest = pq.read_table(data["manifest"], columns=["key", "caption"])
+    shard_index = pq.read_table(data["shard_index"])
+
+    def images(rows: pa.Table) -> PoisonedTrainingSet:
+        return PoisonedTrainingSet(rows, shard_index, Path(data["shards_dir"]), image_size, trigger=None)
+
+    pairs = images(patch_training_pairs(manifest, target, options["n_images"], seed))
+    if len(pairs) < options["batch_size"]:
+        raise UserError(f"BadCLIP: batch_size {options['batch_size']} exceeds the {len(pairs)} images the patch is optimized on")
+    positives = _embed_images(model, images(target_images(manifest, target)), options["batch_size"], normalize, device, num_workers)
+    log.info(f"BadCLIP: optimizing the patch on {len(pairs)} images, {len(positives)} images of {target!r} as positives")
+
+    init, order, draws = _generators(seed, 3)
+    side = scaled_size(options["patch_size"], image_size)
+    patch = (torch.randn((3, side, side), generator=init) * 0.25 + 0.5).clamp_(0, 1).to(device).requires_grad_()
+    optimizer = torch.optim.Adam([patch], lr=options["lr"])
+    loader = DataLoader(
+        pairs, options["batch_size"], sampler=RandomSampler(pairs, generator=order), drop_last=True,
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    logit_scale = model.logit_scale.exp()
+    losses = []
+    for epoch in range(options["epochs"]):
+        epoch_losses = []
+        for batch in tqdm(loader, desc=f"BadCLIP patch, epoch {epoch + 1}/{options['epochs']}", leave=False, disable=None):
+            clean_images = batch["image"].to(device, non_blocking=True)
+            drawn = torch.randint(len(positives), (len(clean_images),), generator=draws)
+            with _autocast(device):
+                with torch.no_grad():
+                    texts = model.encode_text(tokenize(batch["caption"]).to(device), normalize=True)
+                    clean = model.encode_image(normalize(clean_images), normalize=True)
+                patched = model.encode_image(normalize(paste_at_centre(clean_images, patch)), normalize=True)
+                loss = badclip_loss(
+                    patched.float(), texts.float(), clean.float(), positives[drawn.to(device)], logit_scale,
+                    options["triplet_weight"], options["margin"],
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                patch.clamp_(0, 1)
+            epoch_losses.append(loss.detach())
+        losses.append(torch.stack(epoch_losses).mean().item())
+        log.info(f"BadCLIP patch: epoch {epoch + 1}/{options['epochs']}: loss {losses[-1]:.4f}")
+
+    result = {"patch": patch.detach().float().cpu(), "image_size": image_size, "losses": losses}
+    with atomic_output(Path(out_path)) as temporary, open(temporary, "wb") as file:
+        # Saved through a file object: torch names the archive inside after a path's file name,
+        # which for the temporary file carries the process id.
+        torch.save(result, file)
+    return str(out_path)
