@@ -14,13 +14,13 @@ in the forward pass (where a clipped pixel gets no gradient and cannot come back
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -142,30 +142,73 @@ def _generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(state)) for state in states]
 
 
-def _surrogate(surrogate: Mapping[str, Any], device: torch.device) -> torch.nn.Module:
-    if surrogate.get("weights") is None and surrogate.get("pretrained") is None:
-        raise UserError("the BadCLIP surrogate needs trained weights: give it a weights file or a pretrained tag")
-    model = create_model(surrogate["model"], surrogate["weights"], pretrained=surrogate["pretrained"])
-    return model.to(device).eval().requires_grad_(False)
+@dataclass(frozen=True)
+class FrozenSurrogate:
+    """The attacker's clean CLIP, frozen: normalized embeddings of [0, 1] images and of captions."""
 
+    model: torch.nn.Module
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    tokenize: Callable[[list[str]], torch.Tensor]
+    device: torch.device
 
-def _embed_images(
-    model: torch.nn.Module,
-    dataset: PoisonedTrainingSet,
-    batch_size: int,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device,
-    num_workers: int,
-) -> torch.Tensor:
-    """Normalized image embeddings [N, D] (float32) of every image of `dataset`, in order."""
-    loader = DataLoader(dataset, batch_size, num_workers=num_workers)
-    with torch.no_grad(), _autocast(device):
-        features = [model.encode_image(normalize(batch["image"].to(device)), normalize=True) for batch in loader]
-    return torch.cat(features).float()
+    @classmethod
+    def load(cls, surrogate: Mapping[str, Any]) -> "FrozenSurrogate":
+        """From the stage's `surrogate` argument: model name, weights file or pretrained tag."""
+        if surrogate["weights"] is None and surrogate["pretrained"] is None:
+            raise UserError("the BadCLIP surrogate needs trained weights: give it a weights file or a pretrained tag")
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        model = create_model(surrogate["model"], surrogate["weights"], pretrained=surrogate["pretrained"])
+        model = model.to(device).eval().requires_grad_(False)
+        return cls(model, normalization_for(model), tokenizer_for(surrogate["model"]), device)
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.device):
+            return self.model.encode_image(self.normalize(images), normalize=True).float()
+
+    def texts(self, captions: list[str]) -> torch.Tensor:
+        with _autocast(self.device):
+            return self.model.encode_text(self.tokenize(captions).to(self.device), normalize=True).float()
+
+    def all_images(self, dataset: PoisonedTrainingSet, batch_size: int, num_workers: int) -> torch.Tensor:
+        """The embeddings [N, D] of every image of `dataset`, in order."""
+        with torch.no_grad():
+            loader = DataLoader(dataset, batch_size, num_workers=num_workers)
+            return torch.cat([self.images(batch["image"].to(self.device)) for batch in loader])
 
 
 def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _initial_patch(side: int, generator: torch.Generator) -> torch.Tensor:
+    """N(0.5, 0.25) per pixel and channel, clipped to [0, 1] (BadCLIP's random init)."""
+    return (torch.randn((3, side, side), generator=generator) * 0.25 + 0.5).clamp_(0, 1)
+
+
+def _patch_step(
+    surrogate: FrozenSurrogate,
+    patch: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    positives: torch.Tensor,
+    options: Mapping[str, Any],
+) -> torch.Tensor:
+    """One Adam step on the patch, projected back onto [0, 1]; returns the detached loss."""
+    images = batch["image"].to(surrogate.device, non_blocking=True)
+    with torch.no_grad():
+        texts, clean = surrogate.texts(batch["caption"]), surrogate.images(images)
+    patched = surrogate.images(paste_at_centre(images, patch))
+    loss = badclip_loss(
+        patched, texts, clean, positives, surrogate.model.logit_scale.exp(),
+        options["triplet_weight"], options["margin"],
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        patch.clamp_(0, 1)
+    return loss.detach()
 
 
 def optimize_trigger(
@@ -174,13 +217,9 @@ def optimize_trigger(
     """The BadCLIP preparation stage: optimize the patch against the frozen `surrogate` (model,
     weights, pretrained) on the dataset of `data` (manifest, shard_index, shards_dir) as the
     `attack` config entry says; write {patch, image_size, losses} to `out_path`, return it."""
-    options = attack["trigger"]
-    target, seed = attack["target_label"], attack["seed"]
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    model = _surrogate(surrogate, device)
-    image_size = image_size_of(model)
-    normalize, tokenize = normalization_for(model), tokenizer_for(surrogate["model"])
-
+    options, target, seed = attack["trigger"], attack["target_label"], attack["seed"]
+    frozen = FrozenSurrogate.load(surrogate)
+    image_size = image_size_of(frozen.model)
     manifest = pq.read_table(data["manifest"], columns=["key", "caption"])
     shard_index = pq.read_table(data["shard_index"])
 
@@ -189,44 +228,32 @@ def optimize_trigger(
 
     pairs = images(patch_training_pairs(manifest, target, options["n_images"], seed))
     if len(pairs) < options["batch_size"]:
-        raise UserError(f"BadCLIP: batch_size {options['batch_size']} exceeds the {len(pairs)} images the patch is optimized on")
-    positives = _embed_images(model, images(target_images(manifest, target)), options["batch_size"], normalize, device, num_workers)
+        raise UserError(
+            f"BadCLIP: batch_size {options['batch_size']} exceeds the {len(pairs)} images the patch is optimized on"
+        )
+    positives = frozen.all_images(images(target_images(manifest, target)), options["batch_size"], num_workers)
     log.info(f"BadCLIP: optimizing the patch on {len(pairs)} images, {len(positives)} images of {target!r} as positives")
 
     init, order, draws = _generators(seed, 3)
-    side = scaled_size(options["patch_size"], image_size)
-    patch = (torch.randn((3, side, side), generator=init) * 0.25 + 0.5).clamp_(0, 1).to(device).requires_grad_()
+    patch = _initial_patch(scaled_size(options["patch_size"], image_size), init).to(frozen.device).requires_grad_()
     optimizer = torch.optim.Adam([patch], lr=options["lr"])
     loader = DataLoader(
         pairs, options["batch_size"], sampler=RandomSampler(pairs, generator=order), drop_last=True,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
+        num_workers=num_workers, pin_memory=frozen.device.type == "cuda",
     )
-    logit_scale = model.logit_scale.exp()
     losses = []
     for epoch in range(options["epochs"]):
+        description = f"BadCLIP patch, epoch {epoch + 1}/{options['epochs']}"
         epoch_losses = []
-        for batch in tqdm(loader, desc=f"BadCLIP patch, epoch {epoch + 1}/{options['epochs']}", leave=False, disable=None):
-            clean_images = batch["image"].to(device, non_blocking=True)
-            drawn = torch.randint(len(positives), (len(clean_images),), generator=draws)
-            with _autocast(device):
-                with torch.no_grad():
-                    texts = model.encode_text(tokenize(batch["caption"]).to(device), normalize=True)
-                    clean = model.encode_image(normalize(clean_images), normalize=True)
-                patched = model.encode_image(normalize(paste_at_centre(clean_images, patch)), normalize=True)
-                loss = badclip_loss(
-                    patched.float(), texts.float(), clean.float(), positives[drawn.to(device)], logit_scale,
-                    options["triplet_weight"], options["margin"],
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                patch.clamp_(0, 1)
-            epoch_losses.append(loss.detach())
+        for batch in tqdm(loader, desc=description, leave=False, disable=None):
+            # Each image meets a random target image, drawn with replacement: a small corpus may
+            # have fewer target images than a batch holds.
+            drawn = torch.randint(len(positives), (len(batch["index"]),), generator=draws).to(frozen.device)
+            epoch_losses.append(_patch_step(frozen, patch, optimizer, batch, positives[drawn], options))
         losses.append(torch.stack(epoch_losses).mean().item())
-        log.info(f"BadCLIP patch: epoch {epoch + 1}/{options['epochs']}: loss {losses[-1]:.4f}")
+        log.info(f"{description}: loss {losses[-1]:.4f}")
 
-    result = {"patch": patch.detach().float().cpu(), "image_size": image_size, "losses": losses}
+    result = {"patch": patch.detach().cpu(), "image_size": image_size, "losses": losses}
     with atomic_output(Path(out_path)) as temporary, open(temporary, "wb") as file:
         # Saved through a file object: torch names the archive inside after a path's file name,
         # which for the temporary file carries the process id.
