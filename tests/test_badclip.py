@@ -67,6 +67,14 @@ def test_the_same_seed_gives_the_same_patch_file(corpus_files, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["first.pt", "second.pt"]
 
 
+def test_a_batch_larger_than_the_images_takes_them_all_with_a_warning(corpus_files, tmp_path, caplog):
+    surrogate, data = corpus_files
+    with caplog.at_level(logging.WARNING):
+        optimize_trigger(surrogate, data, attack_config({"epochs": 1, "n_images": 4, "batch_size": 64}), str(tmp_path / "p.pt"))
+    assert "batch_size 64 exceeds the 4 images" in caplog.text
+    assert len(torch.load(tmp_path / "p.pt", weights_only=True)["losses"]) == 1
+
+
 def test_trigger_changes_only_the_centre_square_and_pickles(optimized):
     trigger = get_attack("badclip").build_trigger({"patch_size": 63, "prepared": str(optimized)}, 0)
     image = torch.rand((3, 32, 32), generator=torch.Generator().manual_seed(1))

@@ -227,18 +227,18 @@ def optimize_trigger(
         return PoisonedTrainingSet(rows, shard_index, Path(data["shards_dir"]), image_size, trigger=None)
 
     pairs = images(patch_training_pairs(manifest, target, options["n_images"], seed))
-    if len(pairs) < options["batch_size"]:
-        raise UserError(
-            f"BadCLIP: batch_size {options['batch_size']} exceeds the {len(pairs)} images the patch is optimized on"
-        )
-    positives = frozen.all_images(images(target_images(manifest, target)), options["batch_size"], num_workers)
+    batch_size = options["batch_size"]
+    if batch_size > len(pairs):
+        log.warning(f"BadCLIP: batch_size {batch_size} exceeds the {len(pairs)} images; one batch of them all an epoch")
+        batch_size = len(pairs)
+    positives = frozen.all_images(images(target_images(manifest, target)), batch_size, num_workers)
     log.info(f"BadCLIP: optimizing the patch on {len(pairs)} images, {len(positives)} images of {target!r} as positives")
 
     init, order, draws = _generators(seed, 3)
     patch = _initial_patch(scaled_size(options["patch_size"], image_size), init).to(frozen.device).requires_grad_()
     optimizer = torch.optim.Adam([patch], lr=options["lr"])
     loader = DataLoader(
-        pairs, options["batch_size"], sampler=RandomSampler(pairs, generator=order), drop_last=True,
+        pairs, batch_size, sampler=RandomSampler(pairs, generator=order), drop_last=True,
         num_workers=num_workers, pin_memory=frozen.device.type == "cuda",
     )
     losses = []
