@@ -165,3 +165,4 @@ def _reference_features(reference: nn.Module, batch: Mapping[str, Any]) -> dict[
 
 from cleanclip_core.defenses import ta_cleaner  # noqa: E402, F401  (registers its terms and views)
 from cleanclip_core.defenses import par  # noqa: E402, F401  (registers its terms and views)
+from cleanclip_core.defenses import ubt  # noqa: E402, F401  (registers its terms)

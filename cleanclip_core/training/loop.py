@@ -286,11 +286,16 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _limit_training(model: torch.nn.Module, defense: Defense, options: dict[str, Any]) -> None:
-    """Freeze what the method does not update: all but its trainable parameters, the temperature."""
+    """Freeze what the method does not update: all but its trainable parameters, the temperature.
+    A frozen batch norm keeps its statistics too (eval mode): the rest of the model stays as it was."""
     if defense.trainable:
         trainable = set(resolve(defense.trainable)(model, options))
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in trainable)
+        for module in model.modules():
+            frozen = not any(parameter.requires_grad for parameter in module.parameters())
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and frozen:
+                module.eval()
     if not defense.learns_logit_scale:
         model.logit_scale.requires_grad_(False)
 
