@@ -49,12 +49,12 @@ def poisoned_data(shapes_shards, tmp_path_factory) -> TrainingData:
     return TrainingData(root / "poisoned.parquet", root / "shard_index.parquet", shapes_shards.shards_dir, ATTACK)
 
 
-def run_detect(data: TrainingData, folder: Path) -> tuple[pa.Table, pa.Table]:
+def run_detect(data: TrainingData, folder: Path, options: dict = OPTIONS) -> tuple[pa.Table, pa.Table]:
     weights = folder / "poisoned_model.pt"
     save_weights(weights, create_model("tiny-rn", seed=0))
     plain = {name: str(value) if name != "attack" else value for name, value in asdict(data).items()}
     manifest = detect(
-        "tiny-rn", str(weights), plain, OPTIONS, seed=0, table=str(folder / "detection.parquet"),
+        "tiny-rn", str(weights), plain, options, seed=0, table=str(folder / "detection.parquet"),
         manifest=str(folder / "unlearning.parquet"), batch_size=16,
     )
     return pq.read_table(folder / "detection.parquet"), pq.read_table(manifest)
@@ -92,6 +92,12 @@ def test_detect_gives_the_same_tables_twice(poisoned_data, detected, tmp_path):
     _, table, manifest = detected
     again = run_detect(poisoned_data, tmp_path)
     assert again[0].equals(table) and again[1].equals(manifest)
+
+
+def test_overfitting_on_the_cosine_raises_the_suspicious_pairs_similarity(poisoned_data, tmp_path):
+    table, _ = run_detect(poisoned_data, tmp_path, OPTIONS | {"overfit_loss": "cosine"})
+    suspicious = table.filter(table["suspicious"]).to_pandas()
+    assert (suspicious.suspicion_after_overfit > suspicious.suspicion).all()
 
 
 @pytest.mark.parametrize(("model", "trainable", "updated"), [

@@ -9,11 +9,11 @@ taken for poisons). Every open choice is an option of the config's `defenses.ubt
 - `detect`, the preparation stage: (A) score every pair by the cosine of its image and text
   embeddings under the poisoned model; the top `suspicious_fraction` are suspicious (a backdoor
   is a shortcut: its pairs match unusually well). (B) Overfit the model briefly on the
-  suspicious set with the CLIP loss, which strengthens the shortcut, and re-score it; its
-  `unlearn_pairs` highest pairs are the unlearning set. It writes the detection table and the
-  manifest the cleaning run trains on: the pairs outside the suspicious set (or `retain_pairs`
-  of them) and the unlearning set, repeated so that it makes `unlearn_share` of the rows and so
-  turns up in most batches, flagged `unlearn`.
+  suspicious set (`overfit_loss`: the CLIP loss by default), which strengthens the shortcut, and
+  re-score it; its `unlearn_pairs` highest pairs are the unlearning set. It writes the detection
+  table and the manifest the cleaning run trains on: the pairs outside the suspicious set (or
+  `retain_pairs` of them) and the unlearning set, repeated so that it makes `unlearn_share` of
+  the rows and so turns up in most batches, flagged `unlearn`.
 - (C) The cleaning run updates only `local_parameters` (default: the image tower's first layer,
   the patch embedding or "image tokenizer" of a ViT) with the terms `unlearn` (the unlearning
   pairs' image-text cosine, pushed down) and `retain` (the CLIP loss on the other pairs).
@@ -74,7 +74,7 @@ def detect(
         return pair_similarity(clip, DataLoader(rows, batch_size, num_workers=num_workers), device)
 
     suspicion = score(pairs)
-    n_suspicious = _count(options["suspicious_fraction"], len(suspicion))
+    n_suspicious = _suspicious_count(options["suspicious_fraction"], len(suspicion))
     suspicious_rows = top_rows(suspicion, np.arange(len(suspicion)), n_suspicious)
     overfit(clip, Subset(pairs, suspicious_rows), options, seed, device, num_workers)
     after_overfit = score(Subset(pairs, suspicious_rows))
@@ -82,8 +82,10 @@ def detect(
 
     detection = detection_table(poisoned, suspicion, suspicious_rows, after_overfit, selected_rows)
     cleaning_pairs = unlearning_manifest(poisoned, suspicious_rows, selected_rows, options, seed)
-    provenance = {"config": {"model": model, "options": options, "seed": seed, "attack": data["attack"]},
-                  "inputs_sha256": files_sha256([Path(weights), Path(data["manifest"])])}
+    provenance = {
+        "config": {"model": model, "options": options, "seed": seed, "attack": data["attack"]},
+        "inputs_sha256": files_sha256([Path(weights), Path(data["manifest"])]),
+    }
     write_table(detection, Path(table), **provenance)
     write_table(cleaning_pairs, Path(manifest), **provenance)
     quality = detection_quality(detection)
@@ -101,7 +103,7 @@ def _pair_views(clip: nn.Module, model: str, poisoned: pa.Table, data: Mapping[s
     return TrainingViews(pairs, tokenizer_for(model), normalization_for(clip), [], seed)
 
 
-def _count(fraction: float, n: int) -> int:
+def _suspicious_count(fraction: float, n: int) -> int:
     count = int(fraction * n)
     if count == 0:
         raise UserError(f"defenses.ubt.suspicious_fraction {fraction} of {n} pairs is no pair; raise it")
@@ -116,8 +118,22 @@ def pair_similarity(clip: nn.Module, loader: DataLoader, device: torch.device) -
         for batch in tqdm(loader, desc="scoring pairs", leave=False):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 image, text = clip(batch["image"].to(device), batch["text"].to(device))[:2]
-            similarities.append((image.float() * text.float()).sum(dim=-1).cpu())
+            similarities.append(pair_cosine(image.float(), text.float()).cpu())
     return torch.cat(similarities).numpy()
+
+
+def pair_cosine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Each row's image-text cosine (the features are normalized)."""
+    return (image * text).sum(dim=-1)
+
+
+def _alignment_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    return -pair_cosine(image, text).mean()
+
+
+OVERFIT_LOSSES = {"clip": mmcl_loss, "cosine": _alignment_loss}
+"""`clip`: the CLIP loss (InfoNCE among the suspicious pairs); `cosine`: minus the pairs' mean
+cosine, with no negatives, so a direction shared by many pairs (a trigger's) gains fastest."""
 
 
 def top_rows(scores: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
@@ -135,7 +151,7 @@ def overfit(
     device: torch.device,
     num_workers: int = 0,
 ) -> None:
-    """Train every parameter for `overfit_steps` steps of the CLIP loss on the suspicious pairs
+    """Train every parameter for `overfit_steps` steps of `overfit_loss` on the suspicious pairs
     (AdamW, `overfit_lr`, no weight decay, batches of `overfit_batch_size` in a seeded order).
 
     Batch-norm statistics stay those of the poisoned model (eval mode): the suspicious set is
@@ -155,7 +171,7 @@ def overfit(
                 break
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 image, text, logit_scale = clip(batch["image"].to(device), batch["text"].to(device))[:3]
-                loss = mmcl_loss(image, text, logit_scale)
+                loss = OVERFIT_LOSSES[options["overfit_loss"]](image, text, logit_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -258,8 +274,7 @@ def _whole_batch(inputs: TermInputs) -> tuple[torch.Tensor, torch.Tensor, torch.
 def unlearn_loss(inputs: TermInputs) -> torch.Tensor:
     """The mean image-text cosine of the unlearning pairs (0 when the batch has none)."""
     image, text, flags = _whole_batch(inputs)
-    cosine = (image[flags] * text[flags]).sum(dim=-1)
-    return cosine.sum() / flags.sum().clamp(min=1)
+    return pair_cosine(image[flags], text[flags]).sum() / flags.sum().clamp(min=1)
 
 
 def retain_loss(inputs: TermInputs) -> torch.Tensor:
