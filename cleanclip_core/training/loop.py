@@ -45,6 +45,7 @@ PARTIAL = "partial"
 RESUME_STATE = "resume.pt"
 LOG_EVERY_STEPS = 20
 STEP_LOG = "train_log.parquet"
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def _limit_training(model: torch.nn.Module, defense: Defense, options: dict[str,
             parameter.requires_grad_(name in trainable)
         for module in model.modules():
             frozen = not any(parameter.requires_grad for parameter in module.parameters())
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and frozen:
+            if isinstance(module, BATCH_NORMS) and frozen:
                 module.eval()
     if not defense.learns_logit_scale:
         model.logit_scale.requires_grad_(False)
