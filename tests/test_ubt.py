@@ -212,11 +212,11 @@ def test_detection_quality_is_precision_and_recall_against_the_poisons():
     })
     assert detection_quality(table) == {
         "n_pairs": 6, "n_poisons": 3,
+        "n_selected": 1, "precision": 1.0, "recall": 1 / 3,
         "n_suspicious": 3, "suspicious_precision": 2 / 3, "suspicious_recall": 2 / 3,
-        "n_selected": 1, "selected_precision": 1.0, "selected_recall": 1 / 3,
     }
     nothing = detection_quality(table.set_column(2, "selected", pa.array([False] * 6)))
-    assert math.isnan(nothing["selected_precision"]) and nothing["selected_recall"] == 0
+    assert math.isnan(nothing["precision"]) and nothing["recall"] == 0
 
 
 def test_top_rows_keep_the_highest_scores_in_row_order_with_ties_to_the_earlier_row():

@@ -229,16 +229,17 @@ def unlearning_repeats(n_unlearn: int, n_retained: int, share: float) -> int:
 
 
 def detection_quality(table: pa.Table) -> dict[str, float]:
-    """Precision and recall of the suspicious and the selected (unlearning) sets against the
-    true poisons, and the sizes; a precision (recall) is nan when the set (the poisons) is empty."""
+    """Precision and recall against the true poisons of the unlearning set (`precision`,
+    `recall`) and of the suspicious set (`suspicious_precision`, `suspicious_recall`), and the
+    sizes; a precision (recall) is nan when the set (the poisons) is empty."""
     is_poison = table["is_poison"].to_numpy(zero_copy_only=False)
     quality: dict[str, float] = {"n_pairs": len(is_poison), "n_poisons": int(is_poison.sum())}
-    for name in ("suspicious", "selected"):
-        flagged = table[name].to_numpy(zero_copy_only=False)
+    for column, prefix in (("selected", ""), ("suspicious", "suspicious_")):
+        flagged = table[column].to_numpy(zero_copy_only=False)
         found = int((flagged & is_poison).sum())
-        quality[f"n_{name}"] = int(flagged.sum())
-        quality[f"{name}_precision"] = found / quality[f"n_{name}"] if flagged.any() else float("nan")
-        quality[f"{name}_recall"] = found / quality["n_poisons"] if is_poison.any() else float("nan")
+        quality[f"n_{column}"] = int(flagged.sum())
+        quality[f"{prefix}precision"] = found / quality[f"n_{column}"] if flagged.any() else float("nan")
+        quality[f"{prefix}recall"] = found / quality["n_poisons"] if is_poison.any() else float("nan")
     return quality
 
 
