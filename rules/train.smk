@@ -70,6 +70,7 @@ rule prepare_cleaning:
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
+        evaluation_batch_size=config["execution"]["evaluation_batch_size"],
     log:
         f"results/logs/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}.log",
     benchmark:

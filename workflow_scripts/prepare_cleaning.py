@@ -18,6 +18,7 @@ with reported_step(snakemake.log[0]):
         "table": snakemake.output.table,
         "manifest": snakemake.output.manifest,
     }
-    execution = {"num_workers": snakemake.resources.num_workers}
+    resources = snakemake.resources
+    execution = {"num_workers": resources.num_workers, "batch_size": resources.evaluation_batch_size}
     stage = get_defense(settings["method"]).preparation
     run_stages(stage, [call], execution=execution, **launch_from_snakemake(snakemake))
