@@ -35,6 +35,7 @@ SMALL = {
     "study": {"pretrain_objectives": ["mmcl"]},
     "pretrain": {"epochs": 1, "batch_size": 20, "warmup_steps": 1},
     "clean": {"epochs": 1, "batch_size": 10, "warmup_steps": 1, "n_clean": 40},
+    "defenses": {"ubt": {"retain_pairs": None}},
     "execution": {"evaluation_batch_size": 64, "download_threads": 4},
 }
 STUDY_DIR = "results/studies/defenses"
