@@ -39,6 +39,9 @@ SMALL = {
     "execution": {"evaluation_batch_size": 64, "download_threads": 4},
 }
 STUDY_DIR = "results/studies/defenses"
+# Two small trainings or evaluations at once on the test machine's 2 cores.
+TRAINING_RULES = ("pretrain", "pretrain_surrogate", "optimize_trigger", "prepare_cleaning", "clean", "evaluate_pretrained", "evaluate_cleaned")
+ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in TRAINING_RULES)]
 
 
 def defense_smoke() -> dict:
@@ -51,7 +54,7 @@ def defense_smoke() -> dict:
 @pytest.fixture(scope="module")
 def defense_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("defenses")
-    result = run_snakemake(workdir, defense_smoke())
+    result = run_snakemake(workdir, defense_smoke(), *ONE_THREAD, timeout_s=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 

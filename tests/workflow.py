@@ -20,7 +20,7 @@ TINY_CONFIG = {
 }
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, config: dict, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
     """Snakemake on the repository's Snakefile with `config`, outputs under `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "test_config.yaml"
@@ -29,7 +29,7 @@ def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.Complet
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(config_file), "--cores", "2", *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
