@@ -18,7 +18,7 @@ def pretrained_metrics(tmp_path_factory) -> dict[str, dict[str, float]]:
     config = DEFAULT | {"attacks": {"badnet": DEFAULT["attacks"]["badnet"]}}
     workdir = tmp_path_factory.mktemp("backdoor")
     targets = [f"{PRETRAINED.format(objective)}/metrics.parquet" for objective in OBJECTIVES]
-    result = run_snakemake(workdir, config, *targets)
+    result = run_snakemake(workdir, config, *targets, timeout_s=1800)  # two full pretrainings: ~9 min alone
     assert result.returncode == 0, result.stderr[-3000:]
     tables = {objective: pq.read_table(workdir / target).to_pylist() for objective, target in zip(OBJECTIVES, targets)}
     return {objective: {row["metric"]: row["value"] for row in rows} for objective, rows in tables.items()}
