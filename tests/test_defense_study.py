@@ -70,7 +70,7 @@ def test_the_summary_has_every_attack_and_defense_with_accuracy_and_attack_succe
     summary = pd.read_csv(defense_run / f"{STUDY_DIR}/tables/summary.csv")
     pairs = set(zip(summary.attack, summary.clean_method))
     assert pairs == {(a, m) for a in ("badnet", "blended", "badclip") for m in ("cleanclip", "ta_cleaner", "ubt", "par")}
-    assert summary[["start_top1", "start_asr1", "start_asr10", "last_top1", "last_asr1", "last_asr10"]].notna().all().all()
+    assert summary[["start_top1", "start_asr_top1", "start_asr_top10", "last_top1", "last_asr_top1", "last_asr_top10"]].notna().all().all()
 
 
 def test_badclip_optimizes_its_patch_against_a_surrogate_pretrained_without_poisons(defense_run):
