@@ -7,7 +7,7 @@ from snakemake.utils import Paramspace
 
 from cleanclip_core import study
 from cleanclip_core.attacks import get_attack
-from cleanclip_core.defenses import get_defense
+from cleanclip_core.defenses import CLEAN_SET, get_defense
 
 DATASET = config["dataset"]["name"]
 STUDY = config["study"]
@@ -72,10 +72,15 @@ def cleaning_labels(wildcards):
     return {"labels": labels, "manifest": f"results/{wildcards.dataset}/manifest.parquet"} if labels else {}
 
 
+def _filled(pattern, wildcards):
+    """A path pattern of the grid with a job's wildcards filled in."""
+    return pattern.format(**dict(wildcards.items()))
+
+
 def attack_preparation(wildcards):
     """The file the attack's preparation stage makes (BadCLIP's optimized patch), if it has one."""
     attack = get_attack(config["attacks"][wildcards.attack]["type"])
-    return {"prepared": f"{ATTACK_DIR}/trigger.pt".format(**dict(wildcards.items()))} if attack.preparation else {}
+    return {"prepared": _filled(f"{ATTACK_DIR}/trigger.pt", wildcards)} if attack.preparation else {}
 
 
 def attack_entry(wildcards):
@@ -105,11 +110,11 @@ def cleaning_data(wildcards):
     """What a cleaning run trains on: the study's cleaning set, or, for a method that cleans on
     the poisoned training data, the pairs its preparation stage chose (else that data itself)."""
     defense = get_defense(wildcards.clean_method)
-    if defense.data == "clean_set":
-        return f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet".format(**dict(wildcards.items()))
+    if defense.data == CLEAN_SET:
+        return _filled(f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet", wildcards)
     if defense.preparation:
-        return f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/manifest.parquet".format(**dict(wildcards.items()))
-    return f"{ATTACK_DIR}/poisoned_manifest.parquet".format(**dict(wildcards.items()))
+        return _filled(f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/manifest.parquet", wildcards)
+    return _filled(f"{ATTACK_DIR}/poisoned_manifest.parquet", wildcards)
 
 
 def preparation_settings(wildcards):
