@@ -25,6 +25,13 @@ def mmcl_loss(
     return _clip_loss(rank, world_size)(image_features, text_features, logit_scale)
 
 
+def gathered(features: Tensor, other_features: Tensor, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
+    """Two aligned feature batches of every rank, gathered with gradients; as they are in one process."""
+    if world_size == 1:
+        return features, other_features
+    return gather_features(features, other_features, gather_with_grad=True, rank=rank, world_size=world_size)
+
+
 def _self_supervised_loss(features: Tensor, augmented_features: Tensor, logit_scale: Tensor) -> Tensor:
     logits = logit_scale * features @ augmented_features.T
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
@@ -42,13 +49,8 @@ def inmodal_loss(
 ) -> Tensor:
     """CleanCLIP's in-modal term: each image against every augmented image, each caption against
     every augmented caption, the matching view as the target; the mean of the two modalities."""
-    if world_size > 1:
-        image_features, augmented_image_features = gather_features(
-            image_features, augmented_image_features, gather_with_grad=True, rank=rank, world_size=world_size
-        )
-        text_features, augmented_text_features = gather_features(
-            text_features, augmented_text_features, gather_with_grad=True, rank=rank, world_size=world_size
-        )
+    image_features, augmented_image_features = gathered(image_features, augmented_image_features, rank, world_size)
+    text_features, augmented_text_features = gathered(text_features, augmented_text_features, rank, world_size)
     return (
         _self_supervised_loss(image_features, augmented_image_features, logit_scale)
         + _self_supervised_loss(text_features, augmented_text_features, logit_scale)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from open_clip.loss import gather_features
 from open_clip.transform import PreprocessCfg
 from torch import Tensor
 from torchvision.transforms import v2
 
+from cleanclip_core.losses import gathered
 from cleanclip_core.objectives import Term, TermInputs, register_term
 from cleanclip_core.training.views import ViewContext, register_view, sample_seed
 
@@ -53,13 +53,8 @@ def repulsion_loss(
 ) -> Tensor:
     """−(L_img + L_txt) over the global batch (gathered with gradients across ranks, so the
     threshold applies to the whole batch's mean, as in PAR's code)."""
-    if world_size > 1:
-        image_features, reference_image_features = gather_features(
-            image_features, reference_image_features, gather_with_grad=True, rank=rank, world_size=world_size
-        )
-        text_features, reference_text_features = gather_features(
-            text_features, reference_text_features, gather_with_grad=True, rank=rank, world_size=world_size
-        )
+    image_features, reference_image_features = gathered(image_features, reference_image_features, rank, world_size)
+    text_features, reference_text_features = gathered(text_features, reference_text_features, rank, world_size)
     return -(
         thresholded_distance(image_features, reference_image_features, tau)
         + thresholded_distance(text_features, reference_text_features, tau)
