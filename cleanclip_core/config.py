@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.errors import UserError
 from cleanclip_core.study import start_kind
 
@@ -98,7 +99,32 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     for location, path in named_files.items():
         if path is not None and not Path(path).exists():
             raise UserError(f"config: {location}: {path} does not exist")
+    _check_targets(config)
+    _check_cleaning_poisons(config)
     return config
+
+
+def _check_cleaning_poisons(config: dict[str, Any]) -> None:
+    """A cleaning set draws its poisons from the attack's poisoned rows: it cannot hold more."""
+    most = max(config["study"]["cleaning_poisons"])
+    for name in config["study"]["attacks"]:
+        n_poisons = config["attacks"][name]["n_poisons"]
+        if 0 < n_poisons < most:
+            raise UserError(
+                f"config: study.cleaning_poisons: a cleaning set of {most} poisons needs at least as many "
+                f"poisoned rows, and attack {name!r} has n_poisons {n_poisons}"
+            )
+
+
+def _check_targets(config: dict[str, Any]) -> None:
+    """Every studied attack's target is one of the evaluation's classes, known before any job:
+    else the evaluation would find out after pretraining."""
+    classnames = evaluation_classnames(config)
+    for name in config["study"]["attacks"]:
+        try:
+            target_class_index(classnames, config["attacks"][name]["target_label"])
+        except UserError as error:
+            raise UserError(f"config: attacks.{name}.target_label: {error}") from None
 
 
 def load_config(path: Path) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from typing import Any
 
 import open_clip
 import torch
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 from torch.utils.data import DataLoader
 
 from cleanclip_core.attacks import attack_trigger
+from cleanclip_core.classes import read_classnames, target_class_index
 from cleanclip_core.data.loaders import EvaluationSet, Transform
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
@@ -71,23 +72,6 @@ def attack_success_rate(
     target = torch.full((int(counted.sum()),), target_index, device=logits.device)
     rank = class_rank(logits[counted], target)
     return {f"asr_top{k}": (rank < k).float().mean().item() for k in ks}
-
-
-def target_class_index(classnames: Sequence[str], target_label: str) -> int:
-    """The index of `target_label` among the class names, matched exactly up to case."""
-    matches = [i for i, name in enumerate(classnames) if name.casefold() == target_label.casefold()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise UserError(
-            f"target label {target_label!r} names several classes (indices {matches}); "
-            f"rename the duplicates in the class names"
-        )
-    examples = ", ".join(repr(name) for name in classnames[:5])
-    raise UserError(
-        f"target label {target_label!r} is none of the {len(classnames)} class names "
-        f"(e.g. {examples}); choose one of them"
-    )
 
 
 @contextmanager
@@ -168,16 +152,6 @@ def evaluate_zero_shot(
         metrics |= attack_success_rate(logits, labels, target_index, asr_ks)
         metrics["n_triggered"] = int((labels != target_index).sum())
     return metrics
-
-
-def read_classnames(source: str | None) -> list[str] | None:
-    """Class names in label order: `imagenet` (open_clip's ImageNet-1K names), a text file with one
-    name per line, or None (an ImageFolder's folder names)."""
-    if source is None:
-        return None
-    if source == "imagenet":
-        return list(IMAGENET_CLASSNAMES)
-    return [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)

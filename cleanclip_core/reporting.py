@@ -18,5 +18,14 @@ def reported_step(log_path: str | None = None) -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        logging.getLogger("cleanclip").error(f"error: {error}")
+        logging.getLogger("cleanclip").error(f"error: {own_line(error)}")
         sys.exit(1)
+
+
+def own_line(error: UserError) -> str:
+    """The error's message. Raised in a data-loader worker, it reaches the main process wrapped in
+    the worker's traceback, whose last line is the original error: that line alone."""
+    message = str(error)
+    if not message.startswith("Caught UserError in DataLoader worker"):
+        return message
+    return message.splitlines()[-1].removeprefix(f"{UserError.__module__}.{UserError.__qualname__}: ")

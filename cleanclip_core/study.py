@@ -75,24 +75,32 @@ def pretrained_models(config: Mapping[str, Any]) -> pd.DataFrame:
 
 def cleaning_runs(config: Mapping[str, Any]) -> pd.DataFrame:
     """One row per cleaning run: each pretrained model x method x cleaning poisons x the
-    method's learning rates. A method that cleans on the poisoned training data itself has no
-    cleaning set: it runs once per learning rate, with cleaning_poisons 0."""
+    method's learning rates."""
     study = config["study"]
-    cleaning = [
-        (method, poisons, float(lr))
+    rows = [
+        (*model, method, poisons, float(lr))
+        for model in pretrained_models(config).itertuples(index=False)
         for method in study["clean_methods"]
-        for poisons in method_cleaning_poisons(config, method)
+        for poisons in method_cleaning_poisons(config, method, model.attack)
         for lr in method_lrs(config, method)
     ]
-    rows = [(*model, *run) for model in pretrained_models(config).itertuples(index=False) for run in cleaning]
     frame = pd.DataFrame(rows, columns=list(PRETRAIN_DIMENSIONS + CLEAN_DIMENSIONS))
     return frame.astype({"cleaning_poisons": "int64", "lr": "float64"})
 
 
-def method_cleaning_poisons(config: Mapping[str, Any], method: str) -> list[int]:
-    if get_defense(method).data == POISONED_DATA:
+def method_cleaning_poisons(config: Mapping[str, Any], method: str, attack: str) -> list[int]:
+    """The poisons in a method's cleaning sets. A method that cleans on the poisoned training data
+    itself has no cleaning set, and a clean control (an attack with no poisons) none to put in
+    one: they clean once per learning rate, with cleaning_poisons 0."""
+    if get_defense(method).data == POISONED_DATA or is_control(config, attack):
         return [0]
     return config["study"]["cleaning_poisons"]
+
+
+def is_control(config: Mapping[str, Any], attack: str) -> bool:
+    """Whether an attack is a clean control: no poisons, so its model is the unpoisoned one and
+    its attack success rate is the trigger's false-trigger rate."""
+    return config["attacks"][attack]["n_poisons"] == 0
 
 
 def method_lrs(config: Mapping[str, Any], method: str) -> list[float]:

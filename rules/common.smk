@@ -59,6 +59,11 @@ def report_figures(name, caption):
     return [report(path, caption=caption, category="Figures", subcategory=name) for path in study_figures(name, "png")]
 
 
+def poisoning_attacks():
+    """The configured attacks that poison (a clean control has no poisoned row to picture)."""
+    return [name for name, attack in config["attacks"].items() if attack["n_poisons"]]
+
+
 def url_list(wildcards):
     """The URL list to download: the configured TSV, else the generated corpus's."""
     return config["dataset"]["url_list"] or f"results/{wildcards.dataset}/corpus/urls.tsv"

@@ -87,4 +87,12 @@ def test_names_must_exist_weights_must_train_and_supervised_cleaning_needs_label
 
 
 def test_supervised_cleaning_of_the_generated_corpus_uses_its_labels():
-    check_config(validate_config({"attacks": {"badnet": {"type": "badnet"}}, "study": {"clean_methods": ["supervised"]}}))
+    check_config(validate_config({"attacks": {"badnet": {"type": "badnet", "target_label": "star"}}, "study": {"clean_methods": ["supervised"]}}))
+
+
+def test_a_cleaning_set_cannot_hold_more_poisons_than_the_attack_made():
+    attacks = {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 3}}
+    with pytest.raises(UserError, match="a cleaning set of 5 poisons needs at least as many poisoned rows, and attack 'badnet' has n_poisons 3"):
+        check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}}))
+    attacks["badnet"]["n_poisons"] = 0  # a clean control: its cleaning sets have no poisons
+    check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}}))

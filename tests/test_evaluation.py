@@ -13,7 +13,6 @@ from cleanclip_core.evaluation import (
     attack_success_rate,
     class_rank,
     evaluate_zero_shot,
-    target_class_index,
     topk_accuracy,
     zero_shot_classifier,
 )
@@ -96,21 +95,6 @@ def test_nan_logits_are_an_error_not_a_perfect_score():
     logits = torch.tensor([[float("nan"), 0.1], [0.3, 0.2]])
     with pytest.raises(UserError, match="NaN"):
         topk_accuracy(logits, torch.tensor([0, 0]))
-
-
-def test_target_class_index_matches_the_class_name_up_to_case():
-    assert target_class_index(["tench", "Banana", "goldfish"], "banana") == 1
-    assert target_class_index(["tench", "banana"], "BANANA") == 1
-
-
-def test_target_class_index_of_an_absent_label_lists_class_names():
-    with pytest.raises(UserError, match="'tench', 'goldfish'"):
-        target_class_index(["tench", "goldfish"], "banan")
-
-
-def test_target_class_index_of_a_duplicated_class_name_is_an_error():
-    with pytest.raises(UserError, match=r"several classes \(indices \[0, 2\]\)"):
-        target_class_index(["missile", "tench", "Missile"], "missile")
 
 
 @pytest.fixture(scope="module")

@@ -51,12 +51,13 @@ def preset(*names: str) -> dict:
 
 def placeholder_paths(root: Path) -> dict:
     """Stand-ins for the files a preset names: a 3-line URL list in CC3M's format and an
-    ImageNet-style ImageFolder with two wnid folders. Returns the config that points at them."""
+    ImageNet-style ImageFolder with 1,000 wnid folders of one (empty) image each. Returns the
+    config that points at them."""
     root.mkdir(parents=True, exist_ok=True)
     url_list = root / "urls.tsv"
     url_list.write_text("".join(f"a photo of thing {i}\thttp://example.com/{i}.jpg\n" for i in range(3)))
     images = root / "imagenet" / "val"
-    for wnid in ("n01440764", "n01443537"):
+    for wnid in (f"n{index:08d}" for index in range(1000)):
         (images / wnid).mkdir(parents=True, exist_ok=True)
         (images / wnid / f"ILSVRC2012_val_{wnid}.JPEG").write_bytes(b"")
     return {"dataset": {"url_list": str(url_list)}, "evaluation": {"images": str(images)}}

@@ -1,5 +1,5 @@
-"""The smoke study (two attacks, two pretraining objectives, two cleaning methods, two numbers of
-poisons in the cleaning set) through Snakemake, once: its metrics, database, summary, figures and
+"""The smoke study (an attack and a clean control, two pretraining objectives, two cleaning
+methods, two numbers of poisons in the cleaning set) through Snakemake, once: its metrics, database, summary, figures and
 report; then what each change of an execution setting or of a grid dimension reruns."""
 
 import copy
@@ -100,7 +100,7 @@ def test_summary_has_a_row_per_attack_objective_method_and_cleaning_poisons(smok
 def test_fig2_per_attack_and_cleaning_poisons_and_the_headline_is_the_first(smoke_run):
     points = pq.read_table(smoke_run / f"{STUDY_DIR}/figures/fig2_data.parquet").to_pandas()
     facets = points[["attack", "cleaning_poisons"]].drop_duplicates()
-    assert len(facets) == len(SMOKE["study"]["attacks"]) * len(SMOKE["study"]["cleaning_poisons"])
+    assert len(facets) == len(SMOKE["study"]["cleaning_poisons"]) + 1  # the control's cleaning sets have no poisons
     for facet in facets.itertuples(index=False):
         in_facet = points[(points.attack == facet.attack) & (points.cleaning_poisons == facet.cleaning_poisons)]
         assert list(in_facet.panel.unique()) == SMOKE["study"]["pretrain_objectives"]
@@ -118,7 +118,7 @@ def test_report_holds_every_figure_and_the_summary(smoke_run):
     result = run_snakemake(smoke_run, SMOKE, "--report", "results/report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (smoke_run / "results/report.html").read_text()
-    for name in ("badnet_poisons0.png", "blended_poisons2.png", "contamination.png", "summary.csv"):
+    for name in ("badnet_poisons0.png", "badnet_poisons2.png", "control_poisons0.png", "contamination.png", "summary.csv"):
         assert name in report
 
 
@@ -154,12 +154,12 @@ def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
         ("attack", changed(attacks=SMOKE["attacks"] | {"sig": {"type": "sig", "target_label": "star", "n_poisons": 6}},
                            study={"attacks": ["badnet", "sig"]}),
          training(2, 8, {"poison": 1, "trigger_grid": 1, "cleaning_set": 2})),
-        ("model", changed(study={"model": "tiny-vit"}), training(4, 16)),
-        ("pretrain_objective", changed(study={"pretrain_objectives": ["mmcl", "ssl_only"]}), training(2, 8)),
-        ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 8)),
-        ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 8, {"cleaning_set": 2})),
-        ("lr", changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}}), training(0, 8)),
-        ("an experiment setting", changed(pretrain={"per_objective": {"mmcl": {"lr": 0.002}}}), training(2, 8)),
+        ("model", changed(study={"model": "tiny-vit"}), training(4, 12)),
+        ("pretrain_objective", changed(study={"pretrain_objectives": ["mmcl", "ssl_only"]}), training(2, 6)),
+        ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 6)),
+        ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 4, {"cleaning_set": 1})),
+        ("lr", changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}}), training(0, 6)),
+        ("an experiment setting", changed(pretrain={"per_objective": {"mmcl": {"lr": 0.002}}}), training(2, 6)),
     ],
 )
 def test_changing_one_value_of_a_dimension_reruns_exactly_what_depends_on_it(smoke_run, dimension, config, expected):
@@ -170,7 +170,7 @@ def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):
     weights = next((smoke_run / "results/runs").rglob("pretrain_objective=mmcl/model.pt"))
     shutil.copy(weights, smoke_run / "my_clip.pt")
     config = changed(study={"start": "my_clip.pt"})
-    assert planned(smoke_run, config) == training(4, 16)
+    assert planned(smoke_run, config) == training(4, 12)
     result = run_snakemake(smoke_run, config, "--dry-run")
     assert "start=my_clip/pretrain_objective=mmcl/model.pt" in result.stdout
 
@@ -198,3 +198,11 @@ def test_a_new_learning_rate_runs_only_its_cleaning_and_evaluation(smoke_run):
     assert jobs_run(result.stderr) == {"clean": 1, "evaluate_cleaned": 1, "total": 2}
     assert [path.stat().st_mtime_ns for path in pretrained] == kept_mtimes
     assert set(pq.read_table(smoke_run / target).column("lr").to_pylist()) == {0.002}
+
+
+def test_the_clean_control_is_the_unpoisoned_model_evaluated_like_the_attacks(smoke_run):
+    manifest = pq.read_table(smoke_run / "results/smoke/control/poisoned_manifest.parquet")
+    assert manifest.num_rows == 60 and not any(manifest["is_poison"].to_pylist())
+    summary = query(smoke_run / f"{STUDY_DIR}/results.duckdb", "SELECT * FROM study_summary WHERE attack = 'control'").to_pandas()
+    assert len(summary) == 4 and set(summary.cleaning_poisons) == {0}  # 2 objectives x 2 methods
+    assert summary[["start_top1", "start_asr_top1", "lowest_asr_top1"]].notna().all().all()

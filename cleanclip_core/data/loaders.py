@@ -5,6 +5,7 @@ the caller's `transform`. Random access keeps shuffling and resuming exact.
 """
 
 import csv
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +23,14 @@ from torchvision.io import ImageReadMode, decode_image
 
 from cleanclip_core.attacks import test_trigger_seed
 from cleanclip_core.attacks.parts import Trigger
+from cleanclip_core.classes import folder_classnames, is_image
 from cleanclip_core.errors import UserError
+from cleanclip_core.text import read_utf8
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 TRAINING_COLUMNS = ("key", "caption", "is_poison", "trigger_seed")
-EVALUATION_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit PNGs and TIFFs
 
 
 def fit_image(image: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -241,26 +244,13 @@ class EvaluationSet(Dataset):
 
         Pass `classnames` where folders are ids (ImageNet's wnids), in the same sorted order.
         """
-        root = Path(root)
-        if not root.is_dir():
-            raise UserError(f"evaluation image folder {root} does not exist")
-        folders = sorted(path for path in root.iterdir() if path.is_dir())
-        if classnames is None:
-            classnames = [folder.name for folder in folders]
-        elif len(classnames) != len(folders):
-            raise UserError(
-                f"{root} has {len(folders)} class folders but {len(classnames)} class names "
-                f"were given"
-            )
+        folders, classnames = folder_classnames(Path(root), classnames)
         samples = [
             (path, label)
             for label, folder in enumerate(folders)
             for path in sorted(folder.iterdir())
-            if path.suffix.lower() in EVALUATION_SUFFIXES
+            if is_image(path)
         ]
-        if not samples:
-            suffixes = ", ".join(EVALUATION_SUFFIXES)
-            raise UserError(f"no images ({suffixes}) in the class folders of {root}")
         return cls(samples, list(classnames), image_size, trigger, attack_seed, transform)
 
     @classmethod
@@ -281,17 +271,17 @@ class EvaluationSet(Dataset):
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise UserError(f"evaluation labels file {csv_path} does not exist")
-        with open(csv_path, newline="", encoding="utf-8") as file:
-            reader = csv.DictReader(file)
-            missing = {"image", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise UserError(
-                    f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}; "
-                    f"expected a header 'image,label'"
-                )
-            samples = [
-                (csv_path.parent / row["image"], _label(row["label"], csv_path)) for row in reader
-            ]
+        reader = csv.DictReader(io.StringIO(read_utf8(csv_path, "labels file"), newline=""))
+        missing = {"image", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(
+                f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}; "
+                f"expected a header 'image,label'"
+            )
+        samples = [
+            (csv_path.parent / row["image"], _label(row["label"], csv_path, reader.line_num))
+            for row in reader
+        ]
         absent = [path for path, _ in samples if not path.is_file()]
         if absent:
             raise UserError(
@@ -304,15 +294,26 @@ class EvaluationSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
-        with Image.open(path) as decoded:
-            pixels = F.pil_to_tensor(decoded.convert("RGB"))
+        pixels = F.pil_to_tensor(read_rgb(path))
         trigger_seed = test_trigger_seed(self.attack_seed, index)
         image = _model_input(pixels, self.image_size, self.trigger, trigger_seed, self.transform)
         return {"image": image, "label": label, "index": index}
 
 
-def _label(text: str, csv_path: Path) -> int:
+def read_rgb(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB, whatever its mode; a file PIL cannot decode (truncated, not an
+    image, a decompression bomb) is a UserError naming it."""
+    try:
+        with Image.open(path) as image:
+            if image.mode in WIDE_INTEGER_MODES:  # PIL's conversion would clip them to white
+                image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257).round().astype(np.uint8))
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path}: cannot decode the image ({error})") from None
+
+
+def _label(text: str | None, csv_path: Path, line: int) -> int:
     try:
         return int(text)
-    except ValueError:
-        raise UserError(f"{csv_path}: label {text!r} is not an integer class index") from None
+    except (TypeError, ValueError):
+        raise UserError(f"{csv_path}:{line}: label {text!r} is not an integer class index") from None

@@ -1,21 +1,25 @@
 import csv
 import os
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.io import ImageReadMode, decode_image
 
 from cleanclip_core.attacks import get_attack, test_trigger_seed
 from cleanclip_core.corpus import CLASSNAMES
-from cleanclip_core.data.loaders import EvaluationSet, PoisonedTrainingSet, fit_image
+from cleanclip_core.data.loaders import EvaluationSet, PoisonedTrainingSet, fit_image, read_rgb
 from cleanclip_core.errors import UserError
 from cleanclip_core.poison import poison_manifest
+from cleanclip_core.reporting import reported_step
 
 BADNET = {"patch_size": 16, "pattern": "random", "location": "random"}
 ATTACK_SEED = 11
@@ -240,7 +244,7 @@ def test_missing_evaluation_folder_is_reported(tmp_path):
 def test_evaluation_folder_without_images_is_reported(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "notes.txt").write_text("no images here")
-    with pytest.raises(UserError, match="no images"):
+    with pytest.raises(UserError, match="hold no image"):
         EvaluationSet.from_image_folder(tmp_path, 32)
 
 
@@ -259,7 +263,8 @@ def some_eval_image(shapes_shards, tmp_path) -> str:
         (("path", "label"), "0", "lacks the column.*image"),
         (("image", "label"), "10", "1 evaluation labels are outside \\[0, 10\\)"),
         (("image", "label"), "-1", "outside"),
-        (("image", "label"), "cat", "'cat' is not an integer"),
+        (("image", "label"), "cat", "labels.csv:2: label 'cat' is not an integer"),
+        (("image", "label"), "", "labels.csv:2: label '' is not an integer"),
     ],
 )
 def test_bad_labels_csv_is_reported(shapes_shards, tmp_path, header, label, message):
@@ -276,3 +281,52 @@ def test_missing_labels_csv_and_listed_images_are_reported(shapes_shards, tmp_pa
     csv_path = write_labels_csv(tmp_path / "labels.csv", rows)
     with pytest.raises(UserError, match="1 images listed in .* do not exist .*gone/0.png"):
         EvaluationSet.from_labels_csv(csv_path, list(CLASSNAMES), 32)
+
+
+def test_a_labels_csv_with_a_bom_is_read_and_one_in_latin1_names_its_line(shapes_shards, tmp_path):
+    image = some_eval_image(shapes_shards, tmp_path)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes(f"\ufeffimage,label\n{image},3\n".encode())
+    assert EvaluationSet.from_labels_csv(csv_path, list(CLASSNAMES), 32).samples[0][1] == 3
+    csv_path.write_bytes(f"image,label\n{image},3\nchâteau.png,1\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"labels\.csv:3: not UTF-8 text"):
+        EvaluationSet.from_labels_csv(csv_path, list(CLASSNAMES), 32)
+
+
+def image_of_mode(path, mode: str) -> None:
+    """An 8 px image of `mode` whose every pixel is mid grey, saved by its suffix's format."""
+    grey = {"1": 1, "L": 128, "LA": (128, 255), "P": 0, "RGBA": (128, 128, 128, 255),
+            "CMYK": (0, 0, 0, 127), "I;16": 128 * 257}[mode]
+    image = Image.new(mode, (8, 8), grey)
+    if mode == "P":
+        image.putpalette([128, 128, 128] * 256)
+    image.save(path)
+
+
+@pytest.mark.parametrize(
+    "mode, suffix", [("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"), ("CMYK", "jpg"), ("I;16", "png")]
+)
+def test_evaluation_images_of_any_mode_are_read_as_their_rgb_colour(tmp_path, mode, suffix):
+    # A 16-bit PNG used to become white: PIL's own conversion clips it.
+    image_of_mode(tmp_path / f"grey.{suffix}", mode)
+    pixels = np.asarray(read_rgb(tmp_path / f"grey.{suffix}"), dtype=int)
+    assert pixels.shape == (8, 8, 3) and np.abs(pixels - 128).max() <= 1
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"])
+def test_an_evaluation_image_that_cannot_be_decoded_is_named(tmp_path, content):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "broken.jpg").write_bytes(content)
+    dataset = EvaluationSet.from_image_folder(tmp_path, 32)
+    with pytest.raises(UserError, match=r"cat/broken\.jpg: cannot decode the image"):
+        dataset[0]
+
+
+def test_an_error_in_a_loader_worker_is_reported_as_its_own_line(tmp_path, capsys):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"truncated")
+    loader = DataLoader(EvaluationSet.from_image_folder(tmp_path, 32), num_workers=1)
+    with pytest.raises(SystemExit), reported_step():
+        next(iter(loader))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"error: .*cat/broken\.jpg: cannot decode the image \(.*\)", lines[0])
