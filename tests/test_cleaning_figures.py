@@ -4,6 +4,8 @@ import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.text import Text
 
 from cleanclip_core.errors import UserError
 from cleanclip_core.plots.cleaning import (
@@ -49,13 +51,14 @@ def test_fig2_has_a_start_per_panel_and_a_point_per_lr_and_epoch():
 
 
 def clipped(figure: Figure) -> list[str]:
-    """The title and legend texts of a drawn figure that stick out of it."""
+    """The title and legends of a drawn figure that stick out of it, by their first text."""
     FigureCanvasAgg(figure).draw()
-    legends = figure.legends + [ax.get_legend() for ax in figure.axes if ax.get_legend()]
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend()]
+    shown = [c for c in figure.get_children() if isinstance(c, Legend) or (isinstance(c, Text) and c.get_text())]
     inside = figure.bbox
     return [
-        repr(artist.get_texts()[0].get_text() if artist in legends else artist.get_text())
-        for artist in [figure._suptitle, *legends]
+        repr(artist.get_texts()[0].get_text() if isinstance(artist, Legend) else artist.get_text())
+        for artist in shown + legends
         if not (inside.x0 <= (e := artist.get_window_extent()).x0 and e.x1 <= inside.x1
                 and inside.y0 <= e.y0 and e.y1 <= inside.y1)
     ]

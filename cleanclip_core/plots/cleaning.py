@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from cleanclip_core.errors import UserError
@@ -102,8 +103,8 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
     handles += [success, poisoned_start]
     figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(len(handles), objectives),
                   fontsize=8)
-    figure.suptitle(f"Cleaning {facet}:\nclean accuracy vs attack success\n(a point per epoch, later epochs darker)")
-    return _fit_width(figure)
+    title = figure.suptitle(f"Cleaning {facet}:\nclean accuracy vs attack success\n(a point per epoch, later epochs darker)")
+    return _fit_width(figure, title)
 
 
 def _legend_columns(entries: int, objectives: Sequence[str]) -> int:
@@ -111,12 +112,12 @@ def _legend_columns(entries: int, objectives: Sequence[str]) -> int:
     return min(entries, 2 * len(objectives), 6)
 
 
-def _fit_width(figure: Figure) -> Figure:
+def _fit_width(figure: Figure, title: Text) -> Figure:
     """Widens the figure to its title and legends where they are wider than its panels (a long
     facet over one panel), so that nothing is clipped."""
     figure.draw_without_rendering()
     legends = figure.legends + [ax.get_legend() for ax in figure.axes if ax.get_legend()]
-    widest = max(artist.get_window_extent().width for artist in [figure._suptitle, *legends])
+    widest = max(artist.get_window_extent().width for artist in [title, *legends])
     margin = 0.2  # inches: constrained layout's padding on both sides, and some air
     figure.set_figwidth(max(figure.get_figwidth(), widest / figure.dpi + margin))
     return figure
@@ -157,8 +158,8 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], fac
                                        color=colors[lr], label=label)
         axes[0, column].set_title(objective_title(objective))
     axes[0, 0].legend(fontsize=8)
-    figure.suptitle(f"Cleaning {facet},\nepoch by epoch")
-    return _fit_width(figure)
+    title = figure.suptitle(f"Cleaning {facet},\nepoch by epoch")
+    return _fit_width(figure, title)
 
 
 def plot_contamination(summary: pd.DataFrame) -> Figure:
@@ -181,8 +182,8 @@ def plot_contamination(summary: pd.DataFrame) -> Figure:
                 axes[row, column].plot(line.cleaning_poisons, 100 * line[metric], style, marker=marker, label=label)
         axes[0, column].set_title(attack)
     axes[0, 0].legend(fontsize=8)
-    figure.suptitle("Poisons left in the cleaning set\n(a point per pretrained model, method and count)")
-    return _fit_width(figure)
+    title = figure.suptitle("Poisons left in the cleaning set\n(a point per pretrained model, method and count)")
+    return _fit_width(figure, title)
 
 
 def save_figure(figure: Figure, path: Path) -> None:
