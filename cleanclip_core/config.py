@@ -1,6 +1,9 @@
 """The experiment config: validated against its JSON schema, which also supplies every default."""
 
 import copy
+import importlib.util
+import json
+import logging
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
@@ -14,6 +17,8 @@ from cleanclip_core.errors import UserError
 from cleanclip_core.study import start_kind
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
+
+log = logging.getLogger(__name__)
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -79,9 +84,42 @@ def _check_references(config: dict[str, Any]) -> None:
         )
 
 
+def _model_config_folders() -> list[Path]:
+    """The folders of the models' JSON configs that open_clip reads: open_clip's own (found
+    without importing it, which would import torch), then ours, which override them."""
+    open_clip = importlib.util.find_spec("open_clip")
+    theirs = [Path(p) / "model_configs" for p in (open_clip.submodule_search_locations or [])] if open_clip else []
+    return [*theirs, Path(str(files("cleanclip_core") / "model_configs"))]
+
+
+def model_image_size(name: str) -> int | None:
+    """The side of the images model `name` takes, read from its JSON config without torch;
+    None where no config of that name is found (open_clip not installed where the DAG is built)."""
+    configs = [folder / f"{name}.json" for folder in _model_config_folders()]
+    found = [path for path in configs if path.is_file()]
+    if not found:
+        return None
+    size = json.loads(found[-1].read_text())["vision_cfg"]["image_size"]
+    return size[0] if isinstance(size, list) else size
+
+
+def _warn_about_resizing(config: dict[str, Any]) -> None:
+    """The loaders fit every image to the model's input size each time they read it: images
+    stored at another size cost a resize per image in every epoch of every run."""
+    model, stored = config["study"]["model"], config["dataset"]["download"]["image_size"]
+    needed = model_image_size(model)
+    if needed is not None and needed != stored:
+        log.warning(
+            f"warning: config: dataset.download.image_size is {stored} px but {model} takes {needed} px, so "
+            f"every image is resized in every epoch of every run; set dataset.download.image_size to {needed}"
+        )
+
+
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Check a validated config's cross-references and that the files it names exist; return it."""
+    """Check a validated config's cross-references and that the files it names exist, and warn
+    about what would cost needless work; return it."""
     _check_references(config)
+    _warn_about_resizing(config)
     url_list = config["dataset"]["url_list"]
     if url_list is not None and not Path(url_list).is_file():
         raise UserError(

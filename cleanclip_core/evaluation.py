@@ -139,14 +139,16 @@ def evaluate_zero_shot(
 ) -> dict[str, float]:
     """Clean top-k accuracy, and ASR@k when given the triggered images and the target class.
 
-    Returns {"top1", "top5", "n_images"} plus {"asr_top1", "asr_top5", "asr_top10", "n_triggered"}
-    with a triggered loader; n_triggered counts only the images the ASR counts (true class not
-    the target).
+    Returns {"top1", "top5", "n_images", "n_classes"} plus {"asr_top1", "asr_top5", "asr_top10",
+    "n_triggered"} with a triggered loader; n_triggered counts only the images the ASR counts
+    (true class not the target), and n_classes gives the chance level, 1 / n_classes.
     """
     if (triggered_loader is None) != (target_index is None):
         raise ValueError("pass both the triggered loader and the target index, or neither")
     logits, labels = zero_shot_logits(model, classifier, clean_loader, device)
-    metrics: dict[str, float] = {**topk_accuracy(logits, labels, accuracy_ks), "n_images": len(labels)}
+    metrics: dict[str, float] = {
+        **topk_accuracy(logits, labels, accuracy_ks), "n_images": len(labels), "n_classes": logits.shape[1]
+    }
     if triggered_loader is not None and target_index is not None:
         logits, labels = zero_shot_logits(model, classifier, triggered_loader, device)
         metrics |= attack_success_rate(logits, labels, target_index, asr_ks)

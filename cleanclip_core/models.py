@@ -85,9 +85,20 @@ def tokenizer_for(name: str) -> Callable[[list[str]], torch.Tensor]:
     return open_clip.get_tokenizer(name)
 
 
+def _side(size: int | tuple[int, int] | list[int]) -> int:
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
 def image_size_of(model: open_clip.CLIP) -> int:
-    size = model.visual.image_size
-    return size[0] if isinstance(size, tuple) else int(size)
+    return _side(model.visual.image_size)
+
+
+def image_size_for(name: str) -> int:
+    """The side of the images model `name` takes, from its config, without building it."""
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise UserError(f"unknown model {name!r}; open_clip knows e.g. RN50, ViT-B-32, tiny-vit")
+    return _side(config["vision_cfg"]["image_size"])
 
 
 def normalization_for(model: open_clip.CLIP) -> v2.Normalize:

@@ -7,6 +7,7 @@ and the provenance (a hash of the settings that made the checkpoint, the code ve
 
 import hashlib
 import json
+import logging
 import subprocess
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
@@ -16,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cleanclip_core.study import CLEAN_DIMENSIONS, DIMENSIONS, PRETRAIN_DIMENSIONS
 from cleanclip_core.tables import atomic_output
@@ -27,12 +29,14 @@ IDENTITY_SCHEMA = pa.schema(
 model) and its epoch (0 for a pretrained model)."""
 METRICS_SCHEMA = pa.schema(
     [("run_id", pa.string()), *IDENTITY_SCHEMA]
-    + [("metric", pa.string()), ("value", pa.float64()), ("n_images", pa.int64()),
+    + [("metric", pa.string()), ("value", pa.float64()), ("n_images", pa.int64()), ("n_classes", pa.int32()),
        ("config_hash", pa.string()), ("code_version", pa.string())]
 )
 ACCURACY_METRICS = ("top1", "top5")  # over the clean images
 ASR_METRICS = ("asr_top1", "asr_top5", "asr_top10")  # over the triggered images not of the target
 VIEWS_SQL = files("cleanclip_core") / "results_views.sql"
+
+log = logging.getLogger(__name__)
 
 
 def run_id(checkpoint: Mapping[str, Any]) -> str:
@@ -73,6 +77,7 @@ def metrics_table(
             "metric": name,
             "value": metrics[name],
             "n_images": count,
+            "n_classes": metrics["n_classes"],
             "config_hash": settings_hash,
             "code_version": code,
         }
@@ -83,14 +88,41 @@ def metrics_table(
 
 def build_results_database(metrics_files: Sequence[Path], database: Path) -> None:
     """A DuckDB file holding every metrics row (table `metrics`) and the views of
-    results_views.sql; written atomically."""
+    results_views.sql; written atomically. Logs a warning per row of the study summary whose
+    model is near chance, and one for metrics files without the class count that tells."""
     with atomic_output(database) as temporary:
         with duckdb.connect(str(temporary)) as connection:
+            # By name: metrics files written before n_classes was recorded lack the column.
             connection.execute(
-                "CREATE TABLE metrics AS SELECT * FROM read_parquet(?) ORDER BY run_id, epoch, metric",
+                "CREATE TABLE metrics AS SELECT * FROM read_parquet(?, union_by_name = true) "
+                "ORDER BY run_id, epoch, metric",
                 [[str(path) for path in metrics_files]],
             )
+            connection.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS n_classes INTEGER")
             connection.execute(views_sql())
+    _warn_about_unknown_chance(metrics_files)
+    for row in query(database, "SELECT * FROM study_summary WHERE near_chance").to_pylist():
+        log.warning(_near_chance_warning(row))
+
+
+def _warn_about_unknown_chance(metrics_files: Sequence[Path]) -> None:
+    without = [path for path in metrics_files if "n_classes" not in pq.read_schema(path).names]
+    if without:
+        log.warning(
+            f"warning: {len(without)} of {len(metrics_files)} metrics files lack n_classes (evaluated before it was "
+            f"recorded), e.g. {without[0]}: the chance level of their checkpoints is unknown, so near_chance is "
+            "empty; evaluate them again"
+        )
+
+
+def _near_chance_warning(summary_row: Mapping[str, Any]) -> str:
+    best = summary_row["best_top1"]
+    selected = "no epoch at ASR@1 <= 5%" if best is None else f"best top-1 at ASR@1 <= 5% {best:.1%}"
+    chance = summary_row["chance_top1"]
+    return (
+        f"warning: near chance: {run_id(summary_row)}: start top-1 {summary_row['start_top1']:.1%}, {selected}, "
+        f"chance {chance:.1%} ({round(1 / chance)} classes); a low ASR@1 there does not show a removed backdoor"
+    )
 
 
 def views_sql() -> str:

@@ -12,7 +12,8 @@ SELECT
     max(value) FILTER (metric = 'asr_top5') AS asr_top5,
     max(value) FILTER (metric = 'asr_top10') AS asr_top10,
     max(n_images) FILTER (metric = 'top1') AS n_images,
-    max(n_images) FILTER (metric = 'asr_top1') AS n_triggered
+    max(n_images) FILTER (metric = 'asr_top1') AS n_triggered,
+    max(n_classes) AS n_classes
 FROM metrics
 GROUP BY ALL;
 
@@ -36,11 +37,15 @@ ORDER BY run.run_id, checkpoint.epoch;
 -- The study's summary: one row per pretrained model x cleaning method x poisons in the cleaning
 -- set, over the method's learning rates. The start's top-1, ASR@1 and ASR@10; the papers' oracle
 -- selection (the best top-1 of any cleaning epoch whose ASR@1 is at most 5%, with its lr and
--- epoch; null when no epoch got the ASR that low); the lowest ASR@1 any epoch reached; and the
--- last epoch of the run whose last epoch has the lowest ASR@1.
+-- epoch; null when no epoch got the ASR that low); the lowest ASR@1 any epoch reached; the
+-- last epoch of the run whose last epoch has the lowest ASR@1; the chance level of top-1 (one
+-- over the start's classes); and near_chance: the start's top-1, or the oracle's, is below twice
+-- chance, where a low ASR@1 only shows a model that classifies nothing (null when the start's
+-- classes were not recorded).
 CREATE VIEW study_summary AS
 WITH starts AS (
-    SELECT {pretrain}, top1 AS start_top1, asr_top1 AS start_asr_top1, asr_top10 AS start_asr_top10
+    SELECT {pretrain}, top1 AS start_top1, asr_top1 AS start_asr_top1, asr_top10 AS start_asr_top10,
+           1.0 / n_classes AS chance_top1
     FROM metrics_wide
     WHERE clean_method IS NULL
 ),
@@ -74,7 +79,10 @@ SELECT
     starts.start_top1, starts.start_asr_top1, starts.start_asr_top10,
     best.best_top1, best.best_asr_top1, best.best_asr_top10, best.best_lr, best.best_epoch,
     groups.lowest_asr_top1,
-    last.last_lr, last.last_epoch, last.last_top1, last.last_asr_top1, last.last_asr_top10
+    last.last_lr, last.last_epoch, last.last_top1, last.last_asr_top1, last.last_asr_top10,
+    starts.chance_top1,
+    starts.start_top1 < 2 * starts.chance_top1 OR coalesce(best.best_top1 < 2 * starts.chance_top1, false)
+        AS near_chance
 FROM groups
 LEFT JOIN starts USING ({pretrain})
 LEFT JOIN best USING ({group})

@@ -101,7 +101,7 @@ rule trigger_grid:
         "results/{dataset}/{attack}/trigger_grid.png",
     params:
         attack=attack_config,
-        image_size=config["dataset"]["download"]["image_size"],
+        model=STUDY["model"],
     log:
         "results/logs/trigger_grid/{dataset}/{attack}.log",
     benchmark:

@@ -1,11 +1,13 @@
+import logging
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, validate_config
+from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, model_image_size, validate_config
 from cleanclip_core.errors import UserError
+from cleanclip_core.models import image_size_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,21 @@ def test_defaults_are_filled_in_and_not_shared_between_attacks():
     assert config["attacks"]["a"]["trigger"] == {"patch_size": 16, "pattern": "random", "location": "random"}
     assert config["attacks"]["a"]["trigger"] is not config["attacks"]["b"]["trigger"]
     assert config["dataset"]["download"]["image_size"] == 32
+
+
+@pytest.mark.parametrize("model", ["tiny-rn", "tiny-vit", "RN50", "RN50-quickgelu", "ViT-B-32"])
+def test_the_config_reads_a_models_image_size_without_torch_as_open_clip_gives_it(model):
+    assert model_image_size(model) == image_size_for(model)
+
+
+@pytest.mark.parametrize("model, stored, warned", [("tiny-rn", 16, True), ("tiny-rn", 32, False), ("RN50", 32, True)])
+def test_images_stored_at_another_size_than_the_models_are_a_warning(model, stored, warned, caplog):
+    config = validate_config({"study": {"model": model}, "dataset": {"download": {"image_size": stored}}})
+    with caplog.at_level(logging.WARNING, logger="cleanclip_core.config"):
+        check_config(config)
+    expected = f"every image is resized in every epoch of every run; set dataset.download.image_size to {model_image_size(model)}"
+    assert (expected in caplog.text) == warned
+    assert len(caplog.records) == warned
 
 
 def test_trigger_defaults_follow_the_attack_type():

@@ -144,6 +144,7 @@ def test_evaluate_zero_shot_agrees_with_metrics_of_directly_computed_logits(tiny
             **topk_accuracy(clean_logits, labels),
             **attack_success_rate(triggered_logits, labels, 2),
             "n_images": 10,
+            "n_classes": len(CLASSNAMES),
             "n_triggered": 7,  # labels 0, 1 of 0..9 modulo 3
         }
     )
@@ -197,6 +198,7 @@ def test_evaluate_zero_shot_end_to_end_on_features_set_by_hand():
             "top1": 0.75,
             "top2": 1.0,
             "n_images": 4,
+            "n_classes": 3,
             "asr_top1": 1 / 3,
             "asr_top2": 2 / 3,
             "asr_top3": 1.0,
@@ -208,6 +210,6 @@ def test_evaluate_zero_shot_end_to_end_on_features_set_by_hand():
 def test_evaluate_zero_shot_without_triggered_images_reports_clean_accuracy_only():
     loader = image_loader(colored_images([[1.0, 0.0, 0.0], [1.0, 0.5, 0.0]]), [0, 1])
     metrics = evaluate_zero_shot(MeanColorCLIP(), torch.eye(3), loader, None, None, "cpu")
-    assert metrics == pytest.approx({"top1": 0.5, "top5": 1.0, "n_images": 2})
+    assert metrics == pytest.approx({"top1": 0.5, "top5": 1.0, "n_images": 2, "n_classes": 3})
     with pytest.raises(ValueError, match="both"):
         evaluate_zero_shot(MeanColorCLIP(), torch.eye(3), loader, None, 2, "cpu")

@@ -1,10 +1,14 @@
 """The metrics rows and the results database's views, on results written by hand."""
 
+import logging
 import math
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from cleanclip_core.plots.cleaning import write_study_figures
 from cleanclip_core.results import IDENTITY_SCHEMA, build_results_database, config_hash, metrics_table, query
 from cleanclip_core.tables import write_table
 
@@ -18,9 +22,10 @@ START = pretrained()
 
 
 def evaluated(top1: float, asr_top1: float) -> dict[str, float]:
-    """Metrics as evaluate_zero_shot returns them, over 100 clean and 90 triggered images."""
+    """Metrics as evaluate_zero_shot returns them, over 100 clean and 90 triggered images of 10
+    classes."""
     return {
-        "top1": top1, "top5": min(1.0, top1 + 0.2), "n_images": 100,
+        "top1": top1, "top5": min(1.0, top1 + 0.2), "n_images": 100, "n_classes": 10,
         "asr_top1": asr_top1, "asr_top5": min(1.0, asr_top1 + 0.1), "asr_top10": 1.0, "n_triggered": 90,
     }
 
@@ -36,6 +41,7 @@ def test_a_checkpoint_gives_one_row_per_metric_with_its_image_count():
     table = metrics_table(evaluated(0.5, 0.9), cleaned(0.001, 3), "abc", "0.1.0").to_pandas()
     assert list(table.metric) == ["top1", "top5", "asr_top1", "asr_top5", "asr_top10"]
     assert list(table.n_images) == [100, 100, 90, 90, 90]
+    assert set(table.n_classes) == {10}
     assert set(table.run_id) == {f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.001"}
     assert table.columns.tolist()[1:len(IDENTITY_SCHEMA) + 1] == IDENTITY_SCHEMA.names
     assert set(table.epoch) == {3} and set(table.cleaning_poisons) == {0}
@@ -49,24 +55,28 @@ def test_config_hash_depends_on_the_settings_not_on_key_order():
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
 
+def write_database(folder, results):
+    """The results database of (checkpoint, top1, asr_top1) rows, each in its metrics file."""
+    paths = []
+    for i, (checkpoint, top1, asr) in enumerate(results):
+        paths.append(folder / f"{i}" / "metrics.parquet")
+        write_table(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1], config={}, inputs_sha256="")
+    build_results_database(paths, folder / "results.duckdb")
+    return folder / "results.duckdb"
+
+
 @pytest.fixture()
 def database(tmp_path):
     """Two pretrained models; MMCL cleaned at two learning rates for two epochs, and with 5
     poisons in the cleaning set at one; MMCL+SSL at one, where no epoch gets the ASR to 5%."""
-    results = [
+    return write_database(tmp_path, [
         (START, 0.50, 0.95),
         (cleaned(0.001, 1), 0.55, 0.20), (cleaned(0.001, 2), 0.60, 0.05),
         (cleaned(0.003, 1), 0.70, 0.04), (cleaned(0.003, 2), 0.65, 0.01),
         (cleaned(0.003, 1, poisons=5), 0.66, 0.50), (cleaned(0.003, 2, poisons=5), 0.64, 0.45),
         (pretrained("mmcl_ssl"), 0.60, 0.97),
         (cleaned(0.003, 1, "mmcl_ssl"), 0.62, 0.40), (cleaned(0.003, 2, "mmcl_ssl"), 0.61, 0.30),
-    ]
-    paths = []
-    for i, (checkpoint, top1, asr) in enumerate(results):
-        paths.append(tmp_path / f"{i}" / "metrics.parquet")
-        write_table(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1], config={}, inputs_sha256="")
-    build_results_database(paths, tmp_path / "results.duckdb")
-    return tmp_path / "results.duckdb"
+    ])
 
 
 def test_wide_view_has_one_row_per_checkpoint(database):
@@ -99,6 +109,58 @@ def test_study_summary_gives_start_oracle_lowest_and_last_per_method_and_cleanin
     assert contaminated.start_top1 == 0.50
     ssl = row["mmcl_ssl", 0]
     assert math.isnan(ssl.best_top1) and (ssl.start_asr_top1, ssl.lowest_asr_top1, ssl.last_top1) == (0.97, 0.30, 0.61)
+    assert set(summary.chance_top1) == {0.1} and not summary.near_chance.any()
+
+
+NEAR_CHANCE = [
+    (START, 0.12, 0.95), (cleaned(0.003, 1), 0.11, 0.01),
+    (pretrained("mmcl_ssl"), 0.60, 0.97), (cleaned(0.003, 1, "mmcl_ssl"), 0.15, 0.02),
+    (cleaned(0.003, 2, "mmcl_ssl"), 0.55, 0.30),
+    (cleaned(0.003, 1, "mmcl_ssl", poisons=5), 0.50, 0.01),
+]
+
+
+def test_a_near_chance_model_is_flagged_in_the_summary_and_warned_about_per_row(tmp_path, caplog):
+    """With 10 classes chance is 10%: a start at 12% top-1 whose ASR@1 falls to 1% is no
+    cleaning success, nor is an MMCL+SSL run whose best epoch at ASR@1 <= 5% has 15% top-1."""
+    with caplog.at_level(logging.WARNING, logger="cleanclip_core.results"):
+        database = write_database(tmp_path, NEAR_CHANCE)
+    summary = query(database, "SELECT * FROM study_summary").to_pandas()
+    flagged = summary.set_index(["pretrain_objective", "cleaning_poisons"]).near_chance.to_dict()
+    assert flagged == {("mmcl", 0): True, ("mmcl_ssl", 0): True, ("mmcl_ssl", 5): False}
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"warning: near chance: {MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0: start top-1 12.0%, "
+        "best top-1 at ASR@1 <= 5% 11.0%, chance 10.0% (10 classes); a low ASR@1 there does not show a removed backdoor",
+        f"warning: near chance: {MMCL_RUN.replace('=mmcl', '=mmcl_ssl')}/clean_method=cleanclip/cleaning_poisons=0: "
+        "start top-1 60.0%, best top-1 at ASR@1 <= 5% 15.0%, chance 10.0% (10 classes); a low ASR@1 there does "
+        "not show a removed backdoor",
+    ]
+
+
+def test_the_summary_table_carries_the_chance_level_and_the_near_chance_flag(tmp_path):
+    database = write_database(tmp_path, NEAR_CHANCE)
+    write_study_figures(
+        database, ["mmcl", "mmcl_ssl"], [{"attack": "badnet", "cleaning_poisons": 0}],
+        fig2=[[tmp_path / "fig2.png"]], fig2_data=tmp_path / "fig2.parquet", trajectories=[[]],
+        contamination=[], summary=tmp_path / "summary.csv",
+    )
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary.near_chance) == [True, True, False] and set(summary.chance_top1) == {0.1}
+
+
+def test_metrics_written_before_the_class_count_was_recorded_leave_near_chance_unknown(tmp_path, caplog):
+    database = write_database(tmp_path / "new", [(START, 0.5, 0.9), (cleaned(0.003, 1), 0.5, 0.01)])
+    old = tmp_path / "old.parquet"
+    pq.write_table(query(database, "SELECT * EXCLUDE (n_classes) FROM metrics WHERE epoch = 0"), old)
+    with caplog.at_level(logging.WARNING, logger="cleanclip_core.results"):
+        build_results_database([old, tmp_path / "new" / "1" / "metrics.parquet"], tmp_path / "mixed.duckdb")
+    summary = query(tmp_path / "mixed.duckdb", "SELECT chance_top1, near_chance FROM study_summary").to_pylist()
+    assert summary == [{"chance_top1": None, "near_chance": None}]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"warning: 1 of 2 metrics files lack n_classes (evaluated before it was recorded), e.g. {old}: the chance "
+        "level of their checkpoints is unknown, so near_chance is empty; evaluate them again"
+    ]
 
 
 def test_the_database_holds_its_rows_itself(database, tmp_path):

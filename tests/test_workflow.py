@@ -23,11 +23,23 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
         "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
     }
     assert job_counts(result.stdout) == expected | {"total": sum(expected.values())}
+    assert "warning" not in result.stderr  # the default stores images at tiny-rn's 32 px
 
     # Every GPU stage takes one `gpu`, which --resources gpu=N caps (each leases its own device).
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
     gpu_stages = {"pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned"}
     assert {rule for rule, resources in jobs if "gpu=1" in resources.split(", ")} == gpu_stages
+
+
+def test_images_stored_at_another_size_than_the_models_are_a_warning_at_dag_build(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG) | {"study": {"model": "tiny-rn"}}  # tiny-rn takes 32 px, the shards 16
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: config: dataset.download.image_size is 16 px but tiny-rn takes 32 px, so every image is "
+        "resized in every epoch of every run; set dataset.download.image_size to 32"
+    ]
 
 
 def test_lint_is_clean():

@@ -6,7 +6,7 @@ with reported_step(snakemake.log[0]):
         snakemake.input.poisoned_manifest,
         snakemake.input.shard_index,
         snakemake.input.shards,
-        snakemake.params.image_size,
+        snakemake.params.model,
         snakemake.params.attack,
         snakemake.output[0],
         title=f"{snakemake.wildcards.attack}: clean vs triggered training images",

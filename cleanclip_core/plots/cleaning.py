@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from cleanclip_core.errors import UserError
@@ -77,7 +78,7 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
     for ax, objective in zip(axes, objectives):
         panel = points[points.panel == objective]
         start = panel[panel.epoch == 0].iloc[0]
-        ax.fill_between(
+        success = ax.fill_between(
             [0, 100 * SUCCESS_ASR], 100 * SUCCESS_ACCURACY_FRACTION * start.top1, 100,
             color="tab:green", alpha=0.12, lw=0, label="successful cleaning",
         )
@@ -86,8 +87,8 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
                 100 * row.asr_top1, 100 * row.top1, color=colors[row.lr], marker=markers[row.clean_method],
                 alpha=_epoch_alpha(row.epoch, last_epoch), s=36, edgecolors="none",
             )
-        ax.scatter(100 * start.asr_top1, 100 * start.top1, marker="*", s=260, color="red",
-                   edgecolors="darkred", zorder=3, label="poisoned start")
+        poisoned_start = ax.scatter(100 * start.asr_top1, 100 * start.top1, marker="*", s=260, color="red",
+                                    edgecolors="darkred", zorder=3, label="poisoned start")
         ax.set_title(objective_title(objective))
         ax.set_xlim(-3, 103)
         ax.set_xlabel("ASR@1 (%)")
@@ -99,9 +100,26 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
     ]
     if len(markers) > 1:
         handles += [axes[0].scatter([], [], color="gray", marker=m, label=method) for method, m in markers.items()]
-    handles += axes[0].get_legend_handles_labels()[0][:2]
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), fontsize=8)
-    figure.suptitle(f"Cleaning {facet}: clean accuracy vs attack success\n(a point per epoch, later epochs darker)")
+    handles += [success, poisoned_start]
+    figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(len(handles), objectives),
+                  fontsize=8)
+    title = figure.suptitle(f"Cleaning {facet}:\nclean accuracy vs attack success\n(a point per epoch, later epochs darker)")
+    return _fit_width(figure, title)
+
+
+def _legend_columns(entries: int, objectives: Sequence[str]) -> int:
+    """Two columns per panel, at most six, so that a one-panel legend is two columns."""
+    return min(entries, 2 * len(objectives), 6)
+
+
+def _fit_width(figure: Figure, title: Text) -> Figure:
+    """Widens the figure to its title and legends where they are wider than its panels (a long
+    facet over one panel), so that nothing is clipped."""
+    figure.draw_without_rendering()
+    legends = figure.legends + [ax.get_legend() for ax in figure.axes if ax.get_legend()]
+    widest = max(artist.get_window_extent().width for artist in [title, *legends])
+    margin = 0.2  # inches: constrained layout's padding on both sides, and some air
+    figure.set_figwidth(max(figure.get_figwidth(), widest / figure.dpi + margin))
     return figure
 
 
@@ -140,8 +158,8 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], fac
                                        color=colors[lr], label=label)
         axes[0, column].set_title(objective_title(objective))
     axes[0, 0].legend(fontsize=8)
-    figure.suptitle(f"Cleaning {facet}, epoch by epoch")
-    return figure
+    title = figure.suptitle(f"Cleaning {facet},\nepoch by epoch")
+    return _fit_width(figure, title)
 
 
 def plot_contamination(summary: pd.DataFrame) -> Figure:
@@ -164,8 +182,8 @@ def plot_contamination(summary: pd.DataFrame) -> Figure:
                 axes[row, column].plot(line.cleaning_poisons, 100 * line[metric], style, marker=marker, label=label)
         axes[0, column].set_title(attack)
     axes[0, 0].legend(fontsize=8)
-    figure.suptitle("Poisons left in the cleaning set (a point per pretrained model, method and count)")
-    return figure
+    title = figure.suptitle("Poisons left in the cleaning set\n(a point per pretrained model, method and count)")
+    return _fit_width(figure, title)
 
 
 def save_figure(figure: Figure, path: Path) -> None:

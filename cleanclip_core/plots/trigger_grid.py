@@ -1,4 +1,4 @@
-"""Figure: what a trigger does to training images."""
+"""Figure: what a trigger does to training images, as the model sees them."""
 
 import textwrap
 from pathlib import Path
@@ -12,6 +12,7 @@ from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.attacks.parts import Trigger
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
+from cleanclip_core.models import image_size_for
 from cleanclip_core.tables import atomic_output
 
 CAPTION_CHARACTERS = 80  # longer captions are cut, then wrapped under their column
@@ -33,13 +34,13 @@ def _caption_label(caption: str) -> str:
 
 def plot_trigger_grid(
     clean: torch.Tensor, triggered: torch.Tensor, captions: list[str], path: Path, title: str
-) -> None:
+) -> Figure:
     """A PNG: clean images [N, 3, H, W] on top, triggered below, then their amplified difference.
 
     The difference row shows the per-pixel largest channel difference, stretched so the largest
     one in the figure is white: a faint blend or warp becomes visible. Images smaller than their
     panel are drawn as blocks (nearest neighbour), so 32 px images stay crisp; larger ones are
-    smoothed as they shrink. Each column carries its caption.
+    smoothed as they shrink. Each column carries its caption. Returns the figure written.
     """
     interpolation = "nearest" if max(clean.shape[-2:]) <= PANEL_INCHES * DPI else "auto"
     gain = _difference_gain(clean, triggered)
@@ -65,11 +66,12 @@ def plot_trigger_grid(
         axes[-1, column].set_xlabel(_caption_label(caption), fontsize=6)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI)
+    return figure
 
 
 def save_trigger_grid(
     clean: PoisonedTrainingSet, triggered: PoisonedTrainingSet, path: Path, title: str, n: int = 8
-) -> None:
+) -> Figure:
     """Plot the first `n` poisoned rows of a poisoned manifest, read without and with the trigger.
 
     Both sets must be over the same manifest and without a normalizing transform.
@@ -78,7 +80,7 @@ def save_trigger_grid(
     if not rows:
         raise UserError(f"no poisoned rows to plot for {title!r}")
     items = [(clean[row], triggered[row]) for row in rows]
-    plot_trigger_grid(
+    return plot_trigger_grid(
         torch.stack([before["image"] for before, _ in items]),
         torch.stack([after["image"] for _, after in items]),
         [after["caption"] for _, after in items],
@@ -91,13 +93,18 @@ def write_trigger_grid(
     poisoned_manifest: Path,
     shard_index: Path,
     shards_dir: Path,
-    image_size: int,
+    model: str,
     attack_config: dict[str, Any],
     path: Path,
     title: str,
-) -> None:
-    """The trigger grid of a poisoned manifest: its first poisoned images without and with it."""
+) -> Figure:
+    """The trigger grid of a poisoned manifest: its first poisoned images without and with the
+    trigger, read by the training loader at the model's input size, so that the trigger is the
+    one the model sees (a trigger's pattern depends on the size of the image it is applied to)."""
+    image_size = image_size_for(model)
+
     def read(trigger: Trigger | None) -> PoisonedTrainingSet:
         return PoisonedTrainingSet.from_files(poisoned_manifest, shard_index, shards_dir, image_size, trigger)
 
-    save_trigger_grid(read(None), read(attack_trigger(attack_config)), path, title)
+    title = f"{title}\nat {model}'s input size, {image_size} px"
+    return save_trigger_grid(read(None), read(attack_trigger(attack_config)), path, title)
