@@ -1,6 +1,7 @@
 """Download image-caption pairs with img2dataset into webdataset shards.
 
-The URL list is in CC3M's format: a TSV file with no header and two columns, caption then URL.
+The URL list is in CC3M's format: a UTF-8 TSV file with two columns, caption then URL (a
+`caption<TAB>url` header line is skipped).
 Failed or corrupt downloads are counted in each shard's stats, never fatal.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -43,27 +45,101 @@ class DownloadSettings:
 
 
 def read_url_list(path: Path) -> pa.Table:
-    """The (caption, url) rows of a CC3M-format TSV file."""
+    """The (caption, url) rows of a CC3M-format TSV file.
+
+    Blank lines and a `caption<TAB>url` header line are skipped. A line that is not UTF-8, has
+    other than 2 fields, an empty caption or a url that is not a URL is a UserError naming its
+    line. Repeated URLs are kept, each line a pair of its own (CC3M repeats some), and counted in
+    a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"URL list {path} does not exist; set dataset.url_list to a TSV file")
+    rows = _parse_url_list(path)
+    rows = rows.append_column("line", pa.array(range(1, rows.num_rows + 1), pa.int64()))
+    rows = _without_header(rows.filter(pc.invert(_is_blank(rows))))
+    if rows.num_rows == 0:
+        raise UserError(f"URL list {path} has no rows")
+    _refuse_malformed_rows(path, rows)
+    _warn_of_repeated_urls(path, rows)
+    return rows.select(URL_LIST_COLUMNS)
+
+
+def _parse_url_list(path: Path) -> pa.Table:
+    # Blank lines are kept (as empty rows) so that row i is line i + 1.
     try:
-        table = pacsv.read_csv(
+        return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(column_names=URL_LIST_COLUMNS),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t", quote_char=False, ignore_empty_lines=False
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in URL_LIST_COLUMNS}
             ),
         )
     except pa.ArrowInvalid as error:
-        reason = str(error).splitlines()[0]
+        reason = _first_unparsable_line(path) or str(error).splitlines()[0]
         raise UserError(
             f"URL list {path} is not a 2-column TSV (caption<TAB>url): {reason}"
         ) from None
-    if table.num_rows == 0:
-        raise UserError(f"URL list {path} has no rows")
-    return table
+
+
+def _first_unparsable_line(path: Path) -> str | None:
+    """Why the first line that is not UTF-8 or has other than 2 fields is so; None if none is."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, start=1):
+            line = line.rstrip(b"\r\n")
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return (
+                    f"line {number} is not UTF-8 (byte {line[error.start]:#04x} at column "
+                    f"{error.start + 1}); convert the file, e.g. iconv -f latin1 -t utf-8"
+                )
+            fields = line.count(b"\t") + 1
+            if line and fields != 2:
+                return f"line {number} has {fields} tab-separated fields"
+    return None
+
+
+def _is_blank(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.and_(pc.equal(rows["caption"], ""), pc.equal(rows["url"], ""))
+
+
+def _without_header(rows: pa.Table) -> pa.Table:
+    """`rows` without a first row that names the columns (url field "url")."""
+    if rows.num_rows and rows["url"][0].as_py().strip().lower() == "url":
+        log.info(f"skipping the header line {rows['line'][0]} of the URL list")
+        return rows.slice(1)
+    return rows
+
+
+def _refuse_malformed_rows(path: Path, rows: pa.Table) -> None:
+    """A UserError naming the first row with an empty caption or a url that is not a URL."""
+    caption_length = pc.utf8_length(pc.utf8_trim_whitespace(rows["caption"]))
+    checks = {
+        "has an empty caption": pc.equal(caption_length, 0),
+        "has no URL in its second field": pc.invert(pc.match_substring(rows["url"], "://")),
+    }
+    for problem, is_malformed in checks.items():
+        count = pc.sum(is_malformed).as_py() or 0
+        if count:
+            row = pc.index(is_malformed, True).as_py()
+            line, url = rows["line"][row].as_py(), rows["url"][row].as_py()
+            raise UserError(
+                f"URL list {path} line {line} {problem} (url field {url[:60]!r}); "
+                f"{count} lines in all; each line is caption<TAB>url"
+            )
+
+
+def _warn_of_repeated_urls(path: Path, rows: pa.Table) -> None:
+    repeats = rows.num_rows - pc.count_distinct(rows["url"]).as_py()
+    if repeats:
+        log.warning(
+            f"URL list {path}: {repeats} lines repeat the URL of an earlier line; "
+            f"each is downloaded as a pair of its own"
+        )
 
 
 def download_shards(

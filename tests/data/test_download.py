@@ -67,11 +67,44 @@ def test_missing_url_list_is_a_user_error(tmp_path):
         read_url_list(tmp_path / "nope.tsv")
 
 
-def test_url_list_with_the_wrong_number_of_columns_is_a_user_error(tmp_path):
+def write_url_list(tmp_path, data: bytes):
     path = tmp_path / "urls.tsv"
-    path.write_text("a caption\tfile:///x.png\textra\n")
-    with pytest.raises(UserError, match="not a 2-column TSV"):
-        read_url_list(path)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"a\thttp://x/1.jpg\n\nb\tfile:///x.png\textra\n", "line 3 has 3 tab-separated fields"),
+        (b"a\thttp://x/1.jpg\nno tab here\n", "line 2 has 1 tab-separated fields"),
+        ("caf\u00e9\thttp://x/1.jpg\n".encode() + b"caf\xe9\thttp://x/2.jpg\n", "line 2 is not UTF-8"),
+        (b"a\thttp://x/1.jpg\n\t http://x/2.jpg\n", "line 2 has an empty caption"),
+        (b"a\thttp://x/1.jpg\nb\t\n", "line 2 has no URL in its second field"),
+        (b"http://x/1.jpg\ta caption\n", "line 1 has no URL in its second field .*'a caption'"),
+        (b"url\tcaption\nhttp://x/1.jpg\ta caption\n", "line 1 has no URL .*'caption'"),
+    ],
+    ids=["3 fields", "1 field", "latin-1", "empty caption", "empty url", "swapped", "swapped header"],
+)
+def test_a_malformed_url_list_line_is_a_user_error_naming_it(tmp_path, data, message):
+    with pytest.raises(UserError, match=message):
+        read_url_list(write_url_list(tmp_path, data))
+
+
+def test_url_list_skips_a_header_line_a_byte_order_mark_and_blank_lines(tmp_path):
+    data = "\ufeffcaption\turl\r\na\thttp://x/1.jpg\r\n\r\nb\thttp://x/2.jpg\r\n\r\n".encode()
+    rows = read_url_list(write_url_list(tmp_path, data))
+    assert rows.to_pylist() == [
+        {"caption": "a", "url": "http://x/1.jpg"}, {"caption": "b", "url": "http://x/2.jpg"}
+    ]
+
+
+def test_url_list_keeps_repeated_urls_and_warns_of_them(tmp_path, caplog):
+    data = b"a\thttp://x/1.jpg\nb\thttp://x/1.jpg\nc\thttp://x/2.jpg\nd\thttp://x/1.jpg\n"
+    with caplog.at_level("WARNING"):
+        rows = read_url_list(write_url_list(tmp_path, data))
+    assert rows.num_rows == 4
+    assert "2 lines repeat the URL of an earlier line" in caplog.text
 
 
 def test_url_list_keeps_quotes_in_captions(tmp_path):
