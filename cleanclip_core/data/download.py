@@ -1,8 +1,9 @@
 """Download image-caption pairs with img2dataset into webdataset shards.
 
 The URL list is in CC3M's format: a UTF-8 TSV file with two columns, caption then URL (a
-`caption<TAB>url` header line is skipped).
-Failed or corrupt downloads are counted in each shard's stats, never fatal.
+`caption<TAB>url` header line is skipped). Failed or corrupt downloads are counted in each shard's
+stats, never fatal, unless no image at all downloads. The shards' listing is written last: later
+stages check the shards against it (`shard_listing.py`).
 """
 
 import json
@@ -10,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -20,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cleanclip_core.data.shard_listing import write_shard_listing
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import files_sha256, write_table
 
@@ -146,19 +149,22 @@ def download_shards(
     url_list: Path,
     shards_dir: Path,
     stats_path: Path,
+    listing_path: Path,
     settings: DownloadSettings,
     processes: int,
     img2dataset_log: Path | None = None,
 ) -> pa.Table:
     """Download every URL into `shards_dir` (NNNNN.tar, .parquet, _stats.json).
 
-    Writes and returns the per-shard stats table (failures counted, never fatal).
+    Writes and returns the per-shard stats table (failures counted, never fatal, unless nothing
+    downloads: then a UserError and no shards), then, last, the shards' listing.
 
     Shards are written in `<shards_dir>.partial` and renamed when complete: an interrupted
     download is resumed by the next call (img2dataset skips finished shards), and `shards_dir`
     never holds a partial download. img2dataset's own progress goes to `img2dataset_log`.
     """
     shards_dir = Path(shards_dir)
+    Path(listing_path).unlink(missing_ok=True)  # it vouches for the shards: none while they change
     urls = read_url_list(url_list)
     url_list_sha256 = files_sha256([url_list])
     partial = _resumable_partial_dir(shards_dir, url_list_sha256)
@@ -167,16 +173,43 @@ def download_shards(
     log.info(f"downloading {urls.num_rows} URLs with img2dataset into {shards_dir}")
     with _output_redirected(img2dataset_log):
         _run_img2dataset(urls_parquet, partial, settings, processes)
+    urls_parquet.unlink()
+    stats = download_stats(partial)
+    _require_a_download(stats, partial, url_list)
     shutil.rmtree(shards_dir, ignore_errors=True)
     os.replace(partial, shards_dir)
-    urls_parquet.unlink()
-    stats = download_stats(shards_dir)
     config = {"url_list": str(url_list)} | {
         key: value for key, value in asdict(settings).items() if key not in EXECUTION_SETTINGS
     }
     write_table(stats, stats_path, config=config, inputs_sha256=url_list_sha256)
     log.info(summarize_stats(stats))
+    write_shard_listing(
+        shards_dir, listing_path, config=config, inputs_sha256=url_list_sha256, threads=processes
+    )
     return stats
+
+
+def _require_a_download(stats: pa.Table, partial: Path, url_list: Path) -> None:
+    """A UserError when no image downloaded (an outage, a list of dead links), after removing the
+    partial download: a resume would take its shards for finished and never try them again."""
+    if sum(stats["successes"].to_pylist()):
+        return
+    reasons = _failure_reasons(partial)
+    shutil.rmtree(partial)
+    reason, count = reasons.most_common(1)[0] if reasons else ("none recorded", 0)
+    raise UserError(
+        f"no image downloaded from {url_list}: {summarize_stats(stats)}; most common failure "
+        f"({count} URLs): {reason}; nothing was kept, run again once the URLs can be reached"
+    )
+
+
+def _failure_reasons(shards_dir: Path) -> Counter:
+    """How many URLs failed with each error message, over every shard's img2dataset stats."""
+    reasons: Counter = Counter()
+    for stats in _shard_stats(shards_dir).values():
+        reasons.update(stats.get("status_dict", {}))
+    reasons.pop("success", None)
+    return reasons
 
 
 @contextmanager
@@ -240,14 +273,20 @@ def _resumable_partial_dir(shards_dir: Path, url_list_hash: str) -> Path:
 
 def download_stats(shards_dir: Path) -> pa.Table:
     """One row per shard: samples tried, successes, failed downloads, failed decodes/resizes."""
-    rows = []
-    for stats_file in sorted(Path(shards_dir).glob("*_stats.json")):
-        stats = json.loads(stats_file.read_text())
-        rows.append({"shard": stats_file.name.removesuffix("_stats.json")} | {
-            column: int(stats[column]) for column in STATS_COLUMNS
-        })
+    rows = [
+        {"shard": shard} | {column: int(stats[column]) for column in STATS_COLUMNS}
+        for shard, stats in _shard_stats(shards_dir).items()
+    ]
     schema = pa.schema([("shard", pa.string())] + [(c, pa.int64()) for c in STATS_COLUMNS])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _shard_stats(shards_dir: Path) -> dict[str, dict]:
+    """img2dataset's stats of each shard (its _stats.json), by shard name, in shard order."""
+    return {
+        path.name.removesuffix("_stats.json"): json.loads(path.read_text())
+        for path in sorted(Path(shards_dir).glob("*_stats.json"))
+    }
 
 
 def summarize_stats(stats: pa.Table) -> str:
