@@ -58,6 +58,8 @@ def read_url_list(path: Path) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"URL list {path} does not exist; set dataset.url_list to a TSV file")
+    if path.stat().st_size == 0:
+        raise UserError(f"URL list {path} has no rows")
     rows = _parse_url_list(path)
     rows = rows.append_column("line", pa.array(range(1, rows.num_rows + 1), pa.int64()))
     rows = _without_header(rows.filter(pc.invert(_is_blank(rows))))
@@ -132,7 +134,7 @@ def _refuse_malformed_rows(path: Path, rows: pa.Table) -> None:
             line, url = rows["line"][row].as_py(), rows["url"][row].as_py()
             raise UserError(
                 f"URL list {path} line {line} {problem} (url field {url[:60]!r}); "
-                f"{count} lines in all; each line is caption<TAB>url"
+                f"{count} such lines in all; each line is caption<TAB>url"
             )
 
 
