@@ -46,7 +46,8 @@ def file_sha256(path: Path) -> str:
     return _hash_bytes(path, hashlib.sha256()).hexdigest()
 
 
-def _hash_bytes(path: Path, digest: "hashlib._Hash") -> "hashlib._Hash":
+def _hash_bytes(path: Path, digest: Any) -> Any:
+    """`digest` (a hashlib object) updated with the file's bytes."""
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
