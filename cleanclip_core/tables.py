@@ -37,10 +37,21 @@ def files_sha256(paths: Iterable[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
         digest.update(path.name.encode())
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
+        _hash_bytes(path, digest)
     return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of one file's bytes (what `sha256sum` prints)."""
+    return _hash_bytes(path, hashlib.sha256()).hexdigest()
+
+
+def _hash_bytes(path: Path, digest: Any) -> Any:
+    """`digest` (a hashlib object) updated with the file's bytes."""
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def table_sha256(table: pa.Table) -> str:

@@ -25,6 +25,8 @@ rule download:
     output:
         shards=directory("results/{dataset}/shards"),
         stats="results/{dataset}/download_stats.parquet",
+        # Written last: a later stage trusts the shards only as they are listed here.
+        shard_listing="results/{dataset}/shard_listing.parquet",
     params:
         download=config["dataset"]["download"],
     threads: 2
@@ -45,6 +47,7 @@ rule download:
 rule manifest:
     input:
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
     output:
         manifest="results/{dataset}/manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",

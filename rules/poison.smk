@@ -24,6 +24,7 @@ rule pretrain_surrogate:
         manifest="results/{dataset}/unpoisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
     output:
         weights="results/{dataset}/surrogate/model={model}/model.pt",
         step_log="results/{dataset}/surrogate/model={model}/train_log.parquet",
@@ -53,6 +54,7 @@ rule optimize_trigger:
         manifest="results/{dataset}/manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
     output:
         f"{ATTACK_DIR}/trigger.pt",
     params:
@@ -97,6 +99,7 @@ rule trigger_grid:
         poisoned_manifest="results/{dataset}/{attack}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
     output:
         "results/{dataset}/{attack}/trigger_grid.png",
     params:

@@ -9,6 +9,7 @@ rule pretrain:
         manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
     output:
         weights=f"{PRETRAIN_RUN}/model.pt",
         step_log=f"{PRETRAIN_RUN}/train_log.parquet",
@@ -58,6 +59,7 @@ rule prepare_cleaning:
         manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
         weights=f"{PRETRAIN_RUN}/model.pt",
     output:
         table=f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/table.parquet",
@@ -87,6 +89,7 @@ rule clean:
         manifest=cleaning_data,
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
         start_weights=f"{PRETRAIN_RUN}/model.pt",
     output:
         weights=CLEAN_EPOCH_WEIGHTS,

@@ -13,6 +13,7 @@ from cleanclip_core.data.manifest import build_manifest, build_shard_index
 class ShapesShards:
     corpus: CorpusFiles
     shards_dir: Path
+    shard_listing: Path
     manifest: pa.Table
     shard_index: pa.Table
     image_size: int  # side of the stored images
@@ -32,14 +33,15 @@ def shapes_shards(tmp_path_factory: pytest.TempPathFactory) -> ShapesShards:
         timeout_s=10,
         retries=0,
     )
-    shards_dir = root / "shards"
+    shards_dir, shard_listing = root / "shards", root / "shard_listing.parquet"
     download_shards(
         corpus.url_list,
         shards_dir,
         root / "download_stats.parquet",
+        shard_listing,
         settings,
         processes=1,
         img2dataset_log=root / "img2dataset.log",
     )
     manifest, shard_index = build_manifest(shards_dir), build_shard_index(shards_dir)
-    return ShapesShards(corpus, shards_dir, manifest, shard_index, settings.image_size)
+    return ShapesShards(corpus, shards_dir, shard_listing, manifest, shard_index, settings.image_size)

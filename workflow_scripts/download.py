@@ -8,6 +8,7 @@ if __name__ == "__main__":
             snakemake.input.url_list,
             snakemake.output.shards,
             snakemake.output.stats,
+            snakemake.output.shard_listing,
             DownloadSettings(
                 **snakemake.params.download,
                 threads_per_process=snakemake.resources.download_threads,

@@ -1,7 +1,9 @@
+from cleanclip_core.data.shard_listing import verify_shards
 from cleanclip_core.launch import launch_from_snakemake, run_stages
 from cleanclip_core.reporting import reported_step
 
 with reported_step(snakemake.log[0]):
+    verify_shards(snakemake.input.shards, snakemake.input.shard_listing)  # sizes: cheap
     call = {
         "settings": snakemake.params.settings,
         "data": {

@@ -1,7 +1,9 @@
 """Download image-caption pairs with img2dataset into webdataset shards.
 
-The URL list is in CC3M's format: a TSV file with no header and two columns, caption then URL.
-Failed or corrupt downloads are counted in each shard's stats, never fatal.
+The URL list is in CC3M's format: a UTF-8 TSV file with two columns, caption then URL (a
+`caption<TAB>url` header line is skipped). Failed or corrupt downloads are counted in each shard's
+stats, never fatal, unless no image at all downloads. The shards' listing is written last: later
+stages check the shards against it (`shard_listing.py`).
 """
 
 import json
@@ -9,15 +11,18 @@ import logging
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cleanclip_core.data.shard_listing import write_shard_listing
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import files_sha256, write_table
 
@@ -43,46 +48,125 @@ class DownloadSettings:
 
 
 def read_url_list(path: Path) -> pa.Table:
-    """The (caption, url) rows of a CC3M-format TSV file."""
+    """The (caption, url) rows of a CC3M-format TSV file.
+
+    Blank lines and a `caption<TAB>url` header line are skipped. A line that is not UTF-8, has
+    other than 2 fields, an empty caption or a url that is not a URL is a UserError naming its
+    line. Repeated URLs are kept, each line a pair of its own (CC3M repeats some), and counted in
+    a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"URL list {path} does not exist; set dataset.url_list to a TSV file")
+    if path.stat().st_size == 0:
+        raise UserError(f"URL list {path} has no rows")
+    rows = _parse_url_list(path)
+    rows = rows.append_column("line", pa.array(range(1, rows.num_rows + 1), pa.int64()))
+    rows = _without_header(rows.filter(pc.invert(_is_blank(rows))))
+    if rows.num_rows == 0:
+        raise UserError(f"URL list {path} has no rows")
+    _refuse_malformed_rows(path, rows)
+    _warn_of_repeated_urls(path, rows)
+    return rows.select(URL_LIST_COLUMNS)
+
+
+def _parse_url_list(path: Path) -> pa.Table:
+    # Blank lines are kept (as empty rows) so that row i is line i + 1.
     try:
-        table = pacsv.read_csv(
+        return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(column_names=URL_LIST_COLUMNS),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t", quote_char=False, ignore_empty_lines=False
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in URL_LIST_COLUMNS}
             ),
         )
     except pa.ArrowInvalid as error:
-        reason = str(error).splitlines()[0]
+        reason = _first_unparsable_line(path) or str(error).splitlines()[0]
         raise UserError(
             f"URL list {path} is not a 2-column TSV (caption<TAB>url): {reason}"
         ) from None
-    if table.num_rows == 0:
-        raise UserError(f"URL list {path} has no rows")
-    return table
+
+
+def _first_unparsable_line(path: Path) -> str | None:
+    """Why the first line that is not UTF-8 or has other than 2 fields is so; None if none is."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, start=1):
+            line = line.rstrip(b"\r\n")
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return (
+                    f"line {number} is not UTF-8 (byte {line[error.start]:#04x} at column "
+                    f"{error.start + 1}); convert the file, e.g. iconv -f latin1 -t utf-8"
+                )
+            fields = line.count(b"\t") + 1
+            if line and fields != 2:
+                return f"line {number} has {fields} tab-separated fields"
+    return None
+
+
+def _is_blank(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.and_(pc.equal(rows["caption"], ""), pc.equal(rows["url"], ""))
+
+
+def _without_header(rows: pa.Table) -> pa.Table:
+    """`rows` without a first row that names the columns (url field "url")."""
+    if rows.num_rows and rows["url"][0].as_py().strip().lower() == "url":
+        log.info(f"skipping the header line {rows['line'][0]} of the URL list")
+        return rows.slice(1)
+    return rows
+
+
+def _refuse_malformed_rows(path: Path, rows: pa.Table) -> None:
+    """A UserError naming the first row with an empty caption or a url that is not a URL."""
+    caption_length = pc.utf8_length(pc.utf8_trim_whitespace(rows["caption"]))
+    checks = {
+        "has an empty caption": pc.equal(caption_length, 0),
+        "has no URL in its second field": pc.invert(pc.match_substring(rows["url"], "://")),
+    }
+    for problem, is_malformed in checks.items():
+        count = pc.sum(is_malformed).as_py() or 0
+        if count:
+            row = pc.index(is_malformed, True).as_py()
+            line, url = rows["line"][row].as_py(), rows["url"][row].as_py()
+            raise UserError(
+                f"URL list {path} line {line} {problem} (url field {url[:60]!r}); "
+                f"{count} such lines in all; each line is caption<TAB>url"
+            )
+
+
+def _warn_of_repeated_urls(path: Path, rows: pa.Table) -> None:
+    repeats = rows.num_rows - pc.count_distinct(rows["url"]).as_py()
+    if repeats:
+        log.warning(
+            f"URL list {path}: {repeats} lines repeat the URL of an earlier line; "
+            f"each is downloaded as a pair of its own"
+        )
 
 
 def download_shards(
     url_list: Path,
     shards_dir: Path,
     stats_path: Path,
+    listing_path: Path,
     settings: DownloadSettings,
     processes: int,
     img2dataset_log: Path | None = None,
 ) -> pa.Table:
     """Download every URL into `shards_dir` (NNNNN.tar, .parquet, _stats.json).
 
-    Writes and returns the per-shard stats table (failures counted, never fatal).
+    Writes and returns the per-shard stats table (failures counted, never fatal, unless nothing
+    downloads: then a UserError and no shards), then, last, the shards' listing.
 
     Shards are written in `<shards_dir>.partial` and renamed when complete: an interrupted
     download is resumed by the next call (img2dataset skips finished shards), and `shards_dir`
     never holds a partial download. img2dataset's own progress goes to `img2dataset_log`.
     """
     shards_dir = Path(shards_dir)
+    Path(listing_path).unlink(missing_ok=True)  # it vouches for the shards: none while they change
     urls = read_url_list(url_list)
     url_list_sha256 = files_sha256([url_list])
     partial = _resumable_partial_dir(shards_dir, url_list_sha256)
@@ -91,16 +175,43 @@ def download_shards(
     log.info(f"downloading {urls.num_rows} URLs with img2dataset into {shards_dir}")
     with _output_redirected(img2dataset_log):
         _run_img2dataset(urls_parquet, partial, settings, processes)
+    urls_parquet.unlink()
+    stats = download_stats(partial)
+    _require_a_download(stats, partial, url_list)
     shutil.rmtree(shards_dir, ignore_errors=True)
     os.replace(partial, shards_dir)
-    urls_parquet.unlink()
-    stats = download_stats(shards_dir)
     config = {"url_list": str(url_list)} | {
         key: value for key, value in asdict(settings).items() if key not in EXECUTION_SETTINGS
     }
     write_table(stats, stats_path, config=config, inputs_sha256=url_list_sha256)
     log.info(summarize_stats(stats))
+    write_shard_listing(
+        shards_dir, listing_path, config=config, inputs_sha256=url_list_sha256, threads=processes
+    )
     return stats
+
+
+def _require_a_download(stats: pa.Table, partial: Path, url_list: Path) -> None:
+    """A UserError when no image downloaded (an outage, a list of dead links), after removing the
+    partial download: a resume would take its shards for finished and never try them again."""
+    if sum(stats["successes"].to_pylist()):
+        return
+    reasons = _failure_reasons(partial)
+    shutil.rmtree(partial)
+    reason, count = reasons.most_common(1)[0] if reasons else ("none recorded", 0)
+    raise UserError(
+        f"no image downloaded from {url_list}: {summarize_stats(stats)}; most common failure "
+        f"({count} URLs): {reason}; nothing was kept, run again once the URLs can be reached"
+    )
+
+
+def _failure_reasons(shards_dir: Path) -> Counter:
+    """How many URLs failed with each error message, over every shard's img2dataset stats."""
+    reasons: Counter = Counter()
+    for stats in _shard_stats(shards_dir).values():
+        reasons.update(stats.get("status_dict", {}))
+    reasons.pop("success", None)
+    return reasons
 
 
 @contextmanager
@@ -164,14 +275,20 @@ def _resumable_partial_dir(shards_dir: Path, url_list_hash: str) -> Path:
 
 def download_stats(shards_dir: Path) -> pa.Table:
     """One row per shard: samples tried, successes, failed downloads, failed decodes/resizes."""
-    rows = []
-    for stats_file in sorted(Path(shards_dir).glob("*_stats.json")):
-        stats = json.loads(stats_file.read_text())
-        rows.append({"shard": stats_file.name.removesuffix("_stats.json")} | {
-            column: int(stats[column]) for column in STATS_COLUMNS
-        })
+    rows = [
+        {"shard": shard} | {column: int(stats[column]) for column in STATS_COLUMNS}
+        for shard, stats in _shard_stats(shards_dir).items()
+    ]
     schema = pa.schema([("shard", pa.string())] + [(c, pa.int64()) for c in STATS_COLUMNS])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _shard_stats(shards_dir: Path) -> dict[str, dict]:
+    """img2dataset's stats of each shard (its _stats.json), by shard name, in shard order."""
+    return {
+        path.name.removesuffix("_stats.json"): json.loads(path.read_text())
+        for path in sorted(Path(shards_dir).glob("*_stats.json"))
+    }
 
 
 def summarize_stats(stats: pa.Table) -> str:

@@ -1,4 +1,5 @@
-"""img2dataset downloads from a real HTTP server on loopback, failures counted, never fatal."""
+"""img2dataset downloads from a real HTTP server on loopback (failures counted, fatal only when
+nothing downloads), and the URL list's malformed lines."""
 
 import functools
 import threading
@@ -6,7 +7,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
 
 from cleanclip_core.data.download import DownloadSettings, download_shards, read_url_list
 from cleanclip_core.data.manifest import write_manifest
@@ -36,30 +39,94 @@ def http_server(tmp_path):
     thread.join()
 
 
+# Colour modes a CC3M copy holds, each with the RGB it must come out as (alpha over white).
+IMAGE_MODES = {
+    "gray.png": (Image.new("L", (24, 20), 128), (128, 128, 128)),
+    "gray.jpg": (Image.new("L", (24, 20), 128), (128, 128, 128)),
+    "gray_alpha.png": (Image.new("LA", (24, 20), (100, 128)), (177, 177, 177)),
+    "rgba.png": (Image.new("RGBA", (24, 20), (200, 30, 30, 255)), (200, 30, 30)),
+    "palette.png": (
+        Image.new("RGB", (24, 20), (30, 200, 30)).convert("P", palette=Image.ADAPTIVE),
+        (30, 200, 30),
+    ),
+    "cmyk.jpg": (Image.new("RGB", (24, 20), (30, 30, 200)).convert("CMYK"), (30, 30, 200)),
+    "huge.jpg": (Image.new("RGB", (4000, 3000), (200, 120, 30)), (200, 120, 30)),
+}
+
+
 def test_broken_and_corrupt_urls_are_counted_and_left_out_of_the_manifest(http_server, tmp_path):
     base, root = http_server
     rows = []
     for index in range(6):
         Image.new("RGB", (24, 20), (40 * index, 90, 200)).save(root / f"{index}.png")
         rows.append((f"shape number {index}", f"{base}/{index}.png"))
+    for name, (image, _) in IMAGE_MODES.items():
+        image.save(root / name)
+        rows.append((f"mode {name}", f"{base}/{name}"))
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     rows += [("a corrupt image", f"{base}/corrupt.jpg"), ("a broken link", f"{base}/missing.png")]
     url_list = tmp_path / "urls.tsv"
     url_list.write_text("".join(f"{caption}\t{url}\n" for caption, url in rows))
 
-    shards = tmp_path / "shards"
-    stats = download_shards(url_list, shards, tmp_path / "stats.parquet", SETTINGS, processes=1)
+    shards, listing = tmp_path / "shards", tmp_path / "listing.parquet"
+    stats = download_shards(
+        url_list, shards, tmp_path / "stats.parquet", listing, SETTINGS, processes=1
+    )
 
     totals = {column: sum(stats[column].to_pylist()) for column in stats.column_names[1:]}
-    assert totals == {"count": 8, "successes": 6, "failed_to_download": 1, "failed_to_resize": 1}
+    assert totals == {"count": 15, "successes": 13, "failed_to_download": 1, "failed_to_resize": 1}
     assert pq.read_table(tmp_path / "stats.parquet").equals(stats)
     assert not (tmp_path / "shards.partial").exists()
+    assert pq.read_table(listing)["file"].to_pylist() == sorted(
+        path.name for path in shards.iterdir()
+    )
 
-    manifest = write_manifest(shards, tmp_path / "m.parquet", tmp_path / "i.parquet", config={})
-    assert sorted(manifest["caption"].to_pylist()) == [f"shape number {i}" for i in range(6)]
+    manifest = write_manifest(
+        shards, listing, tmp_path / "m.parquet", tmp_path / "i.parquet", config={}
+    )
+    captions = [f"shape number {i}" for i in range(6)] + [f"mode {name}" for name in IMAGE_MODES]
+    assert sorted(manifest["caption"].to_pylist()) == sorted(captions)
     assert set(manifest["width"].to_pylist()) == {16}
     index = pq.read_table(tmp_path / "i.parquet")
     assert index["key"].to_pylist() == manifest["key"].to_pylist()
+    for name, (_, rgb) in IMAGE_MODES.items():
+        assert center_pixel(shards, manifest, index, f"mode {name}") == pytest.approx(rgb, abs=6)
+
+
+def center_pixel(shards, manifest, index, caption) -> tuple[int, ...]:
+    """The center pixel of a sample's stored image, decoded to RGB as the training loader does."""
+    row = manifest["caption"].to_pylist().index(caption)
+    shard, offset, size = (index[column][row].as_py() for column in ("shard", "offset", "size"))
+    with open(shards / f"{shard}.tar", "rb") as tar:
+        tar.seek(offset)
+        data = torch.frombuffer(bytearray(tar.read(size)), dtype=torch.uint8)
+    image = decode_image(data, mode=ImageReadMode.RGB)
+    return tuple(image[:, 8, 8].tolist())
+
+
+def test_a_download_where_no_url_works_fails_and_a_rerun_downloads_again(tmp_path):
+    images = tmp_path / "www"
+    images.mkdir()
+    url_list = tmp_path / "urls.tsv"
+    url_list.write_text("".join(f"shape {i}\tfile://{images}/{i}.png\n" for i in range(3)))
+    outputs = {name: tmp_path / name for name in ("shards", "stats.parquet", "listing.parquet")}
+
+    def download():
+        return download_shards(
+            url_list, outputs["shards"], outputs["stats.parquet"], outputs["listing.parquet"],
+            SETTINGS, processes=1,
+        )
+
+    with pytest.raises(UserError, match=(
+        rf"no image downloaded from {url_list}: 3 URLs: 0 downloaded, 3 failed to download.*"
+        r"most common failure \([0-9] URLs\): <urlopen error \[Errno 2\] No such file"
+    )):
+        download()
+    assert not any(path.exists() for path in outputs.values())
+
+    for i in range(3):  # the outage ends
+        Image.new("RGB", (24, 20), (90, 90, 200)).save(images / f"{i}.png")
+    assert sum(download()["successes"].to_pylist()) == 3
 
 
 def test_missing_url_list_is_a_user_error(tmp_path):
@@ -67,11 +134,44 @@ def test_missing_url_list_is_a_user_error(tmp_path):
         read_url_list(tmp_path / "nope.tsv")
 
 
-def test_url_list_with_the_wrong_number_of_columns_is_a_user_error(tmp_path):
+def write_url_list(tmp_path, data: bytes):
     path = tmp_path / "urls.tsv"
-    path.write_text("a caption\tfile:///x.png\textra\n")
-    with pytest.raises(UserError, match="not a 2-column TSV"):
-        read_url_list(path)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"a\thttp://x/1.jpg\n\nb\tfile:///x.png\textra\n", "line 3 has 3 tab-separated fields"),
+        (b"a\thttp://x/1.jpg\nno tab here\n", "line 2 has 1 tab-separated fields"),
+        ("caf\u00e9\thttp://x/1.jpg\n".encode() + b"caf\xe9\thttp://x/2.jpg\n", "line 2 is not UTF-8"),
+        (b"a\thttp://x/1.jpg\n\t http://x/2.jpg\n", "line 2 has an empty caption"),
+        (b"a\thttp://x/1.jpg\nb\t\n", "line 2 has no URL in its second field"),
+        (b"http://x/1.jpg\ta caption\n", "line 1 has no URL in its second field .*'a caption'"),
+        (b"url\tcaption\nhttp://x/1.jpg\ta caption\n", "line 1 has no URL .*'caption'"),
+    ],
+    ids=["3 fields", "1 field", "latin-1", "empty caption", "empty url", "swapped", "swapped header"],
+)
+def test_a_malformed_url_list_line_is_a_user_error_naming_it(tmp_path, data, message):
+    with pytest.raises(UserError, match=message):
+        read_url_list(write_url_list(tmp_path, data))
+
+
+def test_url_list_skips_a_header_line_a_byte_order_mark_and_blank_lines(tmp_path):
+    data = "\ufeffcaption\turl\r\na\thttp://x/1.jpg\r\n\r\nb\thttp://x/2.jpg\r\n\r\n".encode()
+    rows = read_url_list(write_url_list(tmp_path, data))
+    assert rows.to_pylist() == [
+        {"caption": "a", "url": "http://x/1.jpg"}, {"caption": "b", "url": "http://x/2.jpg"}
+    ]
+
+
+def test_url_list_keeps_repeated_urls_and_warns_of_them(tmp_path, caplog):
+    data = b"a\thttp://x/1.jpg\nb\thttp://x/1.jpg\nc\thttp://x/2.jpg\nd\thttp://x/1.jpg\n"
+    with caplog.at_level("WARNING"):
+        rows = read_url_list(write_url_list(tmp_path, data))
+    assert rows.num_rows == 4
+    assert "2 lines repeat the URL of an earlier line" in caplog.text
 
 
 def test_url_list_keeps_quotes_in_captions(tmp_path):
