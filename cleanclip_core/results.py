@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cleanclip_core.stopping import stopping_choices
 from cleanclip_core.study import CLEAN_DIMENSIONS, DIMENSIONS, PRETRAIN_DIMENSIONS
 from cleanclip_core.tables import atomic_output
 
@@ -86,10 +87,12 @@ def metrics_table(
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
 
 
-def build_results_database(metrics_files: Sequence[Path], database: Path) -> None:
-    """A DuckDB file holding every metrics row (table `metrics`) and the views of
-    results_views.sql; written atomically. Logs a warning per row of the study summary whose
-    model is near chance, and one for metrics files without the class count that tells."""
+def build_results_database(metrics_files: Sequence[Path], train_logs: Sequence[Path], database: Path) -> None:
+    """A DuckDB file holding every metrics row (table `metrics`), each cleaning epoch's mean
+    training loss (table `epoch_losses`, from the cleaning runs' `train_logs`), every stopping
+    rule's choice (table `stopping_choices`) and the views of results_views.sql; written
+    atomically. Logs a warning per row of the study summary whose model is near chance, and one
+    for metrics files without the class count that tells."""
     with atomic_output(database) as temporary:
         with duckdb.connect(str(temporary)) as connection:
             # By name: metrics files written before n_classes was recorded lack the column.
@@ -99,10 +102,31 @@ def build_results_database(metrics_files: Sequence[Path], database: Path) -> Non
                 [[str(path) for path in metrics_files]],
             )
             connection.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS n_classes INTEGER")
+            connection.execute(EPOCH_LOSSES_SQL, [[str(path) for path in train_logs]])
+            connection.execute("CREATE TABLE stopping_choices (run_id VARCHAR, rule VARCHAR, epoch BIGINT)")
             connection.execute(views_sql())
+            _choose_stopping_epochs(connection)
     _warn_about_unknown_chance(metrics_files)
     for row in query(database, "SELECT * FROM study_summary WHERE near_chance").to_pylist():
         log.warning(_near_chance_warning(row))
+
+
+# A run's folder under results/runs/ is its run_id; the loss is averaged over each epoch's steps.
+EPOCH_LOSSES_SQL = r"""
+    CREATE TABLE epoch_losses AS
+    SELECT regexp_extract(filename, '(dataset=[^/]+/.+)/train_log\.parquet$', 1) AS run_id,
+           epoch, avg(loss) AS loss
+    FROM read_parquet(?, filename = true, union_by_name = true)
+    GROUP BY ALL
+    ORDER BY run_id, epoch
+"""
+
+
+def _choose_stopping_epochs(connection: duckdb.DuckDBPyConnection) -> None:
+    epochs = connection.sql(
+        "SELECT run_id, epoch, top1, asr_top1, loss FROM cleaning_trajectories LEFT JOIN epoch_losses USING (run_id, epoch)"
+    ).df()
+    connection.append("stopping_choices", stopping_choices(epochs))
 
 
 def _warn_about_unknown_chance(metrics_files: Sequence[Path]) -> None:

@@ -88,3 +88,18 @@ LEFT JOIN starts USING ({pretrain})
 LEFT JOIN best USING ({group})
 LEFT JOIN last USING ({group})
 ORDER BY {group};
+
+-- Every stopping rule's chosen epoch of every cleaning run (table stopping_choices, chosen by
+-- cleanclip_core.stopping), with that checkpoint's top-1 and ASR@1, the oracle's, the rule's
+-- regret (the oracle's top-1 minus its own) and whether it kept the backdoor (ASR@1 above 5%).
+CREATE VIEW stopping_rules AS
+SELECT
+    chosen.* EXCLUDE (top5, asr_top5, asr_top10), choice.rule,
+    oracle.epoch AS oracle_epoch, oracle.top1 AS oracle_top1, oracle.asr_top1 AS oracle_asr_top1,
+    oracle.top1 - chosen.top1 AS top1_regret,
+    chosen.asr_top1 > 0.05 AS backdoor_kept
+FROM stopping_choices AS choice
+JOIN cleaning_trajectories AS chosen USING (run_id, epoch)
+JOIN stopping_choices AS oracle_choice ON oracle_choice.run_id = choice.run_id AND oracle_choice.rule = 'oracle'
+JOIN cleaning_trajectories AS oracle ON oracle.run_id = oracle_choice.run_id AND oracle.epoch = oracle_choice.epoch
+ORDER BY chosen.run_id, choice.rule;

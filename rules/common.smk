@@ -202,6 +202,11 @@ def study_metrics(wildcards):
     return pretrained + cleaned
 
 
+def study_train_logs(wildcards):
+    """The step logs of the study's cleaning runs: the stopping rules read their losses."""
+    return [f"results/runs/{run}/train_log.parquet" for run in CLEANING.instance_patterns]
+
+
 def run_folder(wildcards, output):
     """Where a training run writes: the folder of its step log."""
     return str(Path(output.step_log).parent)

@@ -50,7 +50,8 @@ use rule evaluate_pretrained as evaluate_cleaned with:
 
 rule results_database:
     input:
-        study_metrics,
+        metrics=study_metrics,
+        train_logs=study_train_logs,
     output:
         f"{STUDY_DIR}/results.duckdb",
     log:
@@ -77,6 +78,13 @@ rule figures:
             f"{STUDY_DIR}/figures/contamination.png", caption="../report/contamination.rst", category="Figures"
         ),
         summary=report(f"{STUDY_DIR}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
+        stopping=f"{STUDY_DIR}/figures/stopping_rules.pdf",
+        stopping_png=report(
+            f"{STUDY_DIR}/figures/stopping_rules.png", caption="../report/stopping_rules.rst", category="Figures"
+        ),
+        stopping_table=report(
+            f"{STUDY_DIR}/tables/stopping_rules.csv", caption="../report/stopping_rules.rst", category="Tables"
+        ),
     params:
         facets=FIGURE_FACETS,
         objectives=STUDY["pretrain_objectives"],

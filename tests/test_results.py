@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cleanclip_core.plots.cleaning import write_study_figures
-from cleanclip_core.results import IDENTITY_SCHEMA, build_results_database, config_hash, metrics_table, query
+from cleanclip_core.plots.cleaning import plot_stopping_rules, save_figure, write_study_figures
+from cleanclip_core.results import IDENTITY_SCHEMA, build_results_database, config_hash, metrics_table, query, run_id
+from cleanclip_core.stopping import STOPPING_RULES
 from cleanclip_core.tables import write_table
 
 
@@ -55,13 +56,32 @@ def test_config_hash_depends_on_the_settings_not_on_key_order():
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
 
-def write_database(folder, results):
-    """The results database of (checkpoint, top1, asr_top1) rows, each in its metrics file."""
+def write_train_logs(folder, checkpoints, losses) -> list:
+    """A step log per cleaning run of the checkpoints, in its run folder under folder/results/runs,
+    with two steps per epoch whose mean loss is losses[run_id][epoch - 1], else 1 / epoch."""
+    epochs: dict[str, list[int]] = {}
+    for checkpoint in checkpoints:
+        if checkpoint["epoch"]:
+            epochs.setdefault(run_id(checkpoint), []).append(checkpoint["epoch"])
+    paths = []
+    for run, run_epochs in epochs.items():
+        means = losses.get(run, [1 / epoch for epoch in range(1, max(run_epochs) + 1)])
+        steps = [(epoch, means[epoch - 1] + offset) for epoch in sorted(run_epochs) for offset in (-0.01, 0.01)]
+        paths.append(folder / "results" / "runs" / run / "train_log.parquet")
+        paths[-1].parent.mkdir(parents=True)
+        pq.write_table(pa.table({"epoch": [e for e, _ in steps], "loss": [loss for _, loss in steps]}), paths[-1])
+    return paths
+
+
+def write_database(folder, results, losses=None):
+    """The results database of (checkpoint, top1, asr_top1) rows, each in its metrics file, and of
+    the cleaning runs' step logs (`losses` as write_train_logs takes them)."""
     paths = []
     for i, (checkpoint, top1, asr) in enumerate(results):
         paths.append(folder / f"{i}" / "metrics.parquet")
         write_table(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1], config={}, inputs_sha256="")
-    build_results_database(paths, folder / "results.duckdb")
+    train_logs = write_train_logs(folder, [checkpoint for checkpoint, _, _ in results], losses or {})
+    build_results_database(paths, train_logs, folder / "results.duckdb")
     return folder / "results.duckdb"
 
 
@@ -154,7 +174,8 @@ def test_metrics_written_before_the_class_count_was_recorded_leave_near_chance_u
     old = tmp_path / "old.parquet"
     pq.write_table(query(database, "SELECT * EXCLUDE (n_classes) FROM metrics WHERE epoch = 0"), old)
     with caplog.at_level(logging.WARNING, logger="cleanclip_core.results"):
-        build_results_database([old, tmp_path / "new" / "1" / "metrics.parquet"], tmp_path / "mixed.duckdb")
+        build_results_database([old, tmp_path / "new" / "1" / "metrics.parquet"],
+                               list((tmp_path / "new").rglob("train_log.parquet")), tmp_path / "mixed.duckdb")
     summary = query(tmp_path / "mixed.duckdb", "SELECT chance_top1, near_chance FROM study_summary").to_pylist()
     assert summary == [{"chance_top1": None, "near_chance": None}]
     assert [record.getMessage() for record in caplog.records] == [
@@ -168,3 +189,33 @@ def test_the_database_holds_its_rows_itself(database, tmp_path):
         path.unlink()
     assert query(database, "SELECT count(*) AS n FROM metrics")["n"].to_pylist() == [10 * 5]
     assert isinstance(query(database, "SELECT * FROM metrics"), pa.Table)
+
+
+def test_the_stopping_rules_view_gives_each_rules_choice_its_metrics_and_its_regret(database):
+    rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
+    assert len(rules) == 4 * 4  # four runs, four rules
+    run = rules[rules.run_id == f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003"].set_index("rule")
+    # epochs (top-1, ASR@1): 1 (0.70, 0.04), 2 (0.65, 0.01); mean losses 1, 1/2 never settle
+    assert run.epoch.to_dict() == {"best_clean_accuracy": 1, "last_epoch": 2, "loss_plateau": 2, "oracle": 1}
+    assert run.loc["last_epoch", ["top1", "asr_top1", "oracle_top1"]].tolist() == [0.65, 0.01, 0.70]
+    assert run.loc["last_epoch", "top1_regret"] == pytest.approx(0.05) and run.loc["oracle", "top1_regret"] == 0
+    ssl = rules[rules.pretrain_objective == "mmcl_ssl"].set_index("rule")
+    assert ssl.backdoor_kept.all() and ssl.loc["oracle", "epoch"] == 2  # no epoch at 5%: the lowest ASR@1
+
+
+def test_a_loss_that_settles_stops_the_plateau_rule_there(tmp_path):
+    run = f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003"
+    checkpoints = [(START, 0.5, 0.9)] + [(cleaned(0.003, epoch), 0.5 + 0.01 * epoch, 0.5) for epoch in (1, 2, 3)]
+    database = write_database(tmp_path, checkpoints, losses={run: [2.0, 1.99, 1.0]})
+    chosen = query(database, "SELECT epoch FROM stopping_rules WHERE rule = 'loss_plateau'")["epoch"].to_pylist()
+    assert chosen == [2]
+
+
+def test_the_stopping_rules_figure_has_a_column_per_objective_and_the_same_bytes_each_time(database, tmp_path):
+    rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
+    figure = plot_stopping_rules(rules, ["mmcl", "mmcl_ssl"])
+    assert [ax.get_title() for ax in figure.axes[:2]] == ["MMCL-pretrained", "MMCL+SSL-pretrained"]
+    assert [label.get_text() for label in figure.axes[-1].get_xticklabels()] == list(STOPPING_RULES)
+    for name in ("a.png", "b.png"):
+        save_figure(plot_stopping_rules(rules, ["mmcl", "mmcl_ssl"]), tmp_path / name)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

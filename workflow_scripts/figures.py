@@ -14,5 +14,7 @@ with reported_step(snakemake.log[0]):
         trajectories=list(zip(output.trajectories, output.trajectories_png)),
         contamination=[output.contamination, output.contamination_png],
         summary=output.summary,
+        stopping=[output.stopping, output.stopping_png],
+        stopping_table=output.stopping_table,
     )
     logging.info(f"study summary:\n{summary.to_string(index=False)}")

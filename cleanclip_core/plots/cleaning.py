@@ -5,7 +5,8 @@ against ASR@1, a point per (learning rate, cleaning epoch), the poisoned start a
 the region of successful cleaning shaded. The trajectories figure follows every cleaning run
 epoch by epoch. Both exist per facet of the study (attack x poisons in the cleaning set). The
 points of fig2 are written beside it, so what was drawn can be checked. The contamination figure
-follows Verma et al.'s ablation over the poisons left in the cleaning set.
+follows Verma et al.'s ablation over the poisons left in the cleaning set. The stopping rules'
+figure shows, per pretraining objective, which checkpoint each rule keeps.
 """
 
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,8 @@ from matplotlib.ticker import MaxNLocator
 
 from cleanclip_core.errors import UserError
 from cleanclip_core.results import query
+from cleanclip_core.stopping import STOPPING_RULES
+from cleanclip_core.stopping import SUCCESS_ASR as STOPPING_SUCCESS_ASR
 from cleanclip_core.tables import atomic_output
 
 OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL"}
@@ -186,6 +189,29 @@ def plot_contamination(summary: pd.DataFrame) -> Figure:
     return _fit_width(figure, title)
 
 
+def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+    """A column per pretraining objective: each stopping rule's choice in every cleaning run of
+    the study (a point per run, coloured by attack), as the top-1 it gives up against the
+    oracle's choice (above) and the ASR@1 it keeps (below)."""
+    names = list(STOPPING_RULES)
+    figure, axes = _two_rows(len(objectives), ("top-1 regret vs the oracle (points)", "ASR@1 of the choice (%)"),
+                             "stopping rule")
+    colors = dict(zip(sorted(rules.attack.unique()), colormaps["tab10"].colors))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(rules))  # seeded: the same bytes each time
+    rules = rules.assign(x=rules.rule.map(names.index) + jitter)
+    for column, objective in enumerate(objectives):
+        for attack, runs in rules[rules.pretrain_objective == objective].groupby("attack"):
+            axes[0, column].scatter(runs.x, 100 * runs.top1_regret, color=colors[attack], s=20, alpha=0.7, label=attack)
+            axes[1, column].scatter(runs.x, 100 * runs.asr_top1, color=colors[attack], s=20, alpha=0.7)
+        axes[0, column].set_title(objective_title(objective))
+        axes[1, column].axhline(100 * STOPPING_SUCCESS_ASR, color="gray", ls="--", lw=1)
+        axes[1, column].set_xticks(range(len(names)), names, rotation=20)
+    axes[0, 0].autoscale(axis="y")  # a rule may beat the oracle's top-1: regret is not a percentage
+    axes[0, 0].legend(fontsize=8)
+    title = figure.suptitle("Stopping rules: the checkpoint each keeps,\na point per cleaning run (dashed: ASR@1 5%)")
+    return _fit_width(figure, title)
+
+
 def save_figure(figure: Figure, path: Path) -> None:
     """PDF or PNG by suffix, without a creation date, so the same data gives the same bytes."""
     suffix = Path(path).suffix.lstrip(".")
@@ -201,11 +227,12 @@ def facet_title(facet: Mapping[str, Any]) -> str:
 def write_study_figures(
     database: Path, objectives: Sequence[str], facets: Sequence[Mapping[str, Any]], *,
     fig2: Sequence[Sequence[Path]], fig2_data: Path, trajectories: Sequence[Sequence[Path]],
-    contamination: Sequence[Path], summary: Path,
+    contamination: Sequence[Path], summary: Path, stopping: Sequence[Path] = (), stopping_table: Path | None = None,
 ) -> pd.DataFrame:
     """From a study's results database: per facet (attack x poisons in the cleaning set) fig2
     and the trajectories figure (each at every path given for the facet), the points of every
-    fig2, the contamination figure, and the summary table, which is returned."""
+    fig2, the contamination figure, the summary table, which is returned, and the stopping
+    rules' figure and table."""
     runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
     points = []
     for facet, fig2_paths, trajectory_paths in zip(facets, fig2, trajectories, strict=True):
@@ -224,4 +251,10 @@ def write_study_figures(
         save_figure(plot_contamination(table), path)
     with atomic_output(summary) as temporary:
         table.to_csv(temporary, index=False, float_format="%.4f")
+    rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
+    for path in stopping:
+        save_figure(plot_stopping_rules(rules, objectives), path)
+    if stopping_table:
+        with atomic_output(stopping_table) as temporary:
+            rules.to_csv(temporary, index=False, float_format="%.4f")
     return table
