@@ -105,7 +105,7 @@ def test_trigger_grid_draws_the_prepared_patch(shapes_shards, corpus_files, opti
     _, data = corpus_files
     figure = tmp_path / "badclip.png"
     write_trigger_grid(
-        tmp_path / "poisoned.parquet", data["shard_index"], shapes_shards.shards_dir, 32, attack, figure, "badclip"
+        tmp_path / "poisoned.parquet", data["shard_index"], shapes_shards.shards_dir, "tiny-rn", attack, figure, "badclip"
     )
     assert figure.read_bytes().startswith(b"\x89PNG")
 
