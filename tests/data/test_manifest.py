@@ -1,7 +1,6 @@
 """The manifest stage on shards that cannot be trusted: truncated tars, tars that lack images their
 tables list, and shards without a single downloaded sample are one error naming the shard."""
 
-import shutil
 import tarfile
 
 import pyarrow as pa
@@ -11,14 +10,6 @@ import pytest
 from cleanclip_core.data.manifest import build_manifest, build_shard_index, write_manifest
 from cleanclip_core.data.shard_listing import write_shard_listing
 from cleanclip_core.errors import UserError
-
-
-@pytest.fixture
-def shards_copy(shapes_shards, tmp_path):
-    shards, listing = tmp_path / "shards", tmp_path / "shard_listing.parquet"
-    shutil.copytree(shapes_shards.shards_dir, shards)
-    shutil.copy(shapes_shards.shard_listing, listing)
-    return shards, listing
 
 
 def manifest_outputs(tmp_path):

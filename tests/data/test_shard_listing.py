@@ -11,15 +11,6 @@ from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256
 
 
-@pytest.fixture
-def shards_copy(shapes_shards, tmp_path):
-    """A copy of the downloaded shards and their listing, free to damage."""
-    shards, listing = tmp_path / "shards", tmp_path / "shard_listing.parquet"
-    shutil.copytree(shapes_shards.shards_dir, shards)
-    shutil.copy(shapes_shards.shard_listing, listing)
-    return shards, listing
-
-
 def test_the_download_lists_every_shard_file_with_its_size_and_sha256(shapes_shards):
     listing = pq.read_table(shapes_shards.shard_listing).to_pylist()
     files = sorted(path for path in shapes_shards.shards_dir.iterdir())
