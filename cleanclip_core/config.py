@@ -119,7 +119,6 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a validated config's cross-references and that the files it names exist, and warn
     about what would cost needless work; return it."""
     _check_references(config)
-    _warn_about_resizing(config)
     url_list = config["dataset"]["url_list"]
     if url_list is not None and not Path(url_list).is_file():
         raise UserError(
@@ -139,6 +138,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"config: {location}: {path} does not exist")
     _check_targets(config)
     _check_cleaning_poisons(config)
+    _warn_about_resizing(config)
     return config
 
 

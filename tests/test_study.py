@@ -154,7 +154,8 @@ def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
         ("attack", changed(attacks=SMOKE["attacks"] | {"sig": {"type": "sig", "target_label": "star", "n_poisons": 6}},
                            study={"attacks": ["badnet", "sig"]}),
          training(2, 8, {"poison": 1, "trigger_grid": 1, "cleaning_set": 2})),
-        ("model", changed(study={"model": "tiny-vit"}), training(4, 12)),
+        # the trigger grid too: it draws the images at the model's input size
+        ("model", changed(study={"model": "tiny-vit"}), training(4, 12, {"trigger_grid": 1})),
         ("pretrain_objective", changed(study={"pretrain_objectives": ["mmcl", "ssl_only"]}), training(2, 6)),
         ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 6)),
         ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 4, {"cleaning_set": 1})),

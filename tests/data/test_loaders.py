@@ -2,6 +2,8 @@ import csv
 import os
 import pickle
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -19,7 +21,6 @@ from cleanclip_core.corpus import CLASSNAMES
 from cleanclip_core.data.loaders import EvaluationSet, PoisonedTrainingSet, fit_image, read_rgb
 from cleanclip_core.errors import UserError
 from cleanclip_core.poison import poison_manifest
-from cleanclip_core.reporting import reported_step
 
 BADNET = {"patch_size": 16, "pattern": "random", "location": "random"}
 ATTACK_SEED = 11
@@ -322,11 +323,17 @@ def test_an_evaluation_image_that_cannot_be_decoded_is_named(tmp_path, content):
         dataset[0]
 
 
-def test_an_error_in_a_loader_worker_is_reported_as_its_own_line(tmp_path, capsys):
+def test_an_error_in_a_loader_worker_is_reported_as_its_own_line(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "broken.jpg").write_bytes(b"truncated")
-    loader = DataLoader(EvaluationSet.from_image_folder(tmp_path, 32), num_workers=1)
-    with pytest.raises(SystemExit), reported_step():
-        next(iter(loader))
-    lines = capsys.readouterr().err.strip().splitlines()
+    stage = (
+        "from torch.utils.data import DataLoader\n"
+        "from cleanclip_core.data.loaders import EvaluationSet\n"
+        "from cleanclip_core.reporting import reported_step\n"
+        "with reported_step():\n"
+        f"    next(iter(DataLoader(EvaluationSet.from_image_folder({str(tmp_path)!r}, 32), num_workers=1)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", stage], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(lines) == 1 and re.fullmatch(r"error: .*cat/broken\.jpg: cannot decode the image \(.*\)", lines[0])
