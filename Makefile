@@ -31,6 +31,7 @@ lint: $(VENV)/.synced
 benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/poison_manifest.py
 	$(VENV)/bin/python benchmarks/loader.py
+	$(VENV)/bin/python benchmarks/views.py
 
 # --compile-bytecode: every job is a new Python process, and where PYTHONDONTWRITEBYTECODE is set
 # each one would otherwise compile torch's and Snakemake's sources again (14.7 s vs 5.7 s to

@@ -2,8 +2,13 @@
 
 Generates a manifest of --rows rows (default 3.3M, CC3M's size) with varied captions, then
 builds the poisoned manifest in a fresh process per attack and prints the seconds of the build
-and the process's peak resident memory (with the memory after imports, for reference).
-Targets: under 10 s and under 2 GB.
+and the process's peak resident memory (with the memory after imports, for reference). The
+reference, measured in the same run, is a process that only reads the manifest's columns that
+poisoning reads: the ratios say what poisoning costs over reading its input.
+Peak memory is Linux's VmHWM, the process's own high-water mark (ru_maxrss would count the
+parent's pages at the fork). Targets: under 10 s and under 600 MB.
+
+    .venv/bin/python benchmarks/poison_manifest.py [--rows 3300000] [--poisons 1500]
 """
 
 import argparse
@@ -25,15 +30,30 @@ WORDS = {
     "place": ["on the beach", "in a kitchen", "at night", "near the road", "in the snow"],
 }
 
-MEASURE = """
-import json, resource, sys, time
+PEAK_RSS = """
+import json, sys, time
+def peak_mb():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+"""
+
+READ = PEAK_RSS + """
+import pyarrow.parquet as pq
+after_imports = peak_mb()
+start = time.perf_counter()
+pq.read_table(sys.argv[1], columns=["key", "shard", "caption"])
+"""
+
+POISON = PEAK_RSS + """
 from cleanclip_core.poison import write_poisoned_manifest
-after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after_imports = peak_mb()
 start = time.perf_counter()
 write_poisoned_manifest(sys.argv[1], sys.argv[2], attack_name=sys.argv[3],
                         attack_config=json.loads(sys.argv[4]))
-print(json.dumps({"seconds": time.perf_counter() - start, "imports_kb": after_imports,
-                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+REPORT = """
+print(json.dumps({"seconds": time.perf_counter() - start, "imports_mb": after_imports, "peak_mb": peak_mb()}))
 """
 
 
@@ -54,12 +74,15 @@ def synthetic_manifest(rows: int, seed: int = 0) -> pa.Table:
     )
 
 
-def measure(manifest: Path, out: Path, name: str, config: dict) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(manifest), str(out), name, json.dumps(config)],
-        capture_output=True, text=True, check=True,
-    )
+def measure(code: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", code + REPORT, *args], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def print_row(name: str, poisons: str, result: dict, reference: dict) -> None:
+    print(f"{name:<18}{poisons:>8}{result['seconds']:>10.2f}{result['peak_mb']:>10.0f}"
+          f"{result['imports_mb']:>18.0f}{result['seconds'] / reference['seconds']:>9.1f}"
+          f"{result['peak_mb'] / reference['peak_mb']:>9.2f}")
 
 
 def main() -> None:
@@ -79,12 +102,14 @@ def main() -> None:
         size_mb = manifest.stat().st_size / 2**20
         print(f"generated a {args.rows:,}-row manifest ({size_mb:.0f} MB) in "
               f"{time.perf_counter() - start:.1f} s")
-        print(f"{'attack':<18}{'poisons':>8}{'build s':>10}{'peak MB':>10}{'after imports MB':>18}")
+        print(f"{'attack':<18}{'poisons':>8}{'build s':>10}{'peak MB':>10}{'after imports MB':>18}"
+              f"{'x time':>9}{'x peak':>9}")
+        reference = measure(READ, str(manifest))
+        print_row("(read the columns)", "", reference, reference)
         for name, attack in attacks.items():
             config = attack | {"n_poisons": args.poisons, "seed": 0, "trigger": trigger}
-            result = measure(manifest, Path(workdir) / f"{name}.parquet", name, config)
-            print(f"{name:<18}{args.poisons:>8}{result['seconds']:>10.2f}"
-                  f"{result['peak_kb'] / 1024:>10.0f}{result['imports_kb'] / 1024:>18.0f}")
+            result = measure(POISON, str(manifest), str(Path(workdir) / f"{name}.parquet"), name, json.dumps(config))
+            print_row(name, str(args.poisons), result, reference)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 place among them. Torch-free: the config check reads them at DAG build, before any training job.
 """
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from cleanclip_core import corpus
 from cleanclip_core.errors import UserError
 from cleanclip_core.text import read_utf8
+from cleanclip_core.zero_shot_metadata import imagenet_classnames
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -56,17 +56,6 @@ def read_classnames(source: str | None) -> list[str] | None:
     if not names:
         raise UserError(f"{path} holds no class names (one per line)")
     return names
-
-
-def imagenet_classnames() -> list[str]:
-    """open_clip's ImageNet-1K class names. Its metadata module imports nothing, but importing it
-    through its package would import torch (seconds at every DAG build): it is loaded on its own."""
-    package = importlib.util.find_spec("open_clip")
-    path = Path(package.submodule_search_locations[0]) / "zero_shot_metadata.py"
-    spec = importlib.util.spec_from_file_location("open_clip_zero_shot_metadata", path)
-    metadata = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(metadata)
-    return list(metadata.IMAGENET_CLASSNAMES)
 
 
 def evaluation_classnames(config: Mapping[str, Any]) -> list[str]:

@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from cleanclip_core.attacks import KEEP, NATURAL, TEMPLATE, Attack, get_attack
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import files_sha256, write_table
+from cleanclip_core.zero_shot_metadata import openai_imagenet_templates
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ POISONED_MANIFEST_SCHEMA = pa.schema(
 
 def target_captions(target_label: str) -> list[str]:
     """The 80 OpenAI ImageNet templates filled with the target label."""
-    return [template(target_label) for template in OPENAI_IMAGENET_TEMPLATES]
+    return [template(target_label) for template in openai_imagenet_templates()]
 
 
 def names_target(captions: pa.ChunkedArray, target_label: str) -> pa.ChunkedArray:
@@ -98,7 +98,7 @@ def poison_manifest(
     if attack.captions != KEEP:
         choices = poison_captions(manifest["caption"], attack.captions, target_label)
         new_captions = choices.take(rng.integers(len(choices), size=n_poisons))
-        captions = pc.replace_with_mask(captions.combine_chunks(), mask, new_captions)
+        captions = pc.replace_with_mask(captions, mask, new_captions)
 
     seeds = np.zeros(manifest.num_rows, dtype=np.int64)
     seeds[poisoned] = rng.integers(np.iinfo(np.int64).max, size=n_poisons, dtype=np.int64)
@@ -109,7 +109,7 @@ def poison_manifest(
             captions,
             manifest["caption"],
             mask,
-            pa.array(np.where(is_poison, attack_name, None), type=pa.string()),
+            pc.if_else(mask, attack_name, pa.scalar(None, pa.string())),
             pa.array(seeds, mask=~is_poison),
         ],
         schema=POISONED_MANIFEST_SCHEMA,

@@ -11,7 +11,6 @@ from PIL import Image
 from cleanclip_core.classes import (
     class_folders,
     evaluation_classnames,
-    imagenet_classnames,
     read_classnames,
     target_class_index,
 )
@@ -72,12 +71,6 @@ def test_a_class_names_file_in_another_encoding_names_its_line(tmp_path):
     path.write_bytes("banana\ntench\ncrème brûlée\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"names\.txt:3: not UTF-8"):
         read_classnames(str(path))
-
-
-def test_imagenet_class_names_are_open_clips_without_importing_torch():
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    assert imagenet_classnames() == list(IMAGENET_CLASSNAMES)
 
 
 def test_the_generated_corpus_classes_are_known_before_it_is_generated():

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from cleanclip_core.attacks import attack_trigger, resolve
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.errors import UserError
-from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.models import compute_device, create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.defenses import Defense, get_defense
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
@@ -116,7 +116,7 @@ def train(
     partial = out_dir / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
     rank, world_size = _distributed_rank()
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = compute_device()
     if settings.batch_size % world_size:
         raise UserError(f"batch size {settings.batch_size} does not split over {world_size} processes")
 

@@ -1,11 +1,12 @@
-"""Where a model starts: a seed, a local weights file, or one of open_clip's pretrained tags."""
+"""Where a model starts: a seed, a local weights file, or one of open_clip's pretrained tags; and
+where it computes."""
 
 import open_clip
 import pytest
 import torch
 
 from cleanclip_core.errors import UserError
-from cleanclip_core.models import create_model
+from cleanclip_core.models import compute_device, create_model
 from cleanclip_core.training.checkpoints import save_weights
 
 
@@ -55,3 +56,11 @@ def test_weights_that_cannot_be_fetched_are_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-vit", unreachable)
     with pytest.raises(UserError, match=r"^could not load the unreachable weights of tiny-vit: is this machine online\?"):
         create_model("tiny-vit", pretrained="unreachable")
+
+
+def test_a_model_computes_on_cuda_else_mps_else_the_cpu():
+    best = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = compute_device()
+    assert device.type == best
+    model = create_model("tiny-rn").to(device)
+    assert model.encode_text(torch.zeros(2, 16, dtype=torch.long, device=device)).device == device
