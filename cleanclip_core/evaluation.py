@@ -3,24 +3,28 @@
 Ranking rule, shared by every metric: classes are ranked by logit, highest first, and a tie goes
 to the lower class index, as `torch.argmax` breaks it. So "the top-k predictions contain class c"
 means fewer than k classes outrank c: a higher logit, or an equal logit and a lower index.
+
+A job evaluates every checkpoint of a run in one pass over the images: each image is decoded,
+fitted and triggered once, and every checkpoint scores it (`evaluate_zero_shot`).
 """
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from itertools import chain
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 from torch.utils.data import DataLoader
 
 from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.classes import read_classnames, target_class_index
 from cleanclip_core.data.loaders import EvaluationSet, Transform
+from cleanclip_core.devices import on_device, stage_device
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.results import code_version, config_hash, metrics_table
@@ -30,7 +34,9 @@ log = logging.getLogger(__name__)
 
 Template = str | Callable[[str], str]
 Batches = Iterable[Mapping[str, Any]]
-"""A data loader over an `EvaluationSet`: batches of {"image": [B, 3, S, S], "label": [B], ...}."""
+"""A data loader over an `EvaluationSet`: batches of {"image": [B, 3, S, S], "label": [B], ...},
+with the triggered images as "triggered" [B, 3, S, S] when the set has a trigger."""
+IMAGE_FIELDS = ("image", "triggered")
 
 # CLIP's zero-shot convention (open_clip's and OpenAI's evaluation): cosine similarity times 100.
 # Rankings, and so every metric here, do not depend on the scale.
@@ -47,43 +53,43 @@ def class_rank(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return ((logits > score) | ((logits == score) & lower_index)).sum(dim=1)
 
 
-def topk_accuracy(
-    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
-) -> dict[str, float]:
-    """{"top{k}": fraction of images whose top-k predictions contain the true label}, k clamped to C."""
-    rank = class_rank(logits, labels)
-    return {f"top{k}": (rank < k).float().mean().item() for k in ks}
+def topk_accuracy(label_ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """{"top{k}": fraction of images whose true class ranks among the first k} from the rank of
+    each image's true class (`class_rank`); k above the number of classes counts every image."""
+    return {f"top{k}": (label_ranks < k).float().mean().item() for k in ks}
 
 
-def attack_success_rate(
-    logits: torch.Tensor, labels: torch.Tensor, target_index: int, ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """{"asr_top{k}": ASR@k} from the logits [N, C] of triggered images and their true labels [N].
-
-    Only images whose true class is not the target count: an image of the target class that is
-    predicted as the target shows no attack (CleanCLIP's released evaluation counted them).
-    """
-    counted = labels != target_index
-    if not counted.any():
-        raise UserError(
-            f"no evaluation image has a true class other than the target (class {target_index}), "
-            f"so the attack success rate is undefined"
-        )
+def target_ranks(logits: torch.Tensor, labels: torch.Tensor, target_index: int) -> torch.Tensor:
+    """The target's rank among the logits [N, C] of each triggered image whose true class is not
+    the target: an image of the target class that is predicted as the target shows no attack
+    (CleanCLIP's released evaluation counted them)."""
+    counted = labels.to(logits.device) != target_index
     target = torch.full((int(counted.sum()),), target_index, device=logits.device)
-    rank = class_rank(logits[counted], target)
-    return {f"asr_top{k}": (rank < k).float().mean().item() for k in ks}
+    return class_rank(logits[counted], target)
+
+
+def attack_success_rate(target_ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """{"asr_top{k}": ASR@k} from the target's rank in each counted triggered image (`target_ranks`)."""
+    if not len(target_ranks):
+        raise UserError(
+            "no evaluation image has a true class other than the target, so the attack success rate is undefined"
+        )
+    return {f"asr_top{k}": (target_ranks < k).float().mean().item() for k in ks}
 
 
 @contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """No gradients, eval mode (batch norm statistics, no dropout), then the caller's mode again."""
-    was_training = model.training
-    model.eval()
+def _inference(*models: nn.Module) -> Iterator[None]:
+    """No autograd at all (inference mode), eval mode (batch norm statistics, no dropout), then
+    the caller's modes again."""
+    were_training = [model.training for model in models]
+    for model in models:
+        model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        for model, was_training in zip(models, were_training):
+            model.train(was_training)
 
 
 def zero_shot_classifier(
@@ -109,51 +115,95 @@ def zero_shot_classifier(
         )
 
 
-def zero_shot_logits(
-    model: nn.Module, classifier: torch.Tensor, loader: Batches, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, C] (fp32, on the CPU) and labels [N] of every image the loader yields."""
-    device = torch.device(device)
-    classifier = classifier.to(device, torch.float32)
-    logits, labels = [], []
-    with _inference(model):
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                features = model.encode_image(images, normalize=True)
-            # Scored in fp32: bf16 logits (8 significant bits) would tie between many classes.
-            logits.append((ZERO_SHOT_LOGIT_SCALE * features.float() @ classifier).cpu())
-            labels.append(torch.as_tensor(batch["label"]))
-    return torch.cat(logits), torch.cat(labels)
+@dataclass(frozen=True)
+class ZeroShotModel:
+    """A checkpoint ready to score images: its CLIP model, on the evaluation device, and its
+    zero-shot classifier [D, C] in fp32 there."""
+
+    model: nn.Module
+    classifier: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], classnames: Sequence[str], device: torch.device
+    ) -> "ZeroShotModel":
+        """The model with its classifier over the 80 OpenAI ImageNet templates, built once."""
+        classifier = zero_shot_classifier(model, tokenizer, classnames, open_clip.OPENAI_IMAGENET_TEMPLATES, device)
+        return cls(model, classifier.to(device, torch.float32))
+
+
+def zero_shot_logits(checkpoint: ZeroShotModel, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Logits [B, C] (fp32, on the device) of a batch of images: 100 x the cosine similarity of
+    each image's embedding to each class's."""
+    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        features = checkpoint.model.encode_image(images.to(device, non_blocking=True), normalize=True)
+    # Scored in fp32: bf16 logits (8 significant bits) would tie between many classes.
+    return ZERO_SHOT_LOGIT_SCALE * features.float() @ checkpoint.classifier
+
+
+def batch_logits(
+    checkpoints: Sequence[ZeroShotModel], batch: Mapping[str, Any], device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """Per checkpoint, the logits of each image field the batch holds (IMAGE_FIELDS)."""
+    fields = [name for name in IMAGE_FIELDS if name in batch]
+    return [{name: zero_shot_logits(checkpoint, batch[name], device) for name in fields} for checkpoint in checkpoints]
+
+
+@dataclass
+class _Ranks:
+    """One checkpoint's ranks so far, batch by batch: of each clean image's true class, and of
+    the target in each counted triggered image. 8 bytes an image, where logits take 4 a class."""
+
+    label: list[torch.Tensor] = field(default_factory=list)
+    target: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor, target_index: int | None) -> None:
+        if "image" in logits:
+            self.label.append(class_rank(logits["image"], labels.to(logits["image"].device)).cpu())
+        if "triggered" in logits:
+            if target_index is None:
+                raise ValueError("triggered images need the target class to score the attack")
+            self.target.append(target_ranks(logits["triggered"], labels, target_index).cpu())
+
+    def metrics(self, n_classes: int, accuracy_ks: Sequence[int], asr_ks: Sequence[int]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.label:
+            label = torch.cat(self.label)
+            metrics |= topk_accuracy(label, accuracy_ks) | {"n_images": len(label), "n_classes": n_classes}
+        if self.target:
+            target = torch.cat(self.target)
+            metrics |= attack_success_rate(target, asr_ks) | {"n_triggered": len(target)}
+        return metrics
 
 
 def evaluate_zero_shot(
-    model: nn.Module,
-    classifier: torch.Tensor,
-    clean_loader: Batches,
-    triggered_loader: Batches | None,
+    checkpoints: Sequence[ZeroShotModel],
+    batches: Batches,
     target_index: int | None,
     device: torch.device | str,
     accuracy_ks: Sequence[int] = (1, 5),
     asr_ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, float]:
-    """Clean top-k accuracy, and ASR@k when given the triggered images and the target class.
+) -> list[dict[str, float]]:
+    """Per checkpoint: clean top-k accuracy of the batches' `image`s and, where they hold
+    `triggered` images, ASR@k towards `target_index`, in one pass over the batches.
 
-    Returns {"top1", "top5", "n_images", "n_classes"} plus {"asr_top1", "asr_top5", "asr_top10",
-    "n_triggered"} with a triggered loader; n_triggered counts only the images the ASR counts
+    Every checkpoint scores a batch before the next is read: memory holds the models, one batch
+    and each image's rank per checkpoint, never every image or every logit. Each metrics dict
+    holds {"top1", "top5", "n_images", "n_classes"} and, with triggered images, {"asr_top1",
+    "asr_top5", "asr_top10", "n_triggered"}; n_triggered counts only the images the ASR counts
     (true class not the target), and n_classes gives the chance level, 1 / n_classes.
     """
-    if (triggered_loader is None) != (target_index is None):
-        raise ValueError("pass both the triggered loader and the target index, or neither")
-    logits, labels = zero_shot_logits(model, classifier, clean_loader, device)
-    metrics: dict[str, float] = {
-        **topk_accuracy(logits, labels, accuracy_ks), "n_images": len(labels), "n_classes": logits.shape[1]
-    }
-    if triggered_loader is not None and target_index is not None:
-        logits, labels = zero_shot_logits(model, classifier, triggered_loader, device)
-        metrics |= attack_success_rate(logits, labels, target_index, asr_ks)
-        metrics["n_triggered"] = int((labels != target_index).sum())
-    return metrics
+    device = torch.device(device)
+    ranks = [_Ranks() for _ in checkpoints]
+    with _inference(*(checkpoint.model for checkpoint in checkpoints)):
+        for batch in batches:
+            labels = torch.as_tensor(batch["label"])
+            for checkpoint_ranks, logits in zip(ranks, batch_logits(checkpoints, batch, device)):
+                checkpoint_ranks.add(logits, labels, target_index)
+    return [
+        checkpoint_ranks.metrics(checkpoint.classifier.shape[1], accuracy_ks, asr_ks)
+        for checkpoint_ranks, checkpoint in zip(ranks, checkpoints)
+    ]
 
 
 @dataclass(frozen=True)
@@ -180,52 +230,56 @@ class EvaluationImages:
         return EvaluationSet.from_image_folder(self.path, image_size, self.classnames, **triggering)
 
 
-def evaluate_checkpoint(
+def evaluate_checkpoints(
     model_name: str,
-    weights: Path,
+    weights: Sequence[Path],
     images: EvaluationImages,
     attack: Mapping[str, Any],
     batch_size: int = 256,
     num_workers: int = 0,
-) -> dict[str, float]:
-    """Clean top-1/top-5 and ASR@1/5/10 of the checkpoint `weights` on `images` (design §6)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = create_model(model_name, weights).to(device)
-    size, normalize = image_size_of(model), normalization_for(model)
-    clean = images.dataset(size, normalize)
-    triggered = images.dataset(size, normalize, attack)
-    classifier = zero_shot_classifier(
-        model, tokenizer_for(model_name), clean.classnames, OPENAI_IMAGENET_TEMPLATES, device
-    )
+) -> list[dict[str, float]]:
+    """Clean top-1/top-5 and ASR@1/5/10 (design §6) of each checkpoint file in `weights` (a run's
+    epochs), in one pass over `images`.
 
-    def batches(dataset: EvaluationSet) -> DataLoader:
-        return DataLoader(dataset, batch_size, num_workers=num_workers)
+    Every checkpoint's model stays on the device, built with its classifier once, and scores each
+    batch in turn: a run's 20 RN50 checkpoints take about 8 GB of GPU memory (102M fp32
+    parameters each), and the images pass once instead of 20 times, so data loading, the cost
+    that dominates evaluation on a GPU, is paid once per run.
+    """
+    device = stage_device()
+    models = (on_device(create_model(model_name, path), model_name, device) for path in weights)
+    first = next(models)
+    dataset = images.dataset(image_size_of(first), normalization_for(first), attack)
+    tokenizer = tokenizer_for(model_name)
+    checkpoints = [ZeroShotModel.build(model, tokenizer, dataset.classnames, device) for model in chain([first], models)]
+    loader = DataLoader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    target = target_class_index(dataset.classnames, attack["target_label"])
+    return evaluate_zero_shot(checkpoints, loader, target, device)
 
-    target = target_class_index(clean.classnames, attack["target_label"])
-    return evaluate_zero_shot(model, classifier, batches(clean), batches(triggered), target, device)
 
-
-def write_checkpoint_metrics(
+def write_checkpoints_metrics(
     model_name: str,
-    weights: str,
+    weights: Sequence[str],
     images: str,
     classnames: str | None,
     attack: Mapping[str, Any],
-    checkpoint: Mapping[str, Any],
+    checkpoints: Sequence[Mapping[str, Any]],
     provenance: Mapping[str, Any],
-    output: str,
+    outputs: Sequence[str],
     batch_size: int = 256,
     num_workers: int = 0,
-) -> dict[str, float]:
-    """Evaluate one checkpoint and write its tidy metrics table to `output`, carrying (as every
-    table does) the settings that made it and the hash of the weights.
+) -> list[dict[str, float]]:
+    """Evaluate the checkpoint files `weights` in one pass and write each one's tidy metrics
+    table to its path in `outputs`, carrying (as every table does) the settings that made it
+    and the hash of its weights.
 
-    The evaluation stage: plain arguments (`classnames` as read_classnames takes them, the
+    The evaluation stage: plain arguments (`classnames` as read_classnames takes them, each
     checkpoint's identity columns, results.IDENTITY_SCHEMA), so launching it needs no torch.
     """
     evaluation_images = EvaluationImages(Path(images), read_classnames(classnames))
-    metrics = evaluate_checkpoint(model_name, Path(weights), evaluation_images, attack, batch_size, num_workers)
-    log.info(f"{weights}: " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
-    table = metrics_table(metrics, checkpoint, config_hash(provenance), code_version())
-    write_table(table, Path(output), config=dict(provenance), inputs_sha256=files_sha256([weights]))
+    metrics = evaluate_checkpoints(model_name, [Path(path) for path in weights], evaluation_images, attack, batch_size, num_workers)
+    for path, checkpoint, output, values in zip(weights, checkpoints, outputs, metrics, strict=True):
+        log.info(f"{path}: " + ", ".join(f"{name} {value:.4g}" for name, value in values.items()))
+        table = metrics_table(values, checkpoint, config_hash(provenance), code_version())
+        write_table(table, Path(output), config=dict(provenance), inputs_sha256=files_sha256([path]))
     return metrics

@@ -20,16 +20,6 @@ from cleanclip_core.errors import UserError
 open_clip.add_model_config(Path(str(files("cleanclip_core") / "model_configs")))
 
 
-def compute_device() -> torch.device:
-    """Where a stage computes: this process's CUDA device (the one it leased), else Apple's mps,
-    else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def create_model(
     name: str, weights: Path | None = None, seed: int = 0, pretrained: str | None = None
 ) -> open_clip.CLIP:

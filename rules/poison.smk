@@ -38,6 +38,7 @@ rule pretrain_surrogate:
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
+        torch_compile=int(config["execution"]["torch_compile"]),
     log:
         "results/logs/pretrain_surrogate/{dataset}/{model}.log",
     benchmark:

@@ -28,7 +28,8 @@ rule evaluate_pretrained:
         "../workflow_scripts/evaluate.py"
 
 
-# Every epoch of a cleaning run, in one job (a job array on a cluster).
+# Every epoch of a cleaning run, in one job and one pass over the images: each is decoded and
+# triggered once, and every epoch's model scores it.
 use rule evaluate_pretrained as evaluate_cleaned with:
     input:
         unpack(attack_preparation),

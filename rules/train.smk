@@ -23,6 +23,7 @@ rule pretrain:
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
+        torch_compile=int(config["execution"]["torch_compile"]),
     log:
         f"results/logs/pretrain/{PRETRAINED.wildcard_pattern}.log",
     benchmark:
@@ -104,6 +105,7 @@ rule clean:
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
+        torch_compile=int(config["execution"]["torch_compile"]),
     log:
         f"results/logs/clean/{CLEANING.wildcard_pattern}.log",
     benchmark:

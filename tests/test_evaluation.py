@@ -1,21 +1,35 @@
 import json
+from pathlib import Path
 
 import open_clip
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from benchmarks.evaluation import each_checkpoint_alone
+from cleanclip_core.attacks import get_attack
 from cleanclip_core.errors import UserError
 from cleanclip_core.evaluation import (
     ZERO_SHOT_LOGIT_SCALE,
+    EvaluationImages,
+    ZeroShotModel,
     attack_success_rate,
+    batch_logits,
     class_rank,
+    evaluate_checkpoints,
     evaluate_zero_shot,
+    target_ranks,
     topk_accuracy,
+    write_checkpoints_metrics,
     zero_shot_classifier,
 )
+from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.poison import poison_manifest
+from cleanclip_core.tables import files_sha256, table_provenance
+from cleanclip_core.training.loop import TrainingData, TrainSettings, epoch_weights, train
 
 TINY_MODEL = "evaluation-test-tiny-vit"
 TINY_CONFIG = {
@@ -38,7 +52,7 @@ def test_topk_accuracy_counts_images_whose_top_k_contain_the_label():
     )
     labels = torch.tensor([0, 1, 2, 3, 0])
     # top1: images 0 and 3 = 2/5; top2: all but image 2 = 4/5; top5 > 4 classes: every image.
-    assert topk_accuracy(logits, labels, ks=(1, 2, 5)) == pytest.approx(
+    assert topk_accuracy(class_rank(logits, labels), ks=(1, 2, 5)) == pytest.approx(
         {"top1": 0.4, "top2": 0.8, "top5": 1.0}
     )
 
@@ -57,7 +71,7 @@ def test_attack_success_rate_excludes_images_of_the_target_class():
     labels = torch.tensor([0, 1, 2, 2, 3])
     # Counted: images 0, 1, 4. @1: image 0 = 1/3; @2: images 0 and 1 = 2/3 (2nd place is in the
     # top 2); @3: still 2/3; @10 > 4 classes: all 3.
-    asr = attack_success_rate(logits, labels, target, ks=(1, 2, 3, 10))
+    asr = attack_success_rate(target_ranks(logits, labels, target), ks=(1, 2, 3, 10))
     assert asr == pytest.approx({"asr_top1": 1 / 3, "asr_top2": 2 / 3, "asr_top3": 2 / 3, "asr_top10": 1.0})
     # CleanCLIP's released evaluation counts all 5 images: @1 would be 3/5, @2 4/5.
     assert asr["asr_top1"] != pytest.approx(3 / 5)
@@ -71,8 +85,9 @@ def test_a_tie_goes_to_the_lower_class_index():
     assert class_rank(tied, torch.tensor([1, 1])).tolist() == [1, 0]
     # Target 0 wins its tie with class 1 in row 0; target 1 loses it in row 0, wins in row 1.
     labels = torch.tensor([2, 0])
-    assert attack_success_rate(tied, labels, 0, ks=(1,))["asr_top1"] == pytest.approx(1.0)
-    assert attack_success_rate(tied, labels, 1, ks=(1, 2)) == pytest.approx({"asr_top1": 0.5, "asr_top2": 1.0})
+    assert attack_success_rate(target_ranks(tied, labels, 0), ks=(1,))["asr_top1"] == pytest.approx(1.0)
+    asr = attack_success_rate(target_ranks(tied, labels, 1), ks=(1, 2))
+    assert asr == pytest.approx({"asr_top1": 0.5, "asr_top2": 1.0})
     # All four classes tie: class 3 is last.
     assert class_rank(torch.full((1, 4), 0.3), torch.tensor([3])).tolist() == [3]
 
@@ -88,13 +103,13 @@ def test_rank_matches_argmax_and_a_stable_descending_sort_under_many_ties():
 
 def test_attack_success_rate_without_an_image_outside_the_target_class_is_an_error():
     with pytest.raises(UserError, match="other than the target"):
-        attack_success_rate(torch.rand(3, 4), torch.tensor([1, 1, 1]), target_index=1)
+        attack_success_rate(target_ranks(torch.rand(3, 4), torch.tensor([1, 1, 1]), target_index=1))
 
 
 def test_nan_logits_are_an_error_not_a_perfect_score():
     logits = torch.tensor([[float("nan"), 0.1], [0.3, 0.2]])
     with pytest.raises(UserError, match="NaN"):
-        topk_accuracy(logits, torch.tensor([0, 0]))
+        class_rank(logits, torch.tensor([0, 0]))
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +135,11 @@ def test_zero_shot_classifier_averages_normalized_template_embeddings(tiny_clip)
     assert torch.allclose(classifier[:, 2], F.normalize(star.mean(dim=0), dim=0), atol=1e-6)
 
 
-def image_loader(images, labels, batch_size=4):
+def image_loader(images, labels, triggered=None, batch_size=4):
+    """Batches as an EvaluationSet's loader gives them: with `triggered` images when given."""
     samples = [{"image": image, "label": label, "index": i} for i, (image, label) in enumerate(zip(images, labels))]
+    if triggered is not None:
+        samples = [sample | {"triggered": image} for sample, image in zip(samples, triggered)]
     return DataLoader(samples, batch_size=batch_size)
 
 
@@ -133,16 +151,14 @@ def test_evaluate_zero_shot_agrees_with_metrics_of_directly_computed_logits(tiny
     labels = torch.arange(10) % len(CLASSNAMES)
     triggered = images.clone()
     triggered[:, :, :8, :8] = 1.0
-    metrics = evaluate_zero_shot(
-        model, classifier, image_loader(images, labels), image_loader(triggered, labels), 2, "cpu"
-    )
+    [metrics] = evaluate_zero_shot([ZeroShotModel(model, classifier)], image_loader(images, labels, triggered), 2, "cpu")
     with torch.no_grad():
         clean_logits = ZERO_SHOT_LOGIT_SCALE * model.encode_image(images, normalize=True) @ classifier
         triggered_logits = ZERO_SHOT_LOGIT_SCALE * model.encode_image(triggered, normalize=True) @ classifier
     assert metrics == pytest.approx(
         {
-            **topk_accuracy(clean_logits, labels),
-            **attack_success_rate(triggered_logits, labels, 2),
+            **topk_accuracy(class_rank(clean_logits, labels)),
+            **attack_success_rate(target_ranks(triggered_logits, labels, 2)),
             "n_images": 10,
             "n_classes": len(CLASSNAMES),
             "n_triggered": 7,  # labels 0, 1 of 0..9 modulo 3
@@ -181,11 +197,9 @@ def test_evaluate_zero_shot_end_to_end_on_features_set_by_hand():
             [0.3, 1.0, 0.2],  # label 1: target 3rd
         ]
     )
-    metrics = evaluate_zero_shot(
-        MeanColorCLIP(),
-        classifier,
-        image_loader(clean, labels, batch_size=3),
-        image_loader(triggered, labels, batch_size=3),
+    [metrics] = evaluate_zero_shot(
+        [ZeroShotModel(MeanColorCLIP(), classifier)],
+        image_loader(clean, labels, triggered, batch_size=3),
         target_index=2,
         device="cpu",
         accuracy_ks=(1, 2),
@@ -209,7 +223,91 @@ def test_evaluate_zero_shot_end_to_end_on_features_set_by_hand():
 
 def test_evaluate_zero_shot_without_triggered_images_reports_clean_accuracy_only():
     loader = image_loader(colored_images([[1.0, 0.0, 0.0], [1.0, 0.5, 0.0]]), [0, 1])
-    metrics = evaluate_zero_shot(MeanColorCLIP(), torch.eye(3), loader, None, None, "cpu")
+    [metrics] = evaluate_zero_shot([ZeroShotModel(MeanColorCLIP(), torch.eye(3))], loader, None, "cpu")
     assert metrics == pytest.approx({"top1": 0.5, "top5": 1.0, "n_images": 2, "n_classes": 3})
-    with pytest.raises(ValueError, match="both"):
-        evaluate_zero_shot(MeanColorCLIP(), torch.eye(3), loader, None, 2, "cpu")
+    triggered = image_loader(colored_images([[1.0, 0.0, 0.0]]), [0], colored_images([[0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="target class"):
+        evaluate_zero_shot([ZeroShotModel(MeanColorCLIP(), torch.eye(3))], triggered, None, "cpu")
+
+
+
+class ModeRecordingCLIP(MeanColorCLIP):
+    """MeanColorCLIP that records the modes it embeds images in."""
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        self.modes = {"inference": torch.is_inference_mode_enabled(), "training": self.training}
+        return super().encode_image(images, normalize)
+
+
+def test_images_are_scored_in_inference_and_eval_mode_and_the_callers_mode_comes_back():
+    model = ModeRecordingCLIP().train()
+    loader = image_loader(colored_images([[1.0, 0.0, 0.0]]), [0])
+    evaluate_zero_shot([ZeroShotModel(model, torch.eye(3))], loader, None, "cpu")
+    assert model.modes == {"inference": True, "training": False}
+    assert model.training and not torch.is_inference_mode_enabled()
+
+ATTACK = {
+    "type": "badnet", "target_label": "star", "n_poisons": 6, "seed": 0,
+    "trigger": {"patch_size": 35, "pattern": "fixed", "location": "fixed"},
+}
+
+
+@pytest.fixture(scope="module")
+def cleaning_run(shapes_shards, tmp_path_factory) -> list[Path]:
+    """The checkpoints of a real 3-epoch run of tiny-rn on the shapes corpus, every epoch kept."""
+    root = tmp_path_factory.mktemp("run")
+    poisoned = poison_manifest(
+        shapes_shards.manifest, get_attack("badnet"), attack_name="badnet", target_label="star", n_poisons=6, seed=0
+    )
+    pq.write_table(poisoned, root / "poisoned.parquet")
+    pq.write_table(shapes_shards.shard_index, root / "shard_index.parquet")
+    data = TrainingData(root / "poisoned.parquet", root / "shard_index.parquet", shapes_shards.shards_dir, ATTACK)
+    settings = TrainSettings(
+        model="tiny-rn", objective={"mmcl": 1.0}, epochs=3, batch_size=10, lr=3e-3, warmup_steps=1,
+        weight_decay=0.1, seed=0, synonyms="corpus",
+    )
+    train(settings, data, root / "run", keep_every_epoch=True)
+    return [epoch_weights(root / "run", epoch) for epoch in (1, 2, 3)]
+
+
+def test_one_pass_gives_every_checkpoint_the_metrics_of_evaluating_it_alone(cleaning_run, shapes_shards):
+    images = EvaluationImages(shapes_shards.corpus.eval_dir)
+    one_pass = evaluate_checkpoints("tiny-rn", cleaning_run, images, ATTACK, batch_size=8)
+    # exactly: the same floats, not approximately
+    assert one_pass == each_checkpoint_alone("tiny-rn", cleaning_run, images, ATTACK, batch_size=8)
+    assert [metrics["n_images"] for metrics in one_pass] == [20] * 3
+
+
+def test_one_pass_scores_every_image_as_evaluating_each_checkpoint_alone_did(cleaning_run, shapes_shards):
+    device = torch.device("cpu")
+    models = [create_model("tiny-rn", path).eval() for path in cleaning_run]
+    size, normalize = image_size_of(models[0]), normalization_for(models[0])
+    images = EvaluationImages(shapes_shards.corpus.eval_dir)
+    one_decode = images.dataset(size, normalize, ATTACK)
+    checkpoints = [ZeroShotModel.build(model, tokenizer_for("tiny-rn"), one_decode.classnames, device) for model in models]
+
+    def logits(checkpoint_logits, field):
+        return torch.cat([batch[field] for batch in checkpoint_logits])
+
+    with torch.inference_mode():
+        together = [batch_logits(checkpoints, batch, device) for batch in DataLoader(one_decode, 8)]
+        for index, checkpoint in enumerate(checkpoints):
+            for field, dataset in (("image", images.dataset(size, normalize)), ("triggered", images.dataset(size, normalize, ATTACK))):
+                alone = [batch_logits([checkpoint], batch, device)[0] for batch in DataLoader(dataset, 8)]
+                assert torch.equal(logits([batch[index] for batch in together], field), logits(alone, field))
+    first, last = ([batch[index] for batch in together] for index in (0, -1))
+    assert not torch.equal(logits(first, "image"), logits(last, "image"))  # the epochs differ
+
+
+def test_each_checkpoint_gets_its_metrics_file_with_its_own_weights_hash(cleaning_run, shapes_shards, tmp_path):
+    checkpoints = [{"dataset": "shapes", "attack": "badnet", "epoch": epoch} for epoch in (1, 2, 3)]
+    outputs = [str(tmp_path / f"epoch_{epoch:03d}" / "metrics.parquet") for epoch in (1, 2, 3)]
+    metrics = write_checkpoints_metrics(
+        "tiny-rn", [str(path) for path in cleaning_run], str(shapes_shards.corpus.eval_dir), None, ATTACK,
+        checkpoints, {"clean": {"epochs": 3}}, outputs, batch_size=8,
+    )
+    for path, weights, values, checkpoint in zip(outputs, cleaning_run, metrics, checkpoints):
+        table = pq.read_table(path).to_pandas()
+        assert table.epoch.tolist() == [checkpoint["epoch"]] * 5
+        assert dict(zip(table.metric, table.value)) == {name: values[name] for name in table.metric}
+        assert table_provenance(Path(path))["inputs_sha256"] == files_sha256([weights])

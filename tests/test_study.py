@@ -124,7 +124,10 @@ def test_report_holds_every_figure_and_the_summary(smoke_run):
 
 @pytest.mark.parametrize(
     "setting, value",
-    [("num_workers", 1), ("evaluation_batch_size", 7), ("download_threads", 2), ("download_timeout_s", 3), ("download_retries", 2)],
+    [
+        ("num_workers", 1), ("evaluation_batch_size", 7), ("torch_compile", True), ("download_threads", 2),
+        ("download_timeout_s", 3), ("download_retries", 2),
+    ],
 )
 def test_changing_an_execution_setting_reruns_nothing(smoke_run, setting, value):
     config = copy.deepcopy(SMOKE)

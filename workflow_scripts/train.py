@@ -17,5 +17,6 @@ with reported_step(snakemake.log[0]):
         "pretrained": snakemake.params.pretrained,
         "keep_every_epoch": snakemake.params.keep_every_epoch,
     }
-    execution = {"num_workers": snakemake.resources.num_workers}
+    resources = snakemake.resources
+    execution = {"num_workers": resources.num_workers, "torch_compile": bool(resources.torch_compile)}
     run_stages("cleanclip_core.training.loop:run_training", [call], execution=execution, **launch_from_snakemake(snakemake))

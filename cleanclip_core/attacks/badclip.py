@@ -32,9 +32,10 @@ from cleanclip_core.attacks import NATURAL
 from cleanclip_core.attacks.badnet import paste_patch
 from cleanclip_core.attacks.parts import FixedPart, Trigger, scaled_size
 from cleanclip_core.data.loaders import PoisonedTrainingSet
+from cleanclip_core.devices import stage_device
 from cleanclip_core.errors import UserError
 from cleanclip_core.losses import mmcl_loss
-from cleanclip_core.models import compute_device, create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.poison import names_target, poison_captions
 from cleanclip_core.tables import atomic_output
 
@@ -156,7 +157,7 @@ class FrozenSurrogate:
         """From the stage's `surrogate` argument: model name, weights file or pretrained tag."""
         if surrogate["weights"] is None and surrogate["pretrained"] is None:
             raise UserError("the BadCLIP surrogate needs trained weights: give it a weights file or a pretrained tag")
-        device = compute_device()
+        device = stage_device()
         model = create_model(surrogate["model"], surrogate["weights"], pretrained=surrogate["pretrained"])
         model = model.to(device).eval().requires_grad_(False)
         return cls(model, normalization_for(model), tokenizer_for(surrogate["model"]), device)

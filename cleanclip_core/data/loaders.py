@@ -200,8 +200,9 @@ class PoisonedTrainingSet(Dataset):
 class EvaluationSet(Dataset):
     """Labelled evaluation images: {image [3, S, S] float32 in [0, 1], label, index}.
 
-    With a trigger, image i carries the fixed test trigger `trigger(image, test_trigger_seed(
-    attack_seed, i))`, the same for every checkpoint evaluated.
+    With a trigger, item i also holds `triggered`: the same decoded image with the fixed test
+    trigger `trigger(image, test_trigger_seed(attack_seed, i))`, the same for every checkpoint
+    evaluated. Each image is decoded and fitted once for both.
     """
 
     def __init__(
@@ -294,10 +295,15 @@ class EvaluationSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
-        pixels = F.pil_to_tensor(read_rgb(path))
-        trigger_seed = test_trigger_seed(self.attack_seed, index)
-        image = _model_input(pixels, self.image_size, self.trigger, trigger_seed, self.transform)
-        return {"image": image, "label": label, "index": index}
+        image = fit_image(F.pil_to_tensor(read_rgb(path)), self.image_size)
+        item = {"image": self._transformed(image), "label": label, "index": index}
+        if self.trigger is not None:
+            triggered = self.trigger(image, test_trigger_seed(self.attack_seed, index))
+            item["triggered"] = self._transformed(triggered)
+        return item
+
+    def _transformed(self, image: torch.Tensor) -> torch.Tensor:
+        return image if self.transform is None else self.transform(image)
 
 
 def read_rgb(path: Path) -> Image.Image:

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from cleanclip_core.losses import gathered
 from cleanclip_core.objectives import Term, TermInputs, register_term
+from cleanclip_core.training.optim import stepwise
 from cleanclip_core.training.views import ViewContext, register_view, sample_seed
 
 DECAYED_LR = 0.1
@@ -144,11 +145,4 @@ def par_schedule(
     optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, total_steps: int
 ) -> Callable[[int], float]:
     """Sets (and returns) PAR's learning rate of a step (see par_lr); `lr` is the peak."""
-
-    def lr_at(step: int) -> float:
-        value = par_lr(step, lr, warmup_steps, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = value
-        return value
-
-    return lr_at
+    return stepwise(optimizer, lambda step: par_lr(step, lr, warmup_steps, total_steps))

@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.data.loaders import PoisonedTrainingSet
+from cleanclip_core.devices import stage_device
 from cleanclip_core.errors import UserError
 from cleanclip_core.losses import gathered, mmcl_loss
-from cleanclip_core.models import compute_device, create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.objectives import Term, TermInputs, register_term
 from cleanclip_core.tables import files_sha256, write_table
 from cleanclip_core.training.optim import adamw, clamp_logit_scale
@@ -64,7 +65,7 @@ def detect(
     suspicion_after_overfit, suspicious, selected) and the cleaning run's `manifest` (the
     poisoned manifest's columns and `unlearn`); return the manifest's path. `batch_size` (pairs
     per scoring pass) and `num_workers` say how it runs, not what it computes."""
-    device = compute_device()
+    device = stage_device()
     clip = create_model(model, Path(weights)).to(device)
     poisoned = pq.read_table(data["manifest"])
     pairs = _pair_views(clip, model, poisoned, data, seed)

@@ -1,10 +1,10 @@
-"""AdamW with weight decay only on weight matrices, and open_clip's warmup-then-cosine schedule."""
+"""AdamW with weight decay only on weight matrices (fused on CUDA), and open_clip's
+warmup-then-cosine schedule."""
 
 import math
 from collections.abc import Callable
 
 import torch
-from open_clip_train.scheduler import cosine_lr
 
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -18,19 +18,45 @@ def decays(name: str, parameter: torch.nn.Parameter) -> bool:
 def adamw(
     model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
 ) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; on CUDA its fused kernel (one launch per step, the
+    same update), elsewhere PyTorch's default implementation."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in trainable if decays(n, p)], "weight_decay": weight_decay},
         {"params": [p for n, p in trainable if not decays(n, p)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+    on_cuda = bool(trainable) and all(p.is_cuda for _, p in trainable)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=on_cuda or None)
+
+
+def warmup_cosine_lr(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of `step` (from 0): linear warmup to `lr` over `warmup_steps` (step s
+    gets (s + 1) / warmup_steps of it), then a cosine from `lr` to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps))) * lr
+
+
+def stepwise(optimizer: torch.optim.Optimizer, lr_of_step: Callable[[int], float]) -> Callable[[int], float]:
+    """A schedule: called with a step, it sets every parameter group's learning rate to
+    `lr_of_step(step)` and returns it."""
+
+    def lr_at(step: int) -> float:
+        value = lr_of_step(step)
+        for group in optimizer.param_groups:
+            group["lr"] = value
+        return value
+
+    return lr_at
 
 
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, total_steps: int
 ) -> Callable[[int], float]:
-    """Sets (and returns) the learning rate of a step: linear warmup, then cosine to 0."""
-    return cosine_lr(optimizer, lr, max(1, warmup_steps), total_steps)
+    """Sets (and returns) the learning rate of a step: linear warmup (at least one step), then
+    cosine to 0, as open_clip_train's cosine_lr."""
+    warmup_steps = max(1, warmup_steps)
+    return stepwise(optimizer, lambda step: warmup_cosine_lr(step, lr, warmup_steps, total_steps))
 
 
 def clamp_logit_scale(model: torch.nn.Module) -> None:

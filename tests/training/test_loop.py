@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,18 @@ def test_a_run_resumes_with_another_number_of_data_loader_processes(training_dat
         train(SETTINGS, training_data, tmp_path / "run", num_workers=1)
     assert f"resuming {tmp_path / 'run'} after epoch 1" in caplog.messages
     assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "run/model.pt"))
+
+
+@pytest.mark.skipif(not shutil.which("c++"), reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
+def test_torch_compile_trains_to_the_losses_of_eager_mode(training_data, tmp_path):
+    settings = replace(SETTINGS, epochs=1)  # compiling takes minutes on a CPU: one epoch
+    losses = {}
+    for torch_compile in (False, True):
+        train(settings, training_data, tmp_path / str(torch_compile), torch_compile=torch_compile)
+        losses[torch_compile] = pq.read_table(tmp_path / str(torch_compile) / "train_log.parquet")["loss"].to_pylist()
+    # the same steps; fused kernels round differently in the last bits, which AdamW's steps carry on
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
 
 def test_a_partial_run_under_other_settings_is_discarded_with_a_warning(training_data, tmp_path, monkeypatch, caplog):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cleanclip_core.errors import UserError
-from cleanclip_core.models import compute_device, create_model
+from cleanclip_core.devices import stage_device
+from cleanclip_core.models import create_model
 from cleanclip_core.training.checkpoints import save_weights
 
 
@@ -60,7 +61,7 @@ def test_weights_that_cannot_be_fetched_are_a_user_error(tmp_path, monkeypatch):
 
 def test_a_model_computes_on_cuda_else_mps_else_the_cpu():
     best = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = compute_device()
+    device = stage_device()
     assert device.type == best
     model = create_model("tiny-rn").to(device)
     assert model.encode_text(torch.zeros(2, 16, dtype=torch.long, device=device)).device == device

@@ -28,6 +28,27 @@ def test_lr_peaks_at_the_end_of_warmup_and_decays_to_zero_at_the_end():
     assert lr_at(100) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("step", [0, 1, 5, 9, 10, 11, 30, 55, 77, 99, 100])
+def test_lr_is_linear_warmup_then_cosine_to_zero_exactly(step):
+    lr, warmup, total = 3e-4, 10, 100
+    _, lr_at = schedule(warmup, total, lr)
+    if step < warmup:
+        expected = lr * (step + 1) / warmup
+    else:
+        expected = lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    assert lr_at(step) == expected
+
+
+def test_a_schedule_without_warmup_starts_at_the_peak():
+    _, lr_at = schedule(warmup=0, total=50)
+    assert lr_at(0) == pytest.approx(1e-3)  # warmup of one step: (0 + 1) / 1 of the peak
+
+
+def test_adamw_is_not_fused_on_a_cpu():
+    # fused only where every parameter is on CUDA (one kernel launch per step there)
+    assert not adamw(create_model("tiny-rn"), 1e-3, 0.1).defaults["fused"]
+
+
 def test_weight_decay_spares_biases_norms_and_the_logit_scale():
     model = create_model("tiny-vit")
     decayed, spared = adamw(model, 1e-3, 0.1).param_groups

@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from cleanclip_core.devices import has_resnet_tower, on_device, tf32_matmuls, uses_channels_last
+from cleanclip_core.models import create_model
+
+CUDA = torch.device("cuda")  # a device object needs no GPU: the decisions are tested here
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("name, resnet", [("tiny-rn", True), ("RN50", True), ("tiny-vit", False), ("ViT-B-32", False)])
+def test_resnet_towers_are_told_from_the_model_config(name, resnet):
+    assert has_resnet_tower(name) == resnet
+
+
+def test_channels_last_only_for_a_resnet_tower_on_cuda():
+    assert uses_channels_last("tiny-rn", CUDA)
+    assert not uses_channels_last("tiny-rn", CPU)
+    assert not uses_channels_last("tiny-vit", CUDA)
+
+
+def test_on_a_cpu_a_resnet_tower_keeps_its_memory_format():
+    model = on_device(create_model("tiny-rn"), "tiny-rn", CPU)
+    convolutions = [m.weight for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(weight.is_contiguous() for weight in convolutions)
+
+
+def test_tf32_matmuls_only_on_cuda_and_restored_after():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with tf32_matmuls(CPU):
+        assert matmul.fp32_precision == before
+    with tf32_matmuls(CUDA):
+        assert matmul.fp32_precision == "tf32"
+    assert matmul.fp32_precision == before
