@@ -79,16 +79,23 @@ def noisy_shards(workdir: Path, args: argparse.Namespace, image_size: int) -> tu
         threads_per_process=4, timeout_s=10, retries=0,
     )
     shards_dir = workdir / "shards"
-    download_shards(corpus.url_list, shards_dir, workdir / "download_stats.parquet", settings,
-                    processes=2, img2dataset_log=workdir / "img2dataset.log")
+    download_shards(corpus.url_list, shards_dir, workdir / "download_stats.parquet", workdir / "shard_listing.parquet",
+                    settings, processes=2, img2dataset_log=workdir / "img2dataset.log")
     return build_manifest(shards_dir), build_shard_index(shards_dir), shards_dir
+
+
+def unique_captions(manifest: pa.Table) -> pa.Table:
+    """Each caption with its row's key appended: a web corpus's captions do not recur, so no
+    tokenization is saved by remembering a recurring one (training.views.CaptionTokens)."""
+    captions = pc.binary_join_element_wise(manifest["caption"], manifest["key"], " ")
+    return manifest.set_column(manifest.column_names.index("caption"), "caption", captions)
 
 
 def poisoned_pairs(
     manifest: pa.Table, shard_index: pa.Table, shards_dir: Path, image_size: int, seed: int
 ) -> PoisonedTrainingSet:
-    """The training pairs, BadNet-poisoned at 5%."""
-    poisoned = poison_manifest(manifest, ATTACKS["badnet"], attack_name="badnet", target_label="star",
+    """The training pairs, BadNet-poisoned at 5%, with captions that do not recur."""
+    poisoned = poison_manifest(unique_captions(manifest), ATTACKS["badnet"], attack_name="badnet", target_label="star",
                                n_poisons=manifest.num_rows // 20, seed=seed)
     trigger = ATTACKS["badnet"].build_trigger(TRIGGER, seed)
     return PoisonedTrainingSet(poisoned, shard_index, shards_dir, image_size, trigger)

@@ -138,6 +138,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"config: {location}: {path} does not exist")
     _check_targets(config)
     _check_cleaning_poisons(config)
+    _check_pretraining_curve(config)
     _warn_about_resizing(config)
     return config
 
@@ -152,6 +153,17 @@ def _check_cleaning_poisons(config: dict[str, Any]) -> None:
                 f"config: study.cleaning_poisons: a cleaning set of {most} poisons needs at least as many "
                 f"poisoned rows, and attack {name!r} has n_poisons {n_poisons}"
             )
+
+
+def _check_pretraining_curve(config: dict[str, Any]) -> None:
+    """The curve's epochs are files named before any job runs: one count for every objective."""
+    pretrain = config["pretrain"]
+    differing = sorted(name for name, settings in pretrain["per_objective"].items() if "epochs" in settings)
+    if pretrain["curve"] and differing:
+        raise UserError(
+            f"config: pretrain.curve needs every objective pretrained for pretrain.epochs, and "
+            f"pretrain.per_objective sets epochs for {', '.join(differing)}"
+        )
 
 
 def _check_targets(config: dict[str, Any]) -> None:

@@ -87,10 +87,13 @@ def metrics_table(
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
 
 
-def build_results_database(metrics_files: Sequence[Path], train_logs: Sequence[Path], database: Path) -> None:
+def build_results_database(
+    metrics_files: Sequence[Path], train_logs: Sequence[Path], database: Path, curve_files: Sequence[Path] = ()
+) -> None:
     """A DuckDB file holding every metrics row (table `metrics`), each cleaning epoch's mean
     training loss (table `epoch_losses`, from the cleaning runs' `train_logs`), every stopping
-    rule's choice (table `stopping_choices`) and the views of results_views.sql; written
+    rule's choice (table `stopping_choices`), the metrics of each pretraining epoch in
+    `curve_files` (table `pretraining_curve_metrics`) and the views of results_views.sql; written
     atomically. Logs a warning per row of the study summary whose model is near chance, and one
     for metrics files without the class count that tells."""
     with atomic_output(database) as temporary:
@@ -102,6 +105,7 @@ def build_results_database(metrics_files: Sequence[Path], train_logs: Sequence[P
                 [[str(path) for path in metrics_files]],
             )
             connection.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS n_classes INTEGER")
+            _load_pretraining_curve(connection, curve_files)
             connection.execute(EPOCH_LOSSES_SQL, [[str(path) for path in train_logs]])
             connection.execute("CREATE TABLE stopping_choices (run_id VARCHAR, rule VARCHAR, epoch BIGINT)")
             connection.execute(views_sql())
@@ -120,6 +124,16 @@ EPOCH_LOSSES_SQL = r"""
     GROUP BY ALL
     ORDER BY run_id, epoch
 """
+
+
+def _load_pretraining_curve(connection: duckdb.DuckDBPyConnection, curve_files: Sequence[Path]) -> None:
+    if curve_files:
+        connection.execute(
+            "CREATE TABLE pretraining_curve_metrics AS SELECT * FROM read_parquet(?) ORDER BY run_id, epoch, metric",
+            [[str(path) for path in curve_files]],
+        )
+    else:
+        connection.execute("CREATE TABLE pretraining_curve_metrics AS FROM metrics LIMIT 0")
 
 
 def _choose_stopping_epochs(connection: duckdb.DuckDBPyConnection) -> None:

@@ -103,3 +103,21 @@ JOIN cleaning_trajectories AS chosen USING (run_id, epoch)
 JOIN stopping_choices AS oracle_choice ON oracle_choice.run_id = choice.run_id AND oracle_choice.rule = 'oracle'
 JOIN cleaning_trajectories AS oracle ON oracle.run_id = oracle_choice.run_id AND oracle.epoch = oracle_choice.epoch
 ORDER BY chosen.run_id, choice.rule;
+
+-- Every kept pretraining epoch (table pretraining_curve_metrics: empty unless the study sets
+-- pretrain.curve), one column per metric, with the range of top-1 over the epoch and the two
+-- before it (null before the third epoch): at a run's last epoch, the plateau test.
+CREATE VIEW pretraining_curve AS
+WITH wide AS (
+    PIVOT pretraining_curve_metrics
+    ON metric IN ('top1', 'top5', 'asr_top1', 'asr_top5', 'asr_top10')
+    USING max(value)
+    GROUP BY run_id, {pretrain}, epoch
+)
+SELECT
+    *,
+    CASE WHEN count(*) OVER last_three = 3 THEN max(top1) OVER last_three - min(top1) OVER last_three END
+        AS top1_range_last_three
+FROM wide
+WINDOW last_three AS (PARTITION BY run_id ORDER BY epoch ROWS BETWEEN 2 PRECEDING AND CURRENT ROW)
+ORDER BY run_id, epoch;

@@ -24,10 +24,19 @@ STUDY_DIR = f"results/studies/{study.study_name(config)}"
 ATTACK_DIR = "results/{dataset}/{attack}"
 
 
-CLEAN_EPOCH_WEIGHTS = expand(f"{CLEAN_RUN}/epoch_{{epoch:03d}}.pt", epoch=CLEAN_EPOCHS, allow_missing=True)
-CLEAN_EPOCH_METRICS = expand(
-    f"{CLEAN_RUN}/epoch_{{epoch:03d}}/metrics.parquet", epoch=CLEAN_EPOCHS, allow_missing=True
-)
+# The pretraining curve's epochs: none unless the study keeps every pretraining epoch.
+PRETRAIN_EPOCHS = range(1, config["pretrain"]["epochs"] + 1) if config["pretrain"]["curve"] else range(0)
+
+
+def epoch_files(run, epochs, name):
+    """A file per epoch of a run: its weights (name `.pt`) or its metrics (`/metrics.parquet`)."""
+    return expand(f"{run}/epoch_{{epoch:03d}}{name}", epoch=epochs, allow_missing=True)
+
+
+CLEAN_EPOCH_WEIGHTS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, ".pt")
+CLEAN_EPOCH_METRICS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, "/metrics.parquet")
+PRETRAIN_EPOCH_WEIGHTS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, ".pt")
+PRETRAIN_EPOCH_METRICS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, "/metrics.parquet")
 
 
 def _one_of(values):
@@ -178,6 +187,13 @@ def cleaned_checkpoints(wildcards):
     return [run | {"epoch": epoch} for epoch in CLEAN_EPOCHS]
 
 
+def pretraining_curve_checkpoints(wildcards):
+    """The identities of a pretraining run's epochs (the points of its curve), then the
+    pretrained model's."""
+    run = _identity(PRETRAINED, wildcards)
+    return [run | {"epoch": epoch} for epoch in PRETRAIN_EPOCHS] + pretrained_checkpoints(wildcards)
+
+
 def pretrained_provenance(wildcards):
     """Every experiment setting that made a pretrained model and its metrics: their hash is the
     metrics' config_hash."""
@@ -191,15 +207,19 @@ def cleaned_provenance(wildcards):
     )
 
 
+def _epoch_metrics(space, epochs):
+    return [f"results/runs/{run}/epoch_{epoch:03d}/metrics.parquet" for run in space.instance_patterns for epoch in epochs]
+
+
 def study_metrics(wildcards):
     """The metrics files of the study: every pretrained model and every cleaning epoch."""
     pretrained = [f"results/runs/{run}/metrics.parquet" for run in PRETRAINED.instance_patterns]
-    cleaned = [
-        f"results/runs/{run}/epoch_{epoch:03d}/metrics.parquet"
-        for run in CLEANING.instance_patterns
-        for epoch in CLEAN_EPOCHS
-    ]
-    return pretrained + cleaned
+    return pretrained + _epoch_metrics(CLEANING, CLEAN_EPOCHS)
+
+
+def study_pretraining_curves(wildcards):
+    """The metrics files of every pretraining epoch of the study (none without pretrain.curve)."""
+    return _epoch_metrics(PRETRAINED, PRETRAIN_EPOCHS)
 
 
 def study_train_logs(wildcards):

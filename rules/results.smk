@@ -49,9 +49,35 @@ use rule evaluate_pretrained as evaluate_cleaned with:
         f"results/benchmarks/evaluate/{CLEANING.wildcard_pattern}.tsv"
 
 
+# Every epoch of a pretraining run kept for the curve (pretrain.curve), in one pass likewise,
+# and the pretrained model with them (a job less).
+if config["pretrain"]["curve"]:
+
+    ruleorder: evaluate_pretraining_curve > evaluate_pretrained
+
+    use rule evaluate_pretrained as evaluate_pretraining_curve with:
+        input:
+            unpack(attack_preparation),
+            weights=[*PRETRAIN_EPOCH_WEIGHTS, f"{PRETRAIN_RUN}/model.pt"],
+            images=evaluation_images,
+        output:
+            [*PRETRAIN_EPOCH_METRICS, f"{PRETRAIN_RUN}/metrics.parquet"],
+        params:
+            model=STUDY["model"],
+            attack=attack_config,
+            classnames=config["evaluation"]["classnames"],
+            checkpoints=pretraining_curve_checkpoints,
+            provenance=pretrained_provenance,
+        log:
+            f"results/logs/evaluate/{PRETRAINED.wildcard_pattern}/curve.log",
+        benchmark:
+            f"results/benchmarks/evaluate/{PRETRAINED.wildcard_pattern}/curve.tsv"
+
+
 rule results_database:
     input:
         metrics=study_metrics,
+        curves=study_pretraining_curves,
         train_logs=study_train_logs,
     output:
         f"{STUDY_DIR}/results.duckdb",
@@ -97,6 +123,32 @@ rule figures:
         "../envs/results.yaml"
     script:
         "../workflow_scripts/figures.py"
+
+
+# The pretraining curve of every poisoned model, when the study keeps every pretraining epoch.
+if config["pretrain"]["curve"]:
+
+    rule pretraining_curve:
+        input:
+            f"{STUDY_DIR}/results.duckdb",
+        output:
+            pdf=f"{STUDY_DIR}/figures/pretraining_curve.pdf",
+            png=report(
+                f"{STUDY_DIR}/figures/pretraining_curve.png", caption="../report/pretraining_curve.rst", category="Figures"
+            ),
+            table=report(
+                f"{STUDY_DIR}/tables/pretraining_curve.csv", caption="../report/pretraining_curve.rst", category="Tables"
+            ),
+        params:
+            objectives=STUDY["pretrain_objectives"],
+        log:
+            f"{STUDY_DIR}/logs/pretraining_curve.log",
+        benchmark:
+            f"{STUDY_DIR}/benchmarks/pretraining_curve.tsv"
+        conda:
+            "../envs/results.yaml"
+        script:
+            "../workflow_scripts/pretraining_curve.py"
 
 
 # The card's target: the configured study's headline fig2 (its first attack, its first number of

@@ -13,11 +13,12 @@ rule pretrain:
     output:
         weights=f"{PRETRAIN_RUN}/model.pt",
         step_log=f"{PRETRAIN_RUN}/train_log.parquet",
+        epochs=PRETRAIN_EPOCH_WEIGHTS,
     params:
         settings=pretrain_settings,
         attack=attack_config,
         pretrained=PRETRAINED_TAG,
-        keep_every_epoch=False,
+        keep_every_epoch=config["pretrain"]["curve"],
         out_dir=run_folder,
     threads: 2
     resources:

@@ -113,3 +113,12 @@ def test_a_cleaning_set_cannot_hold_more_poisons_than_the_attack_made():
         check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}}))
     attacks["badnet"]["n_poisons"] = 0  # a clean control: its cleaning sets have no poisons
     check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}}))
+
+
+def test_the_pretraining_curve_needs_one_epoch_count_for_every_objective():
+    attacks = {"badnet": {"type": "badnet", "target_label": "star"}}
+    pretrain = {"curve": True, "per_objective": {"mmcl_ssl": {"epochs": 3}, "mmcl": {"lr": 0.01}}}
+    with pytest.raises(UserError, match="pretrain.curve needs every objective pretrained for pretrain.epochs, and "
+                                        "pretrain.per_objective sets epochs for mmcl_ssl"):
+        check_config(validate_config({"attacks": attacks, "pretrain": pretrain}))
+    check_config(validate_config({"attacks": attacks, "pretrain": pretrain | {"curve": False}}))

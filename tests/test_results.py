@@ -8,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cleanclip_core.plots.cleaning import plot_stopping_rules, save_figure, write_study_figures
+from cleanclip_core.plots.cleaning import (
+    plot_pretraining_curve, plot_stopping_rules, save_figure, write_pretraining_curve, write_study_figures,
+)
 from cleanclip_core.results import IDENTITY_SCHEMA, build_results_database, config_hash, metrics_table, query, run_id
 from cleanclip_core.stopping import STOPPING_RULES
 from cleanclip_core.tables import write_table
@@ -73,15 +75,23 @@ def write_train_logs(folder, checkpoints, losses) -> list:
     return paths
 
 
-def write_database(folder, results, losses=None):
-    """The results database of (checkpoint, top1, asr_top1) rows, each in its metrics file, and of
-    the cleaning runs' step logs (`losses` as write_train_logs takes them)."""
+def write_metrics(folder, results) -> list:
+    """A metrics file per (checkpoint, top1, asr_top1) row, in folder/N/."""
     paths = []
     for i, (checkpoint, top1, asr) in enumerate(results):
         paths.append(folder / f"{i}" / "metrics.parquet")
         write_table(metrics_table(evaluated(top1, asr), checkpoint, "h", "v"), paths[-1], config={}, inputs_sha256="")
+    return paths
+
+
+def write_database(folder, results, losses=None, curve=()):
+    """The results database of (checkpoint, top1, asr_top1) rows, each in its metrics file, of
+    the cleaning runs' step logs (`losses` as write_train_logs takes them) and of the pretraining
+    epochs in `curve` (rows likewise)."""
+    paths = write_metrics(folder, results)
     train_logs = write_train_logs(folder, [checkpoint for checkpoint, _, _ in results], losses or {})
-    build_results_database(paths, train_logs, folder / "results.duckdb")
+    curve_files = write_metrics(folder / "curve", curve)
+    build_results_database(paths, train_logs, folder / "results.duckdb", curve_files)
     return folder / "results.duckdb"
 
 
@@ -219,3 +229,31 @@ def test_the_stopping_rules_figure_has_a_column_per_objective_and_the_same_bytes
     for name in ("a.png", "b.png"):
         save_figure(plot_stopping_rules(rules, ["mmcl", "mmcl_ssl"]), tmp_path / name)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+@pytest.fixture()
+def curve_database(tmp_path):
+    """The MMCL model's pretraining over 4 epochs: top-1 30%, 60%, 70%, 71%, ASR@1 90%."""
+    curve = [(pretrained() | {"epoch": epoch}, top1, 0.9) for epoch, top1 in enumerate([0.3, 0.6, 0.7, 0.71], 1)]
+    return write_database(tmp_path, [(START, 0.71, 0.9), (cleaned(0.001, 1), 0.7, 0.5)], curve=curve)
+
+
+def test_the_pretraining_curve_gives_each_epoch_and_the_range_of_top1_over_the_last_three(curve_database):
+    rows = query(curve_database, "SELECT run_id, epoch, top1, asr_top1, top1_range_last_three FROM pretraining_curve").to_pylist()
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4] and {row["run_id"] for row in rows} == {MMCL_RUN}
+    assert [row["top1"] for row in rows] == [0.3, 0.6, 0.7, 0.71]
+    ranges = [row["top1_range_last_three"] for row in rows]
+    assert ranges[:2] == [None, None] and ranges[2:] == pytest.approx([0.4, 0.11])
+
+
+def test_a_study_without_the_curve_has_an_empty_one(database):
+    assert query(database, "SELECT count(*) AS n FROM pretraining_curve")["n"].to_pylist() == [0]
+
+
+def test_the_pretraining_curve_figure_labels_the_plateau_test_and_its_table_is_the_view(curve_database, tmp_path):
+    figures = [tmp_path / "curve.png", tmp_path / "again.png"]
+    write_pretraining_curve(curve_database, ["mmcl"], figures, tmp_path / "curve.csv")
+    assert figures[0].read_bytes() == figures[1].read_bytes()
+    figure = plot_pretraining_curve(query(curve_database, "SELECT * FROM pretraining_curve").to_pandas(), ["mmcl"])
+    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["badnet (last 3: 11.0 pts)"]
+    assert pd.read_csv(tmp_path / "curve.csv").epoch.tolist() == [1, 2, 3, 4]

@@ -6,7 +6,8 @@ the region of successful cleaning shaded. The trajectories figure follows every 
 epoch by epoch. Both exist per facet of the study (attack x poisons in the cleaning set). The
 points of fig2 are written beside it, so what was drawn can be checked. The contamination figure
 follows Verma et al.'s ablation over the poisons left in the cleaning set. The stopping rules'
-figure shows, per pretraining objective, which checkpoint each rule keeps.
+figure shows, per pretraining objective, which checkpoint each rule keeps. The pretraining curve
+shows whether the poisoned models that cleaning starts from had converged.
 """
 
 from collections.abc import Mapping, Sequence
@@ -210,6 +211,33 @@ def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str]) -> Figur
     axes[0, 0].legend(fontsize=8)
     title = figure.suptitle("Stopping rules: the checkpoint each keeps,\na point per cleaning run (dashed: ASR@1 5%)")
     return _fit_width(figure, title)
+
+
+def plot_pretraining_curve(curve: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+    """Top-1 (above) and ASR@1 (below) by pretraining epoch, a line per attack, a column per
+    pretraining objective; each line's label gives its top-1 range over the last three epochs."""
+    figure, axes = _two_rows(len(objectives), ("clean zero-shot top-1 (%)", "ASR@1 (%)"), "pretraining epoch")
+    colors = dict(zip(sorted(curve.attack.unique()), colormaps["tab10"].colors))
+    for column, objective in enumerate(objectives):
+        for attack, run in curve[curve.pretrain_objective == objective].groupby("attack"):
+            last_range = run.top1_range_last_three.iloc[-1]
+            label = attack if pd.isna(last_range) else f"{attack} (last 3: {100 * last_range:.1f} pts)"
+            for row, metric in enumerate(["top1", "asr_top1"]):
+                axes[row, column].plot(run.epoch, 100 * run[metric], marker="o", ms=3, color=colors[attack], label=label)
+        axes[0, column].set_title(objective_title(objective))
+        axes[0, column].legend(fontsize=8)
+    title = figure.suptitle("Pretraining of the poisoned models, epoch by epoch")
+    return _fit_width(figure, title)
+
+
+def write_pretraining_curve(database: Path, objectives: Sequence[str], figures: Sequence[Path], table: Path) -> pd.DataFrame:
+    """The pretraining curve's figure (at every path of `figures`) and table, which is returned."""
+    curve = query(database, "SELECT * FROM pretraining_curve").to_pandas()
+    for path in figures:
+        save_figure(plot_pretraining_curve(curve, objectives), path)
+    with atomic_output(table) as temporary:
+        curve.to_csv(temporary, index=False, float_format="%.4f")
+    return curve
 
 
 def save_figure(figure: Figure, path: Path) -> None:

@@ -115,7 +115,8 @@ def train(
 ) -> Path:
     """Train on `data`, from `init_weights` (a local file), open_clip's `pretrained` tag or the
     seed; write the step log and the final weights, whose path is returned: `epoch_NNN.pt` for
-    every epoch if `keep_every_epoch`, else `model.pt`. `num_workers` data-loader processes;
+    every epoch if `keep_every_epoch` (`model.pt` then names the last), else `model.pt` alone.
+    `num_workers` data-loader processes;
     `torch_compile` compiles the step's forward pass (torch.compile)."""
     out_dir = Path(out_dir)
     partial = out_dir / PARTIAL
@@ -191,7 +192,10 @@ def train(
         _barrier(world_size)
 
     if rank == 0:
-        if not keep_every_epoch:
+        if keep_every_epoch:
+            (partial / "model.pt").unlink(missing_ok=True)  # linked before a kill while publishing
+            os.link(epoch_weights(partial, settings.epochs), partial / "model.pt")
+        else:
             save_weights(partial / "model.pt", model)
         _publish(partial, out_dir)
     return epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"

@@ -1,5 +1,6 @@
-"""The embedded default plants a real backdoor: both poisoned pretrained models map triggered
-images to the target while classifying clean images far above chance."""
+"""The embedded default plants a real backdoor in converged models: both poisoned pretrained
+models map triggered images to the target while classifying clean images far above chance, and
+their top-1 has stopped rising (issue 13: cleaning must not act as more pretraining)."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,24 +10,38 @@ from workflow import ROOT, run_snakemake
 
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
 OBJECTIVES = DEFAULT["study"]["pretrain_objectives"]
-PRETRAINED = "results/runs/dataset=shapes/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective={}"
+EPOCHS = DEFAULT["pretrain"]["epochs"]
+PRETRAINED = f"results/runs/dataset=shapes/attack=badnet/model={DEFAULT['study']['model']}/start=scratch/pretrain_objective={{}}"
+
+
+def metrics_of(path) -> dict[str, float]:
+    return {row["metric"]: row["value"] for row in pq.read_table(path).to_pylist()}
 
 
 @pytest.fixture(scope="module")
-def pretrained_metrics(tmp_path_factory) -> dict[str, dict[str, float]]:
-    """The default config's BadNet study run to the metrics of both pretrained models."""
+def pretraining_curves(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
+    """The default config's BadNet study run to the metrics of every pretraining epoch of both
+    pretrained models (the curve the default keeps), the last epoch's being the pretrained model's."""
     config = DEFAULT | {"attacks": {"badnet": DEFAULT["attacks"]["badnet"]}}
     workdir = tmp_path_factory.mktemp("backdoor")
-    targets = [f"{PRETRAINED.format(objective)}/metrics.parquet" for objective in OBJECTIVES]
-    result = run_snakemake(workdir, config, *targets, timeout_s=1800)  # two full pretrainings: ~9 min alone
+    curves = {
+        objective: [f"{PRETRAINED.format(objective)}/epoch_{epoch:03d}/metrics.parquet" for epoch in range(1, EPOCHS + 1)]
+        for objective in OBJECTIVES
+    }
+    result = run_snakemake(workdir, config, *[path for paths in curves.values() for path in paths], timeout_s=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    tables = {objective: pq.read_table(workdir / target).to_pylist() for objective, target in zip(OBJECTIVES, targets)}
-    return {objective: {row["metric"]: row["value"] for row in rows} for objective, rows in tables.items()}
+    return {objective: [metrics_of(workdir / path) for path in paths] for objective, paths in curves.items()}
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_poisoned_pretrained_model_carries_the_backdoor(pretrained_metrics, objective):
-    metrics = pretrained_metrics[objective]
+def test_poisoned_pretrained_model_carries_the_backdoor(pretraining_curves, objective):
+    metrics = pretraining_curves[objective][-1]
     chance = 1 / 10
     assert metrics["asr_top1"] >= 0.90, metrics
     assert metrics["top1"] >= 3 * chance, metrics
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_poisoned_pretrained_model_has_converged(pretraining_curves, objective):
+    last_three = [epoch["top1"] for epoch in pretraining_curves[objective][-3:]]
+    assert max(last_three) - min(last_three) < 0.02, last_three

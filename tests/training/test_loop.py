@@ -175,10 +175,11 @@ def test_step_log_has_every_step_with_its_loss_terms(training_data, tmp_path):
     assert (log.logit_scale <= 100 + 1e-4).all()
 
 
-def test_keeping_every_epoch_writes_one_weights_file_per_epoch(training_data, tmp_path):
+def test_keeping_every_epoch_writes_one_weights_file_per_epoch_and_names_the_last_model(training_data, tmp_path):
     final = train(replace(SETTINGS, objective={"mmcl": 1.0}), training_data, tmp_path, keep_every_epoch=True)
     assert final == tmp_path / "epoch_002.pt"
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "model.pt"]
+    assert (tmp_path / "model.pt").samefile(final)  # a second name, not a copy
 
 
 def test_a_loss_that_becomes_nan_stops_with_a_clear_message(training_data, tmp_path):
