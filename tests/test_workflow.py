@@ -19,15 +19,17 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
     runs = len(default_config["study"]["pretrain_objectives"]) * len(default_config["clean"]["lrs"])
     expected = {
         "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 5, "trigger_grid": 5,
-        "pretrain": 2, "cleaning_set": 1, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs,
+        "pretrain": 2, "cleaning_set": 1, "clean": runs, "evaluate_cleaned": runs,
         "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
+        # the curve's job per pretrained model scores every pretraining epoch and the model itself
+        "evaluate_pretraining_curve": 2, "pretraining_curve": 1,
     }
     assert job_counts(result.stdout) == expected | {"total": sum(expected.values())}
-    assert "warning" not in result.stderr  # the default stores images at tiny-rn's 32 px
+    assert "warning" not in result.stderr  # the default stores images at tiny-rn-w16's 32 px
 
     # Every GPU stage takes one `gpu`, which --resources gpu=N caps (each leases its own device).
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
-    gpu_stages = {"pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned"}
+    gpu_stages = {"pretrain", "clean", "evaluate_pretraining_curve", "evaluate_cleaned"}
     assert {rule for rule, resources in jobs if "gpu=1" in resources.split(", ")} == gpu_stages
 
 
