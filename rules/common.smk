@@ -28,15 +28,19 @@ ATTACK_DIR = "results/{dataset}/{attack}"
 PRETRAIN_EPOCHS = range(1, config["pretrain"]["epochs"] + 1) if config["pretrain"]["curve"] else range(0)
 
 
+EPOCH_WEIGHTS = "epoch_{epoch:03d}.pt"
+EPOCH_METRICS = "epoch_{epoch:03d}/metrics.parquet"
+
+
 def epoch_files(run, epochs, name):
-    """A file per epoch of a run: its weights (name `.pt`) or its metrics (`/metrics.parquet`)."""
-    return expand(f"{run}/epoch_{{epoch:03d}}{name}", epoch=epochs, allow_missing=True)
+    """A file per epoch of a run: its weights (EPOCH_WEIGHTS) or its metrics (EPOCH_METRICS)."""
+    return expand(f"{run}/{name}", epoch=epochs, allow_missing=True)
 
 
-CLEAN_EPOCH_WEIGHTS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, ".pt")
-CLEAN_EPOCH_METRICS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, "/metrics.parquet")
-PRETRAIN_EPOCH_WEIGHTS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, ".pt")
-PRETRAIN_EPOCH_METRICS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, "/metrics.parquet")
+CLEAN_EPOCH_WEIGHTS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, EPOCH_WEIGHTS)
+CLEAN_EPOCH_METRICS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, EPOCH_METRICS)
+PRETRAIN_EPOCH_WEIGHTS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, EPOCH_WEIGHTS)
+PRETRAIN_EPOCH_METRICS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, EPOCH_METRICS)
 
 
 def _one_of(values):
@@ -208,7 +212,7 @@ def cleaned_provenance(wildcards):
 
 
 def _epoch_metrics(space, epochs):
-    return [f"results/runs/{run}/epoch_{epoch:03d}/metrics.parquet" for run in space.instance_patterns for epoch in epochs]
+    return [path for run in space.instance_patterns for path in epoch_files(f"results/runs/{run}", epochs, EPOCH_METRICS)]
 
 
 def study_metrics(wildcards):

@@ -139,7 +139,7 @@ def test_a_partial_run_under_other_settings_is_discarded_with_a_warning(training
 
     with caplog.at_level(logging.WARNING, logger=loop.__name__):
         train(replace(earlier, lr=2e-3, epochs=1), training_data, tmp_path, keep_every_epoch=True)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_001.pt", "train_log.parquet"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_001.pt", "model.pt", "train_log.parquet"]
     log = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
     assert list(log.step) == list(range(15)) and set(log.epoch) == {1}
     assert log.lr.max() == pytest.approx(2e-3)
