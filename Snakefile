@@ -32,4 +32,4 @@ rule all:
         rules.headline_figure.output,
         rules.figures.output,
         rules.preparation_summary.output if prepared_methods() else [],
-        rules.pretraining_curve.output if config["pretrain"]["curve"] else [],
+        rules.pretraining_curve.output if PRETRAIN_CURVE else [],

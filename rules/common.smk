@@ -25,7 +25,8 @@ ATTACK_DIR = "results/{dataset}/{attack}"
 
 
 # The pretraining curve's epochs: none unless the study keeps every pretraining epoch.
-PRETRAIN_EPOCHS = range(1, config["pretrain"]["epochs"] + 1) if config["pretrain"]["curve"] else range(0)
+PRETRAIN_CURVE = config["pretrain"]["curve"]
+PRETRAIN_EPOCHS = range(1, config["pretrain"]["epochs"] + 1) if PRETRAIN_CURVE else range(0)
 
 
 EPOCH_WEIGHTS = "epoch_{epoch:03d}.pt"

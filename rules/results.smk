@@ -51,7 +51,7 @@ use rule evaluate_pretrained as evaluate_cleaned with:
 
 # Every epoch of a pretraining run kept for the curve (pretrain.curve), in one pass likewise,
 # and the pretrained model with them (a job less).
-if config["pretrain"]["curve"]:
+if PRETRAIN_CURVE:
 
     ruleorder: evaluate_pretraining_curve > evaluate_pretrained
 
@@ -126,7 +126,7 @@ rule figures:
 
 
 # The pretraining curve of every poisoned model, when the study keeps every pretraining epoch.
-if config["pretrain"]["curve"]:
+if PRETRAIN_CURVE:
 
     rule pretraining_curve:
         input:

@@ -18,7 +18,7 @@ rule pretrain:
         settings=pretrain_settings,
         attack=attack_config,
         pretrained=PRETRAINED_TAG,
-        keep_every_epoch=config["pretrain"]["curve"],
+        keep_every_epoch=PRETRAIN_CURVE,
         out_dir=run_folder,
     threads: 2
     resources:
