@@ -4,8 +4,8 @@ Each path trains a freshly initialized copy of the same model on the same pre-ma
 the device, so the comparison is of the step itself, not of data loading:
 
 - ours, MMCL: the MMCL objective (CLIP's loss) through our training step, as the loop runs it:
-  AdamW (fused on CUDA), warmup-cosine, bf16 autocast and TF32 matmuls on CUDA, a ResNet image
-  tower in channels-last memory on CUDA, and torch.compile with --compile;
+  fused AdamW and a ResNet image tower in channels-last memory (on CUDA and CPU), warmup-cosine,
+  bf16 autocast and TF32 matmuls on CUDA, and torch.compile with --compile;
 - ours, MMCL+SSL: the same with the in-modal term, which encodes an augmented view of every image
   and caption too (twice the encoding);
 - open_clip_train: its train_one_epoch with CLIP's loss, as its main sets it up (a plain AdamW,

@@ -1,5 +1,7 @@
 # Training: pretraining of the poisoned model per grid point, and cleaning runs per
 # (pretrained model, method, poisons in the cleaning set, learning rate), keeping every epoch.
+# Both go before the light jobs that are ready with them (priority), which fill the cores around
+# the long stages instead of delaying them.
 
 
 rule pretrain:
@@ -21,6 +23,7 @@ rule pretrain:
         keep_every_epoch=PRETRAIN_CURVE,
         out_dir=run_folder,
     threads: 2
+    priority: 1
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
@@ -103,6 +106,7 @@ rule clean:
         keep_every_epoch=True,
         out_dir=run_folder,
     threads: 2
+    priority: 1
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],

@@ -13,16 +13,24 @@ def test_resnet_towers_are_told_from_the_model_config(name, resnet):
     assert has_resnet_tower(name) == resnet
 
 
-def test_channels_last_only_for_a_resnet_tower_on_cuda():
+def test_channels_last_only_for_a_resnet_tower_on_cuda_or_a_cpu():
     assert uses_channels_last("tiny-rn", CUDA)
-    assert not uses_channels_last("tiny-rn", CPU)
+    assert uses_channels_last("tiny-rn", CPU)
+    assert not uses_channels_last("tiny-rn", torch.device("mps"))
     assert not uses_channels_last("tiny-vit", CUDA)
+    assert not uses_channels_last("tiny-vit", CPU)
 
 
-def test_on_a_cpu_a_resnet_tower_keeps_its_memory_format():
-    model = on_device(create_model("tiny-rn"), "tiny-rn", CPU)
-    convolutions = [m.weight for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convolutions and all(weight.is_contiguous() for weight in convolutions)
+def test_on_a_cpu_a_resnet_tower_goes_channels_last_and_computes_the_same_features():
+    model = create_model("tiny-rn", seed=0).eval()
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model.encode_image(images)
+        model = on_device(model, "tiny-rn", CPU)
+        after = model.encode_image(images)
+    convolutions = [m.weight for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convolutions and all(weight.is_contiguous(memory_format=torch.channels_last) for weight in convolutions)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
 def test_tf32_matmuls_only_on_cuda_and_restored_after():

@@ -4,8 +4,8 @@ Each epoch ends with its checkpoint (written atomically); a killed run started a
 same settings resumes from the last one and ends with the same weights as an uninterrupted run:
 data order, augmentations and initialization are all functions of the seed and the epoch. How it
 executes (data-loader processes, torch.compile) is not a setting: a run may resume with other
-execution. On CUDA a step runs in bf16 autocast with TF32 matmuls, fused AdamW and, for a ResNet
-image tower, channels-last memory.
+execution. A step uses fused AdamW and, for a ResNet image tower, channels-last memory, on CUDA
+and on a CPU; on CUDA it runs in bf16 autocast with TF32 matmuls too.
 Until the run ends, everything it writes stays in `partial/` under its output folder: a
 workflow manager that deletes the outputs of an interrupted job before rerunning it deletes
 nothing the resumed run needs.

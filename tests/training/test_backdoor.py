@@ -3,9 +3,9 @@ poisoned pretrained models map triggered images to the target while classifying 
 above chance, and their top-1 no longer rises at the last epochs.
 
 Issue 13 asked for a top-1 range under 2 points over the last three epochs and ASR@1 >= 90%. The
-default's `make run` measured 2.5 and 0.4 points, ASR@1 99.4% and 88.0%; the same settings with
-one thread instead of two gave 1.3 and 0.4 points, 99.7% and 91.7%. The bounds below leave room
-for that variation across machines."""
+default's `make run` (one thread a training job, as here) measured 1.4 and 0.6 points, ASR@1 99.8%
+and 95.1%. With an 11 px pattern, on one thread or two, the ranges were 0.4-2.5 points and the
+MMCL+SSL model's ASR@1 88-89%. The bounds below leave room for that variation across machines."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -33,7 +33,8 @@ def pretraining_curves(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
         objective: [f"{PRETRAINED.format(objective)}/epoch_{epoch:03d}/metrics.parquet" for epoch in range(1, EPOCHS + 1)]
         for objective in OBJECTIVES
     }
-    result = run_snakemake(workdir, config, *[path for paths in curves.values() for path in paths], timeout_s=1800)
+    targets = [path for paths in curves.values() for path in paths]
+    result = run_snakemake(workdir, config, *targets, "--set-threads", "pretrain=1", timeout_s=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     return {objective: [metrics_of(workdir / path) for path in paths] for objective, paths in curves.items()}
 

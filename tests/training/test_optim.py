@@ -44,9 +44,23 @@ def test_a_schedule_without_warmup_starts_at_the_peak():
     assert lr_at(0) == pytest.approx(1e-3)  # warmup of one step: (0 + 1) / 1 of the peak
 
 
-def test_adamw_is_not_fused_on_a_cpu():
-    # fused only where every parameter is on CUDA (one kernel launch per step there)
-    assert not adamw(create_model("tiny-rn"), 1e-3, 0.1).defaults["fused"]
+def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_implementation():
+    fused_model, default_model = create_model("tiny-rn-w16", seed=0), create_model("tiny-rn-w16", seed=0)
+    fused = adamw(fused_model, 1e-3, 0.1)
+    assert fused.defaults["fused"]
+    twin = dict(zip(fused_model.parameters(), default_model.parameters()))
+    default = torch.optim.AdamW(
+        [{"params": [twin[p] for p in group["params"]], "weight_decay": group["weight_decay"]} for group in fused.param_groups],
+        lr=1e-3, eps=1e-8,
+    )
+    assert not default.param_groups[0]["fused"]
+    for model, optimizer in ((fused_model, fused), (default_model, default)):
+        for step in range(3):
+            for parameter in model.parameters():
+                parameter.grad = torch.full_like(parameter, 0.1 * (step + 1))
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), default_model.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_weight_decay_spares_biases_norms_and_the_logit_scale():
