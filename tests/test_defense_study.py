@@ -15,7 +15,7 @@ import yaml
 from cleanclip_core import study
 from cleanclip_core.config import validate_config
 from cleanclip_core.poison import names_target
-from workflow import ROOT, run_snakemake
+from workflow import ONE_THREAD, ROOT, run_snakemake
 
 from test_presets import merged
 
@@ -39,9 +39,6 @@ SMALL = {
     "execution": {"evaluation_batch_size": 64, "download_threads": 4},
 }
 STUDY_DIR = "results/studies/defenses"
-# Two small trainings or evaluations at once on the test machine's 2 cores.
-TRAINING_RULES = ("pretrain", "pretrain_surrogate", "optimize_trigger", "prepare_cleaning", "clean", "evaluate_pretrained", "evaluate_cleaned")
-ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in TRAINING_RULES)]
 
 
 def defense_smoke() -> dict:

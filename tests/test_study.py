@@ -15,13 +15,11 @@ from cleanclip_core import study
 from cleanclip_core.config import validate_config
 from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query
 from cleanclip_core.tables import table_provenance
-from workflow import ROOT, job_counts, run_snakemake
+from workflow import ONE_THREAD, ROOT, job_counts, run_snakemake
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 STUDY_DIR = "results/studies/smoke"
 EPOCHS = SMOKE["clean"]["epochs"]
-# Two trainings or evaluations at once on the test machine's 2 cores.
-ONE_THREAD = ["--set-threads", "pretrain=1", "clean=1", "evaluate_pretrained=1", "evaluate_cleaned=1"]
 LIGHT = {"results_database": 1, "figures": 1, "headline_figure": 1, "all": 1}
 
 

@@ -19,6 +19,11 @@ TINY_CONFIG = {
     "attacks": {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 6}},
 }
 
+# The torch stages on one thread each, as profiles/local runs them: two small trainings or
+# evaluations at once on the test machine's 2 cores.
+TORCH_RULES = ("pretrain", "pretrain_surrogate", "optimize_trigger", "prepare_cleaning", "clean", "evaluate_pretrained", "evaluate_cleaned")
+ONE_THREAD = ("--set-threads", *(f"{rule}=1" for rule in TORCH_RULES))
+
 
 def run_snakemake(workdir: Path, config: dict, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
     """Snakemake on the repository's Snakefile with `config`, outputs under `workdir`."""

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from workflow import ROOT, run_snakemake
+from workflow import ONE_THREAD, ROOT, run_snakemake
 
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
 OBJECTIVES = DEFAULT["study"]["pretrain_objectives"]
@@ -34,7 +34,7 @@ def pretraining_curves(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
         for objective in OBJECTIVES
     }
     targets = [path for paths in curves.values() for path in paths]
-    result = run_snakemake(workdir, config, *targets, "--set-threads", "pretrain=1", timeout_s=1800)
+    result = run_snakemake(workdir, config, *targets, *ONE_THREAD, timeout_s=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     return {objective: [metrics_of(workdir / path) for path in paths] for objective, paths in curves.items()}
 
