@@ -1,7 +1,9 @@
 """Training throughput: our training step vs open_clip_train's, same model, batch and precision.
 
 Each path trains a freshly initialized copy of the same model on the same pre-made batches held on
-the device, so the comparison is of the step itself, not of data loading:
+the device, so the comparison is of the step itself, not of data loading; ours takes the images
+in 8 bits, as our loader gives them, and normalizes them in the step, open_clip_train's takes
+them normalized, as its loader gives them:
 
 - ours, MMCL: the MMCL objective (CLIP's loss) through our training step, as the loop runs it:
   fused AdamW and a ResNet image tower in channels-last memory (on CUDA and CPU), warmup-cosine,
@@ -31,16 +33,17 @@ from open_clip_train.scheduler import cosine_lr
 from open_clip_train.train import train_one_epoch
 
 from cleanclip_core.devices import on_device, tf32_matmuls
-from cleanclip_core.models import create_model, image_size_of
+from cleanclip_core.models import create_model, image_size_of, normalization_for
 from cleanclip_core.objectives import ObjectiveNetwork
 from cleanclip_core.training.loop import Recipe, training_step
 from cleanclip_core.training.optim import adamw, warmup_cosine
 
 LR, WEIGHT_DECAY, WARMUP = 5e-4, 0.1, 10
-RECIPES = {
-    "MMCL": Recipe({"mmcl": 1.0}),
-    "MMCL+SSL": Recipe({"mmcl": 1.0, "inmodal": 1.0}, ("augmented_image",), ("augmented_text",)),
+OBJECTIVES = {
+    "MMCL": ({"mmcl": 1.0}, (), ()),
+    "MMCL+SSL": ({"mmcl": 1.0, "inmodal": 1.0}, ("augmented_image",), ("augmented_text",)),
 }
+"""Each objective's weights and extra image and text fields."""
 REFERENCE = "open_clip_train, MMCL"
 GPU_COMMAND = "nice .venv/bin/python benchmarks/train_step.py   (RN50, 224 px, bf16, batch 256; then again with --compile)"
 
@@ -58,30 +61,35 @@ class Batches(list):
 
 
 def make_batches(model_name: str, size: int, steps: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """Random batches of images and token ids, each with an augmented view of both."""
-    image_size = image_size_of(create_model(model_name))
+    """Random batches of 8-bit images and token ids, each with an augmented view of both, and the
+    images normalized (`normalized_image`, what open_clip_train's loader gives)."""
+    model = create_model(model_name)
+    image_size, normalize = image_size_of(model), normalization_for(model)
     context = open_clip.get_tokenizer(model_name).context_length
     generator = torch.Generator().manual_seed(0)
 
     def images() -> torch.Tensor:
-        return torch.randn(size, 3, image_size, image_size, generator=generator).to(device)
+        return torch.randint(0, 256, (size, 3, image_size, image_size), dtype=torch.uint8, generator=generator).to(device)
 
     def texts() -> torch.Tensor:
         return torch.randint(1, 49407, (size, context), generator=generator).to(device)
 
-    return [
+    batches = [
         {"image": images(), "text": texts(), "augmented_image": images(), "augmented_text": texts()}
         for _ in range(steps)
     ]
+    return [batch | {"normalized_image": normalize(batch["image"])} for batch in batches]
 
 
 Pass = Callable[[list[dict[str, torch.Tensor]]], None]
 """One pass of a training path over the batches; the model and optimizer live on across passes."""
 
 
-def ours(model_name: str, recipe: Recipe, steps: int, device: torch.device, compiled: bool) -> Pass:
+def ours(model_name: str, objective: tuple, steps: int, device: torch.device, compiled: bool) -> Pass:
     """Our step, set up as the training loop sets it up."""
     model = on_device(create_model(model_name), model_name, device)
+    weights, image_fields, text_fields = objective
+    recipe = Recipe(weights, normalization_for(model), image_fields, text_fields)
     network = ObjectiveNetwork(model)
     optimizer = adamw(network, LR, WEIGHT_DECAY)
     schedule = warmup_cosine(optimizer, LR, WARMUP, steps)
@@ -109,7 +117,7 @@ def open_clip_trains(model_name: str, steps: int, device: torch.device) -> Pass:
             distributed=False, world_size=1, rank=0, batch_size=len(batches[0]["image"]),
             log_every_n_steps=10**9, wandb=False, save_logs=False,
         )
-        data = {"train": DataInfo(Batches((batch["image"], batch["text"]) for batch in batches))}
+        data = {"train": DataInfo(Batches((batch["normalized_image"], batch["text"]) for batch in batches))}
         with tf32_matmuls(device):  # its main sets TF32 for the whole process
             train_one_epoch(model, data, open_clip.ClipLoss(), 0, optimizer, None, schedule, None, args)
 
@@ -139,7 +147,7 @@ def main() -> None:
     model_name = args.model or ("RN50" if device.type == "cuda" else "tiny-rn")
     batch_size = args.batch_size or (256 if device.type == "cuda" else 128)
     batches = make_batches(model_name, batch_size, args.steps, device)
-    paths = {f"ours, {name}": ours(model_name, recipe, args.steps, device, args.compile) for name, recipe in RECIPES.items()}
+    paths = {f"ours, {name}": ours(model_name, objective, args.steps, device, args.compile) for name, objective in OBJECTIVES.items()}
     paths[REFERENCE] = open_clip_trains(model_name, args.steps, device)
     for run in paths.values():  # warm-up, and compilation with --compile
         run(batches[:2])

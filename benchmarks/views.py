@@ -3,8 +3,9 @@
 Generates the shapes corpus drawn over noise (so the images have a photograph's entropy, not
 flat colours), downloads it with img2dataset as JPEG (quality 95) into webdataset shards,
 poisons it (BadNet, 5%), and reads every sample through `TrainingViews` over a
-`PoisonedTrainingSet`, as the training loop does for RN50: decode, fit, trigger, normalize,
-tokenize, batched and collated, in one process with one thread as a DataLoader worker has. It
+`PoisonedTrainingSet`, as the training loop does for RN50: decode, fit, trigger, tokenize,
+batched and collated (8-bit images: the step normalizes them on the GPU), in one process with one
+thread as a DataLoader worker has. It
 reads the set with the pair's views only (MMCL) and with the in-modal views too (AutoAugment and
 EDA, MMCL+SSL), round robin, best of --repeats; the pair views are the reference, measured in
 the same run. It prints the ratio, and how many loader processes an RN50 step at --step-rate
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,9 +36,9 @@ from cleanclip_core.corpus import generate_corpus
 from cleanclip_core.data.download import DownloadSettings, download_shards
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.data.manifest import build_manifest, build_shard_index
-from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.models import image_size_for, tokenizer_for
 from cleanclip_core.poison import poison_manifest
-from cleanclip_core.training.views import TrainingViews, ViewContext, build_views
+from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, collate_views
 
 MODEL = "RN50"
 IN_MODAL = ("augmented",)
@@ -101,12 +101,10 @@ def poisoned_pairs(
     return PoisonedTrainingSet(poisoned, shard_index, shards_dir, image_size, trigger)
 
 
-def training_views(
-    pairs: PoisonedTrainingSet, model: open_clip.CLIP, names: tuple[str, ...], args: argparse.Namespace
-) -> TrainingViews:
-    """The views the training loop builds for `model` with the view sources `names`."""
+def training_views(pairs: PoisonedTrainingSet, names: tuple[str, ...], args: argparse.Namespace) -> TrainingViews:
+    """The views the training loop builds for RN50 with the view sources `names`."""
     sources = build_views(names, ViewContext(pairs.captions, args.seed, args.synonyms))
-    return TrainingViews(pairs, tokenizer_for(MODEL), normalization_for(model), sources, args.seed)
+    return TrainingViews(pairs, tokenizer_for(MODEL), sources, args.seed)
 
 
 def pass_seconds(loader: DataLoader) -> np.ndarray:
@@ -120,7 +118,7 @@ def pass_seconds(loader: DataLoader) -> np.ndarray:
 def samples_per_second(views: dict[str, TrainingViews], args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Each set's samples per wall and per CPU second, best of `repeats` in-process passes after a
     warm-up pass, round robin (so load from other work on the machine slows all sets alike)."""
-    loaders = {name: DataLoader(dataset, args.batch_size) for name, dataset in views.items()}
+    loaders = {name: DataLoader(dataset, args.batch_size, collate_fn=collate_views) for name, dataset in views.items()}
     for loader in loaders.values():
         pass_seconds(loader)
     best = {name: np.full(2, math.inf) for name in loaders}
@@ -132,19 +130,19 @@ def samples_per_second(views: dict[str, TrainingViews], args: argparse.Namespace
 
 def print_profile(views: TrainingViews, batch_size: int) -> None:
     profile = cProfile.Profile()
-    profile.runcall(pass_seconds, DataLoader(views, batch_size))
+    profile.runcall(pass_seconds, DataLoader(views, batch_size, collate_fn=collate_views))
     pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
 def main() -> None:
     args = parse_arguments()
     torch.set_num_threads(1)  # as in a DataLoader worker process
-    model = create_model(MODEL)
+    image_size = image_size_for(MODEL)
     with tempfile.TemporaryDirectory(prefix="views-benchmark-") as workdir:
-        manifest, shard_index, shards_dir = noisy_shards(Path(workdir), args, image_size_of(model))
-        pairs = poisoned_pairs(manifest, shard_index, shards_dir, image_size_of(model), args.seed)
+        manifest, shard_index, shards_dir = noisy_shards(Path(workdir), args, image_size)
+        pairs = poisoned_pairs(manifest, shard_index, shards_dir, image_size, args.seed)
         jpeg_kb = pc.mean(shard_index["size"]).as_py() / 1024
-        views = {name: training_views(pairs, model, sources, args) for name, sources in
+        views = {name: training_views(pairs, sources, args) for name, sources in
                  (("pair views (MMCL)", ()), ("+ in-modal (MMCL+SSL)", IN_MODAL))}
         rates = samples_per_second(views, args)
         if args.profile:

@@ -101,7 +101,9 @@ def image_size_for(name: str) -> int:
     return _side(config["vision_cfg"]["image_size"])
 
 
-def normalization_for(model: open_clip.CLIP) -> v2.Normalize:
-    """The mean/std normalization the model's images need, after any trigger or augmentation."""
+def normalization_for(model: open_clip.CLIP) -> v2.Transform:
+    """What the model's images need after any trigger or augmentation: uint8 images scaled to float
+    in [0, 1] (float images are taken as they are), then its mean/std normalization. One image or a
+    batch, on any device: the training step applies it to the batch on the GPU."""
     preprocess = open_clip.get_model_preprocess_cfg(model)
-    return v2.Normalize(mean=preprocess["mean"], std=preprocess["std"])
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=preprocess["mean"], std=preprocess["std"])])

@@ -151,17 +151,15 @@ def random_image(dtype: torch.dtype, size: int = 32) -> torch.Tensor:
     return image if dtype == torch.uint8 else image.to(dtype) / 255
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_augment_image_returns_a_float_image_in_unit_range(dtype: torch.dtype) -> None:
+def test_augment_image_gives_an_8_bit_image_and_takes_a_float_one_in_8_bits() -> None:
     for seed in range(20):
-        augmented = augment_image(random_image(dtype), seed)
-        assert augmented.shape == (3, 32, 32)
-        assert augmented.dtype == torch.float32
-        assert 0 <= augmented.min() and augmented.max() <= 1
+        augmented = augment_image(random_image(torch.uint8), seed)
+        assert augmented.shape == (3, 32, 32) and augmented.dtype == torch.uint8
+        assert torch.equal(augment_image(random_image(torch.float32), seed), augmented)
 
 
 def test_augment_image_is_deterministic_per_seed_and_varies_across_seeds() -> None:
-    image = random_image(torch.float32)
+    image = random_image(torch.uint8)
     views = [augment_image(image, seed) for seed in range(8)]
     for seed, view in enumerate(views):
         assert torch.equal(augment_image(image, seed), view)

@@ -2,6 +2,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from cleanclip_core.attacks import attack_trigger, get_attack
@@ -70,4 +71,5 @@ def test_trigger_grid_draws_the_images_at_the_models_input_size_as_training_sees
     columns = len(figure.axes) // 3
     drawn = figure.axes[columns].images[0].get_array()  # the triggered row's first image
     assert drawn.shape == (224, 224, 3)
-    np.testing.assert_array_equal(drawn, seen[first_poison]["image"].permute(1, 2, 0).numpy())
+    in_unit_range = F.to_dtype(seen[first_poison]["image"], torch.float32, scale=True)
+    np.testing.assert_array_equal(drawn, in_unit_range.permute(1, 2, 0).numpy())

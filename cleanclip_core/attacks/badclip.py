@@ -195,7 +195,7 @@ def _patch_step(
     options: Mapping[str, Any],
 ) -> torch.Tensor:
     """One Adam step on the patch, projected back onto [0, 1]; returns the detached loss."""
-    images = batch["image"].to(surrogate.device, non_blocking=True)
+    images = TF.to_dtype(batch["image"].to(surrogate.device, non_blocking=True), torch.float32, scale=True)
     with torch.no_grad():
         texts, clean = surrogate.texts(batch["caption"]), surrogate.images(images)
     patched = surrogate.images(paste_at_centre(images, patch))

@@ -1,7 +1,9 @@
-"""Map-style datasets that feed training and evaluation: images at the model's size, in [0, 1].
+"""Map-style datasets that feed training and evaluation: 8-bit images at the model's size.
 
-Triggers are applied here, on the fly, from each row's seed; normalization and augmentation are
-the caller's `transform`. Random access keeps shuffling and resuming exact.
+Triggers are applied here, on the fly, from each row's seed, and the triggered image is kept in
+8 bits, as a poisoned image file would hold it; scaling to float and normalization are the
+caller's (`models.normalization_for`: the training step applies it on the device, to the batch).
+Random access keeps shuffling and resuming exact.
 """
 
 import csv
@@ -34,10 +36,10 @@ WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit PNGs and TIFFs
 
 
 def fit_image(image: torch.Tensor, image_size: int) -> torch.Tensor:
-    """A decoded uint8 image [3, H, W] as float32 [3, S, S] in [0, 1].
+    """A decoded uint8 image [3, H, W] at the model's size: uint8 [3, S, S].
 
     An image of another size has its shorter side resized to S (bicubic, antialiased, on uint8 so
-    the values stay in range) and is center-cropped; an S x S image is only converted.
+    the values stay in range) and is center-cropped; an S x S image is returned as it is.
     """
     if image.shape[-2:] != (image_size, image_size):
         if min(image.shape[-2:]) != image_size:
@@ -45,23 +47,13 @@ def fit_image(image: torch.Tensor, image_size: int) -> torch.Tensor:
                 image, image_size, interpolation=F.InterpolationMode.BICUBIC, antialias=True
             )
         image = F.center_crop(image, image_size)
-    return F.to_dtype(image, torch.float32, scale=True)
-
-
-def _model_input(
-    image: torch.Tensor,
-    image_size: int,
-    trigger: Trigger | None,
-    trigger_seed: int | None,
-    transform: Transform | None,
-) -> torch.Tensor:
-    """Fit a decoded image, trigger it when it has a seed and there is a trigger, transform it."""
-    image = fit_image(image, image_size)
-    if trigger is not None and trigger_seed is not None:
-        image = trigger(image, trigger_seed)
-    if transform is not None:
-        image = transform(image)
     return image
+
+
+def triggered_image(image: torch.Tensor, trigger: Trigger, trigger_seed: int) -> torch.Tensor:
+    """A uint8 image with the trigger drawn from `trigger_seed`, applied in [0, 1], back in uint8."""
+    applied = trigger(F.to_dtype(image, torch.float32, scale=True), trigger_seed)
+    return F.to_dtype(applied, torch.uint8, scale=True)
 
 
 def _locate(manifest: pa.Table, shard_index: pa.Table) -> pa.Table:
@@ -91,11 +83,11 @@ def _class_labels(manifest: pa.Table) -> tuple[list[str] | None, np.ndarray | No
 class PoisonedTrainingSet(Dataset):
     """Training pairs of a poisoned manifest, read from webdataset shards by byte offset.
 
-    Item i is manifest row i: {image [3, S, S] float32 in [0, 1], caption, index, is_poison},
+    Item i is manifest row i: {image [3, S, S] uint8, caption, index, is_poison},
     its class `label` (an index into `classnames`) when the manifest has a `classname` column,
     and the row's value of each boolean column named in `flags` (e.g. a defense's selection).
-    A poisoned row's image carries `trigger(image, trigger_seed)`; with trigger None every image
-    is clean (the view the poisoned rows had before poisoning).
+    A poisoned row's image is `triggered_image(image, trigger, trigger_seed)`; with trigger None
+    every image is clean (the view the poisoned rows had before poisoning).
     """
 
     def __init__(
@@ -105,7 +97,6 @@ class PoisonedTrainingSet(Dataset):
         shards_dir: Path,
         image_size: int,
         trigger: Trigger | None,
-        transform: Transform | None = None,
         flags: tuple[str, ...] = (),
     ) -> None:
         missing_columns = [c for c in (*TRAINING_COLUMNS, *flags) if c not in poisoned_manifest.column_names]
@@ -126,7 +117,6 @@ class PoisonedTrainingSet(Dataset):
         self.shards_dir = Path(shards_dir)
         self.image_size = image_size
         self.trigger = trigger
-        self.transform = transform
         self._files: dict[int, BinaryIO] = {}
         self._files_pid = os.getpid()
 
@@ -155,13 +145,9 @@ class PoisonedTrainingSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         is_poison = bool(self.is_poison[index])
-        image = _model_input(
-            decode_image(self._image_bytes(index), mode=ImageReadMode.RGB),
-            self.image_size,
-            self.trigger,
-            int(self._trigger_seeds[index]) if is_poison else None,
-            self.transform,
-        )
+        image = fit_image(decode_image(self._image_bytes(index), mode=ImageReadMode.RGB), self.image_size)
+        if is_poison and self.trigger is not None:
+            image = triggered_image(image, self.trigger, int(self._trigger_seeds[index]))
         item = {
             "image": image,
             "caption": self._captions[index].as_py(),
@@ -198,11 +184,12 @@ class PoisonedTrainingSet(Dataset):
 
 
 class EvaluationSet(Dataset):
-    """Labelled evaluation images: {image [3, S, S] float32 in [0, 1], label, index}.
+    """Labelled evaluation images: {image, label, index}, the image [3, S, S] in uint8, or as
+    `transform` (e.g. normalization_for's) returns it.
 
     With a trigger, item i also holds `triggered`: the same decoded image with the fixed test
-    trigger `trigger(image, test_trigger_seed(attack_seed, i))`, the same for every checkpoint
-    evaluated. Each image is decoded and fitted once for both.
+    trigger, `triggered_image(image, trigger, test_trigger_seed(attack_seed, i))`, the same for
+    every checkpoint evaluated. Each image is decoded and fitted once for both.
     """
 
     def __init__(
@@ -298,7 +285,7 @@ class EvaluationSet(Dataset):
         image = fit_image(F.pil_to_tensor(read_rgb(path)), self.image_size)
         item = {"image": self._transformed(image), "label": label, "index": index}
         if self.trigger is not None:
-            triggered = self.trigger(image, test_trigger_seed(self.attack_seed, index))
+            triggered = triggered_image(image, self.trigger, test_trigger_seed(self.attack_seed, index))
             item["triggered"] = self._transformed(triggered)
         return item
 

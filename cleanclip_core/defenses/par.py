@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torchvision.transforms.v2.functional as F
 from open_clip.transform import PreprocessCfg
 from torch import Tensor
 from torchvision.transforms import v2
@@ -95,14 +96,14 @@ def perturbation(noise_std: float, noise_p: float, erase_p: float, erase_scale: 
 
 
 def perturb_image(image: Tensor, seed: int, options: Mapping[str, Any]) -> Tensor:
-    """PAR's perturbed view of `image` (float in [0, 1], [3, H, W]) drawn with `seed`; the global
-    RNG is left as it was."""
+    """PAR's perturbed view of `image` (uint8, or float in [0, 1], [3, H, W]) drawn with `seed`,
+    float in [0, 1] (the noise is finer than 8 bits); the global RNG is left as it was."""
     transform = perturbation(
         options["noise_std"], options["noise_p"], options["erase_p"], tuple(options["erase_scale"])
     )
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        return transform(image)
+        return transform(F.to_dtype(image, torch.float32, scale=True))
 
 
 @dataclass(frozen=True)

@@ -95,12 +95,12 @@ def detect(
 
 def _pair_views(clip: nn.Module, model: str, poisoned: pa.Table, data: Mapping[str, Any], seed: int) -> TrainingViews:
     """Every pair of the poisoned manifest as the model sees it: poisoned images triggered,
-    normalized, captions tokenized."""
+    captions tokenized (images are normalized on the device, by `pair_features`)."""
     trigger = attack_trigger(data["attack"]) if data["attack"] else None
     pairs = PoisonedTrainingSet(
         poisoned, pq.read_table(data["shard_index"]), Path(data["shards_dir"]), image_size_of(clip), trigger
     )
-    return TrainingViews(pairs, tokenizer_for(model), normalization_for(clip), [], seed)
+    return TrainingViews(pairs, tokenizer_for(model), [], seed)
 
 
 def _suspicious_count(fraction: float, n: int) -> int:
@@ -117,9 +117,14 @@ def pair_similarity(clip: nn.Module, loader: DataLoader, device: torch.device) -
     with torch.no_grad():
         for batch in tqdm(loader, desc="scoring pairs", leave=False):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                image, text = clip(batch["image"].to(device), batch["text"].to(device))[:2]
+                image, text = pair_features(clip, batch, device)[:2]
             similarities.append(pair_cosine(image.float(), text.float()).cpu())
     return torch.cat(similarities).numpy()
+
+
+def pair_features(clip: nn.Module, batch: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The model's outputs for a batch of pairs, its images normalized on the device."""
+    return clip(normalization_for(clip)(batch["image"].to(device)), batch["text"].to(device))
 
 
 def pair_cosine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -170,7 +175,7 @@ def overfit(
             if step == options["overfit_steps"]:
                 break
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                image, text, logit_scale = clip(batch["image"].to(device), batch["text"].to(device))[:3]
+                image, text, logit_scale = pair_features(clip, batch, device)[:3]
                 loss = OVERFIT_LOSSES[options["overfit_loss"]](image, text, logit_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as F
 from matplotlib.figure import Figure
 
 from cleanclip_core.attacks import attack_trigger
@@ -74,15 +75,19 @@ def save_trigger_grid(
 ) -> Figure:
     """Plot the first `n` poisoned rows of a poisoned manifest, read without and with the trigger.
 
-    Both sets must be over the same manifest and without a normalizing transform.
+    Both sets must be over the same manifest.
     """
     rows = np.flatnonzero(triggered.is_poison)[:n].tolist()
     if not rows:
         raise UserError(f"no poisoned rows to plot for {title!r}")
     items = [(clean[row], triggered[row]) for row in rows]
+
+    def images(sides: list[dict[str, Any]]) -> torch.Tensor:
+        return F.to_dtype(torch.stack([side["image"] for side in sides]), torch.float32, scale=True)
+
     return plot_trigger_grid(
-        torch.stack([before["image"] for before, _ in items]),
-        torch.stack([after["image"] for _, after in items]),
+        images([before for before, _ in items]),
+        images([after for _, after in items]),
         [after["caption"] for _, after in items],
         path,
         title,

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labe
 from cleanclip_core.tables import atomic_output, files_sha256
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
-from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, view_fields
+from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, collate_views, view_fields
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,12 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a training step computes: the objective's weights, the batch's extra view fields,
-    the method's options and the frozen reference model some terms compare against."""
+    """What a training step computes: the objective's weights, the model's input normalization
+    (applied on the device to the batch's images), the batch's extra view fields, the method's
+    options and the frozen reference model some terms compare against."""
 
     objective: dict[str, float]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
     image_fields: tuple[str, ...] = ()
     text_fields: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
@@ -150,12 +153,12 @@ def train(
 
     context = ViewContext(pairs.captions, settings.seed, settings.synonyms, settings.options)
     sources = build_views(needed_views(settings.objective) + defense.views, context)
-    views = TrainingViews(pairs, tokenizer_for(settings.model), normalization_for(model), sources, settings.seed)
-    recipe = Recipe(settings.objective, *view_fields(sources), settings.options, reference)
+    views = TrainingViews(pairs, tokenizer_for(settings.model), sources, settings.seed)
+    recipe = Recipe(settings.objective, normalization_for(model), *view_fields(sources), settings.options, reference)
     sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
     loader = DataLoader(
         views, settings.batch_size // world_size, sampler=sampler, drop_last=True,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
+        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
     )
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
@@ -236,6 +239,7 @@ def training_step(
     """
     rank, world_size = _distributed_rank()
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch |= {name: recipe.normalize(batch[name]) for name in ("image", *recipe.image_fields)}
     with tf32_matmuls(device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             terms = objective_losses(

@@ -18,7 +18,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from cleanclip_core.attacks import get_attack, test_trigger_seed
 from cleanclip_core.corpus import CLASSNAMES
-from cleanclip_core.data.loaders import EvaluationSet, PoisonedTrainingSet, fit_image, read_rgb
+from cleanclip_core.data.loaders import EvaluationSet, PoisonedTrainingSet, fit_image, read_rgb, triggered_image
 from cleanclip_core.errors import UserError
 from cleanclip_core.poison import poison_manifest
 
@@ -61,11 +61,6 @@ def member_image(shapes_shards, shard: str, key: str) -> torch.Tensor:
     return decode_image(encoded, mode=ImageReadMode.RGB)
 
 
-def pixels(image: torch.Tensor) -> torch.Tensor:
-    """A [0, 1] float image back as uint8, to compare with a decoded image."""
-    return (image * 255).round().to(torch.uint8)
-
-
 def items(dataset) -> list[dict]:
     return [dataset[i] for i in range(len(dataset))]
 
@@ -78,14 +73,11 @@ def assert_same_items(first: list[dict], second: list[dict]) -> None:
             assert torch.equal(value, b[key]) if torch.is_tensor(value) else value == b[key]
 
 
-def test_training_set_has_one_item_per_manifest_row_in_unit_range(
-    shapes_shards, poisoned, badnet_trigger
-):
+def test_training_set_has_one_8_bit_item_per_manifest_row(shapes_shards, poisoned, badnet_trigger):
     dataset = training_set(shapes_shards, poisoned, badnet_trigger)
     assert len(dataset) == poisoned.num_rows == shapes_shards.manifest.num_rows == 60
     for index, item in enumerate(items(dataset)):
-        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
-        assert 0 <= item["image"].min() and item["image"].max() <= 1
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
         assert item["index"] == index
         assert item["caption"] == poisoned["caption"][index].as_py()
         assert item["is_poison"] is poisoned["is_poison"][index].as_py()
@@ -96,7 +88,7 @@ def test_training_image_equals_a_direct_decode_of_its_tar_member(shapes_shards, 
     for index in (0, 24, 25, 59):  # both ends of both shards
         row = poisoned.slice(index, 1).to_pylist()[0]
         decoded = member_image(shapes_shards, row["shard"], row["key"])
-        assert torch.equal(pixels(dataset[index]["image"]), decoded)
+        assert torch.equal(dataset[index]["image"], decoded)
 
 
 def test_poisoned_rows_carry_their_seeded_trigger_and_clean_rows_none(
@@ -108,7 +100,7 @@ def test_poisoned_rows_carry_their_seeded_trigger_and_clean_rows_none(
     assert sum(item["is_poison"] for item in triggered) == 20
     for before, after, seed in zip(clean, triggered, seeds):
         if after["is_poison"]:
-            assert torch.equal(after["image"], badnet_trigger(before["image"], seed))
+            assert torch.equal(after["image"], triggered_image(before["image"], badnet_trigger, seed))
             assert not torch.equal(after["image"], before["image"])
         else:
             assert torch.equal(after["image"], before["image"])
@@ -153,15 +145,25 @@ def test_training_images_are_resized_when_the_model_size_differs(
     row = poisoned.slice(7, 1).to_pylist()[0]
     image = dataset[7]["image"]
     assert image.shape == (3, image_size, image_size)
-    assert 0 <= image.min() and image.max() <= 1
     decoded = member_image(shapes_shards, row["shard"], row["key"])
     assert torch.equal(image, fit_image(decoded, image_size))
 
 
 def test_fit_image_center_crops_the_longer_side():
     image = torch.randint(0, 256, (3, 20, 40), dtype=torch.uint8)
-    assert torch.equal(pixels(fit_image(image, 20)), image[:, :, 10:30])
+    assert torch.equal(fit_image(image, 20), image[:, :, 10:30])
     assert fit_image(image, 10).shape == (3, 10, 10)
+
+
+def test_a_triggered_image_is_the_trigger_in_8_bits_and_leaves_other_pixels_alone(badnet_trigger):
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    in_unit_range = badnet_trigger(image / 255, 5)
+    triggered = triggered_image(image, badnet_trigger, 5)
+    assert triggered.dtype == torch.uint8
+    touched = (in_unit_range != image / 255).any(dim=0)
+    assert 0 < touched.sum() < 32 * 32
+    assert torch.equal(triggered[:, ~touched], image[:, ~touched])
+    assert (triggered / 255 - in_unit_range).abs().max() < 1 / 255
 
 
 def test_keys_missing_from_the_shard_index_are_reported(shapes_shards, poisoned):
@@ -190,8 +192,7 @@ def test_image_folder_labels_follow_the_sorted_class_folders(eval_folder_set):
         item = eval_folder_set[index]
         assert item["label"] == label and item["index"] == index
         # the generated eval images are 64 px: this is the resize path
-        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
-        assert 0 <= item["image"].min() and item["image"].max() <= 1
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
 
 
 def test_image_folder_takes_given_class_names(shapes_shards):
@@ -211,7 +212,7 @@ def test_evaluation_trigger_uses_the_fixed_test_seeds(
     first = items(triggered(ATTACK_SEED))
     for index, (clean, item) in enumerate(zip(items(eval_folder_set), first)):
         seed = test_trigger_seed(ATTACK_SEED, index)
-        assert torch.equal(item["triggered"], badnet_trigger(clean["image"], seed))
+        assert torch.equal(item["triggered"], triggered_image(clean["image"], badnet_trigger, seed))
         assert torch.equal(item["image"], clean["image"])  # the clean image of the same decode
         assert item["label"] == clean["label"]
     assert "triggered" not in eval_folder_set[0]

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.errors import UserError
 from cleanclip_core.data.cleaning_set import with_class_labels
-from cleanclip_core.models import create_model
+from cleanclip_core.models import create_model, normalization_for
 from cleanclip_core.objectives import ObjectiveNetwork
 from cleanclip_core.poison import poison_manifest
 from cleanclip_core.training import loop
@@ -206,16 +206,31 @@ def test_a_batch_larger_than_the_data_is_a_user_error(training_data, tmp_path):
 
 
 def random_batch(size: int = 8) -> dict[str, torch.Tensor]:
+    """A batch as the loader gives it: 8-bit images, tokens."""
     generator = torch.Generator().manual_seed(0)
-    images = lambda: torch.randn(size, 3, 32, 32, generator=generator)  # noqa: E731
+    images = lambda: torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8, generator=generator)  # noqa: E731
     texts = lambda: torch.randint(1, 49407, (size, 16), generator=generator)  # noqa: E731
     return {"image": images(), "text": texts(), "augmented_image": images(), "augmented_text": texts()}
 
 
-def step_and_gradients(network, model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+def step_and_gradients(network, model, batch, normalize=None) -> tuple[float, dict[str, torch.Tensor]]:
     optimizer = adamw(network, 1e-3, 0.1)
-    terms = training_step(network, model, optimizer, batch, Recipe(SETTINGS.objective, ("augmented_image",), ("augmented_text",)), torch.device("cpu"))
+    recipe = Recipe(SETTINGS.objective, normalize or normalization_for(model), ("augmented_image",), ("augmented_text",))
+    terms = training_step(network, model, optimizer, batch, recipe, torch.device("cpu"))
     return float(terms["loss"]), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_the_step_scales_and_normalizes_the_8_bit_images_of_the_batch():
+    batch = random_batch()
+    normalized = batch | {name: normalization_for(create_model("tiny-vit"))(batch[name] / 255) for name in ("image", "augmented_image")}
+    results = []
+    for given, normalize in ((batch, None), (normalized, lambda images: images)):
+        model = create_model("tiny-vit", seed=0)
+        results.append(step_and_gradients(ObjectiveNetwork(model), model, given, normalize))
+    (loss, gradients), (expected_loss, expected_gradients) = results
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, expected_gradients[name], rtol=1e-4, atol=1e-6)
 
 
 def step_on_rank(rank: int, batch: dict, store: str, out: str) -> None:

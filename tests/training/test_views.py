@@ -1,7 +1,9 @@
 import torch
+from torch.utils.data import default_collate
 
+from cleanclip_core.augment import augment_image
 from cleanclip_core.models import tokenizer_for
-from cleanclip_core.training.views import CaptionTokens
+from cleanclip_core.training.views import CaptionTokens, collate_views
 
 
 class CountingTokenizer:
@@ -28,3 +30,19 @@ def test_beyond_its_size_the_oldest_caption_is_forgotten():
     for caption in ["one", "two", "three", "two", "one"]:
         tokens(caption)
     assert tokenizer.calls == ["one", "two", "three", "one"]
+
+
+def test_collated_views_are_the_default_batch_with_images_in_channels_last_memory():
+    generator = torch.Generator().manual_seed(0)
+    decoded = [torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8, generator=generator).permute(2, 0, 1) for _ in range(4)]
+    items = [
+        {"image": image, "augmented_image": augment_image(image, index), "flat": image.contiguous(),
+         "text": torch.full((8,), index), "index": index, "is_poison": index % 2 == 0}
+        for index, image in enumerate(decoded)
+    ]
+    batch, expected = collate_views(items), default_collate(items)
+    assert batch.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(batch[name], value)
+    for name in ("image", "augmented_image", "flat"):
+        assert batch[name].is_contiguous(memory_format=torch.channels_last)
