@@ -56,7 +56,7 @@ def class_rank(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 def topk_accuracy(label_ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """{"top{k}": fraction of images whose true class ranks among the first k} from the rank of
     each image's true class (`class_rank`); k above the number of classes counts every image."""
-    return {f"top{k}": (label_ranks < k).float().mean().item() for k in ks}
+    return {f"top{k}": (label_ranks < k).double().mean().item() for k in ks}
 
 
 def target_ranks(logits: torch.Tensor, labels: torch.Tensor, target_index: int) -> torch.Tensor:
@@ -74,7 +74,7 @@ def attack_success_rate(target_ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 1
         raise UserError(
             "no evaluation image has a true class other than the target, so the attack success rate is undefined"
         )
-    return {f"asr_top{k}": (target_ranks < k).float().mean().item() for k in ks}
+    return {f"asr_top{k}": (target_ranks < k).double().mean().item() for k in ks}
 
 
 @contextmanager

@@ -5,8 +5,6 @@ study grid, cleanclip_core.study, and the epoch), which metric, its value, over 
 and the provenance (a hash of the settings that made the checkpoint, the code version).
 """
 
-import hashlib
-import json
 import logging
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -20,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cleanclip_core.stopping import stopping_choices
-from cleanclip_core.study import CLEAN_DIMENSIONS, DIMENSIONS, PRETRAIN_DIMENSIONS
+from cleanclip_core.study import CLEAN_DIMENSIONS, DIMENSIONS, PRETRAIN_DIMENSIONS, SWEPT_DIMENSIONS, digest
 from cleanclip_core.tables import atomic_output
 
 IDENTITY_SCHEMA = pa.schema(
@@ -47,8 +45,8 @@ def run_id(checkpoint: Mapping[str, Any]) -> str:
 
 
 def config_hash(settings: Mapping[str, Any]) -> str:
-    """A short hash of the settings that made a checkpoint (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    """A hash of the settings that made a checkpoint."""
+    return digest(settings, length=16)
 
 
 def code_version() -> str:
@@ -173,7 +171,7 @@ def views_sql() -> str:
         run_pretrain=", ".join(f"run.{name}" for name in PRETRAIN_DIMENSIONS),
         run_clean=", ".join(f"run.{name}" for name in CLEAN_DIMENSIONS),
         same_pretrained_model=" AND ".join(f"checkpoint.{name} = run.{name}" for name in PRETRAIN_DIMENSIONS),
-        group=f"{pretrain}, clean_method, cleaning_poisons",
+        group=", ".join(d.name for d in DIMENSIONS if d.name not in SWEPT_DIMENSIONS),
     )
 
 

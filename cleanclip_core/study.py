@@ -9,11 +9,16 @@ here plus what is new about it.
 
 Only experiment settings (what changes the science) enter a run's settings and so its identity;
 execution settings (`execution` in the config: loader workers, evaluation batch size, download
-threads) never do.
+threads) never do. An experiment setting that is not a dimension (epochs, n_clean, warmup...)
+reaches the identity through a stage's settings digest, a dimension too: two runs that differ in
+any of them never share a path. Replicates are the seed dimensions: `study.seeds` replicates the
+cleaning runs (each pretrained model cleaned once per seed), or with `study.replicate: pretrain`
+the pretraining too (each seed's cleaning runs start from that seed's pretrained model).
 """
 
 import hashlib
 import itertools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,8 @@ from typing import Any
 import pandas as pd
 
 from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense
+from cleanclip_core.errors import UserError
+from cleanclip_core.tables import file_sha256
 
 SCRATCH = "scratch"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -43,12 +50,24 @@ DIMENSIONS = (
     Dimension("model", "string", "pretrain"),
     Dimension("start", "string", "pretrain"),
     Dimension("pretrain_objective", "string", "pretrain"),
+    Dimension("pretrain_seed", "int64", "pretrain"),
+    Dimension("pretrain_settings", "string", "pretrain"),
     Dimension("clean_method", "string", "clean"),
     Dimension("cleaning_poisons", "int64", "clean"),
     Dimension("lr", "float64", "clean"),
+    Dimension("clean_seed", "int64", "clean"),
+    Dimension("clean_settings", "string", "clean"),
 )
 PRETRAIN_DIMENSIONS = tuple(d.name for d in DIMENSIONS if d.stage == "pretrain")
 CLEAN_DIMENSIONS = tuple(d.name for d in DIMENSIONS if d.stage == "clean")
+SWEPT_DIMENSIONS = ("lr",)
+"""What a summary row selects over: the rest of a cleaning run's dimensions make its group."""
+DIGEST_LENGTH = 8
+
+
+def digest(settings: Any, length: int = DIGEST_LENGTH) -> str:
+    """A short hash of settings (JSON with sorted keys): the part of a path that stands for them."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def start_kind(start: str) -> str:
@@ -59,33 +78,55 @@ def start_kind(start: str) -> str:
 
 
 def start_label(start: str) -> str:
-    """How a start appears in paths and tables: `scratch`, the tag, or the file's stem."""
-    return Path(start).stem if start_kind(start) == "file" else start
+    """How a start appears in paths and tables: `scratch`, the tag, or a local file's stem and
+    the start of its content's hash (two files of one name are two starts; a moved file is one)."""
+    if start_kind(start) != "file":
+        return start
+    if not Path(start).is_file():
+        raise UserError(f"study.start: no such file: {start}")
+    return f"{Path(start).stem}-{file_sha256(start)[:DIGEST_LENGTH]}"
+
+
+def pretrain_seeds(config: Mapping[str, Any]) -> list[int]:
+    """The seeds of the pretraining runs: every replicate seed, or only the first when the
+    replicates are of the cleaning runs."""
+    seeds = config["study"]["seeds"]
+    return seeds if config["study"]["replicate"] == "pretrain" else seeds[:1]
+
+
+def clean_seeds(config: Mapping[str, Any], pretrain_seed: int) -> list[int]:
+    """The seeds of a pretrained model's cleaning runs: every replicate seed, or its own when the
+    pretraining is replicated (each replicate cleans its own model)."""
+    return [pretrain_seed] if config["study"]["replicate"] == "pretrain" else config["study"]["seeds"]
 
 
 def pretrained_models(config: Mapping[str, Any]) -> pd.DataFrame:
     """One row per pretrained model of the study, a column per pretraining dimension."""
     study = config["study"]
-    rows = itertools.product(
-        [config["dataset"]["name"]], study["attacks"], [study["model"]],
-        [start_label(study["start"])], study["pretrain_objectives"],
-    )
-    return pd.DataFrame(rows, columns=list(PRETRAIN_DIMENSIONS))
+    rows = [
+        (*point, pretrain_digest(config, point[1], point[4]))
+        for point in itertools.product(
+            [config["dataset"]["name"]], study["attacks"], [study["model"]],
+            [start_label(study["start"])], study["pretrain_objectives"], pretrain_seeds(config),
+        )
+    ]
+    return pd.DataFrame(rows, columns=list(PRETRAIN_DIMENSIONS)).astype({"pretrain_seed": "int64"})
 
 
 def cleaning_runs(config: Mapping[str, Any]) -> pd.DataFrame:
     """One row per cleaning run: each pretrained model x method x cleaning poisons x the
-    method's learning rates."""
+    method's learning rates x the replicate seeds."""
     study = config["study"]
     rows = [
-        (*model, method, poisons, float(lr))
+        (*model, method, poisons, float(lr), seed, clean_digest(config, method))
         for model in pretrained_models(config).itertuples(index=False)
         for method in study["clean_methods"]
         for poisons in method_cleaning_poisons(config, method, model.attack)
         for lr in method_lrs(config, method)
+        for seed in clean_seeds(config, model.pretrain_seed)
     ]
     frame = pd.DataFrame(rows, columns=list(PRETRAIN_DIMENSIONS + CLEAN_DIMENSIONS))
-    return frame.astype({"cleaning_poisons": "int64", "lr": "float64"})
+    return frame.astype({"pretrain_seed": "int64", "cleaning_poisons": "int64", "lr": "float64", "clean_seed": "int64"})
 
 
 def method_cleaning_poisons(config: Mapping[str, Any], method: str, attack: str) -> list[int]:
@@ -118,7 +159,7 @@ def study_name(config: Mapping[str, Any]) -> str:
     return f"{config['dataset']['name']}_{study['model']}_{start_label(study['start'])}_{digest}"
 
 
-TRAIN_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "seed", "synonyms")
+TRAIN_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "synonyms")
 
 
 def _train_settings(config: Mapping[str, Any], stage: str, objective: str, overrides: Mapping[str, Any]) -> dict:
@@ -128,19 +169,47 @@ def _train_settings(config: Mapping[str, Any], stage: str, objective: str, overr
     return {"model": config["study"]["model"], "objective": config["objectives"][objective]} | settings
 
 
-def pretrain_settings(config: Mapping[str, Any], objective: str) -> dict:
-    return _train_settings(config, "pretrain", objective, config["pretrain"]["per_objective"].get(objective, {}))
+def pretrain_settings(config: Mapping[str, Any], objective: str, seed: int) -> dict:
+    overrides = config["pretrain"]["per_objective"].get(objective, {}) | {"seed": seed}
+    return _train_settings(config, "pretrain", objective, overrides)
 
 
-def clean_settings(config: Mapping[str, Any], method: str, lr: float) -> dict:
+def clean_settings(config: Mapping[str, Any], method: str, lr: float, seed: int) -> dict:
     overrides = {k: v for k, v in config["clean"]["per_method"].get(method, {}).items() if k != "lrs"}
-    method_settings = {"lr": lr, "method": method, "options": defense_options(config, method)}
+    method_settings = {"lr": lr, "seed": seed, "method": method, "options": defense_options(config, method)}
     return _train_settings(config, "clean", method, overrides | method_settings)
 
 
-def preparation_settings(config: Mapping[str, Any], method: str) -> dict:
+def preparation_settings(config: Mapping[str, Any], method: str, seed: int) -> dict:
     """What a cleaning method's preparation stage depends on: its options and the cleaning seed."""
-    return {"method": method, "options": defense_options(config, method), "seed": config["clean"]["seed"]}
+    return {"method": method, "options": defense_options(config, method), "seed": seed}
+
+
+def _without_seed(settings: Mapping[str, Any]) -> dict:
+    return {key: value for key, value in settings.items() if key != "seed"}
+
+
+def pretrain_digest(config: Mapping[str, Any], attack: str, objective: str) -> str:
+    """The digest of what makes a pretrained model besides its dimensions: the dataset, the
+    attack's settings and the pretraining settings."""
+    settings = _without_seed(pretrain_settings(config, objective, seed=0))
+    return digest({"dataset": dataset_settings(config), "attack": config["attacks"][attack], "pretrain": settings})
+
+
+def clean_digest(config: Mapping[str, Any], method: str) -> str:
+    """The digest of what makes a cleaning run besides its dimensions and its pretrained model:
+    the method's settings (but its swept lr) and the cleaning set's."""
+    settings = {k: v for k, v in _without_seed(clean_settings(config, method, lr=0.0, seed=0)).items() if k != "lr"}
+    return digest({"clean": settings, "cleaning_set": cleaning_set_digest(config)})
+
+
+def cleaning_set_digest(config: Mapping[str, Any]) -> str:
+    """The digest of a cleaning set's settings besides its poisons and seed (in its path)."""
+    return digest({key: config["clean"][key] for key in ("n_clean", "labels")})
+
+
+def preparation_digest(config: Mapping[str, Any], method: str) -> str:
+    return digest(_without_seed(preparation_settings(config, method, seed=0)))
 
 
 def dataset_settings(config: Mapping[str, Any]) -> dict:
@@ -155,23 +224,25 @@ def evaluation_settings(config: Mapping[str, Any]) -> dict:
     return {key: config["evaluation"][key] for key in ("images", "classnames")}
 
 
-def pretrained_provenance(config: Mapping[str, Any], attack: str, objective: str) -> dict:
+def pretrained_provenance(config: Mapping[str, Any], attack: str, objective: str, seed: int) -> dict:
     """Every experiment setting that made a pretrained model and its metrics."""
     return {
         "dataset": dataset_settings(config),
         "attack": config["attacks"][attack],
         "start": config["study"]["start"],
-        "pretrain": pretrain_settings(config, objective),
+        "pretrain": pretrain_settings(config, objective, seed),
         "evaluation": evaluation_settings(config),
     }
 
 
-def cleaning_set_settings(config: Mapping[str, Any], poisons: int) -> dict:
+def cleaning_set_settings(config: Mapping[str, Any], poisons: int, seed: int) -> dict:
     clean = config["clean"]
-    return {"n_clean": clean["n_clean"], "n_poisons": poisons, "seed": clean["seed"], "labels": clean["labels"]}
+    return {"n_clean": clean["n_clean"], "n_poisons": poisons, "seed": seed, "labels": clean["labels"]}
 
 
-def cleaned_provenance(config: Mapping[str, Any], attack: str, objective: str, method: str, poisons: int, lr: float) -> dict:
-    return pretrained_provenance(config, attack, objective) | {
-        "clean": clean_settings(config, method, lr) | cleaning_set_settings(config, poisons)
-    }
+def cleaned_provenance(config: Mapping[str, Any], run: Mapping[str, Any]) -> dict:
+    """Every experiment setting that made a cleaning run (its dimensions in `run`) and its metrics."""
+    clean = clean_settings(config, run["clean_method"], run["lr"], run["clean_seed"])
+    cleaning_set = cleaning_set_settings(config, run["cleaning_poisons"], run["clean_seed"])
+    pretrained = pretrained_provenance(config, run["attack"], run["pretrain_objective"], run["pretrain_seed"])
+    return pretrained | {"clean": clean | cleaning_set}

@@ -1,4 +1,5 @@
-"""Parquet tables written atomically, each carrying the config that made it and a hash of its inputs."""
+"""Tables written atomically: Parquet ones carrying the config that made them and a hash of their
+inputs, CSV ones for people."""
 
 import hashlib
 import json
@@ -8,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -71,6 +73,13 @@ def write_table(
     metadata[INPUTS_KEY] = inputs_sha256.encode()
     with atomic_output(path) as temporary:
         pq.write_table(table.replace_schema_metadata(metadata), temporary)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table for people atomically, its values exact (a learning rate of 5e-05 reads
+    5e-05, never a rounded 0.0001): rounding is for display."""
+    with atomic_output(path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def table_provenance(path: Path) -> dict[str, Any]:

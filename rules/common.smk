@@ -16,12 +16,18 @@ PRETRAINED_TAG = START if study.start_kind(START) == "tag" else None  # open_cli
 PRETRAINED = Paramspace(study.pretrained_models(config), param_sep="=")
 CLEANING = Paramspace(study.cleaning_runs(config), param_sep="=")
 # A pretrained model: results/runs/dataset=.../attack=.../model=.../start=.../pretrain_objective=...
+# /pretrain_seed=.../pretrain_settings=...
 PRETRAIN_RUN = f"results/runs/{PRETRAINED.wildcard_pattern}"
 # A cleaning run, inside its pretrained model's folder: .../clean_method=.../cleaning_poisons=.../lr=...
+# /clean_seed=.../clean_settings=...
 CLEAN_RUN = f"results/runs/{CLEANING.wildcard_pattern}"
 CLEAN_EPOCHS = range(1, config["clean"]["epochs"] + 1)
 STUDY_DIR = f"results/studies/{study.study_name(config)}"
 ATTACK_DIR = "results/{dataset}/{attack}"
+# A cleaning set, per poisons in it, replicate seed and the digest of its other settings.
+CLEANING_SET = f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}_seed_{{clean_seed}}_{{cleaning_set}}.parquet"
+# A cleaning method's preparation stage, per replicate seed and the digest of its options.
+PREPARED = f"{PRETRAIN_RUN}/clean_method={{clean_method}}/clean_seed={{clean_seed}}/preparation={{preparation}}/prepared"
 
 
 # The pretraining curve's epochs: none unless the study keeps every pretraining epoch.
@@ -51,6 +57,8 @@ def _one_of(values):
 # Each grid dimension takes the study's values; every configured attack is poisoned and pictured.
 wildcard_constraints:
     **{name: _one_of(CLEANING.dataframe[name]) for name in CLEANING.dataframe.columns} | {"attack": _one_of(config["attacks"])},
+    cleaning_set=study.cleaning_set_digest(config),
+    preparation=_one_of(study.preparation_digest(config, method) for method in STUDY["clean_methods"]),
 
 
 # The figures' facets: one fig2 and one trajectories figure per attack x poisons in the cleaning
@@ -92,7 +100,7 @@ def cleaning_labels(wildcards):
 
 
 def _filled(pattern, wildcards):
-    """A path pattern of the grid with a job's wildcards filled in."""
+    """A path pattern of the grid with a job's wildcards (or a mapping) filled in."""
     return pattern.format(**dict(wildcards.items()))
 
 
@@ -122,7 +130,7 @@ def surrogate(wildcards):
 
 
 def surrogate_settings(wildcards):
-    return study.pretrain_settings(config, "mmcl")
+    return study.pretrain_settings(config, "mmcl", study.pretrain_seeds(config)[0])
 
 
 def cleaning_data(wildcards):
@@ -130,14 +138,14 @@ def cleaning_data(wildcards):
     the poisoned training data, the pairs its preparation stage chose (else that data itself)."""
     defense = get_defense(wildcards.clean_method)
     if defense.data == CLEAN_SET:
-        return _filled(f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet", wildcards)
+        return _filled(CLEANING_SET, dict(wildcards.items()) | {"cleaning_set": study.cleaning_set_digest(config)})
     if defense.preparation:
-        return _filled(f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/manifest.parquet", wildcards)
+        return _filled(f"{PREPARED}/manifest.parquet", _with_preparation(dict(wildcards.items())))
     return _filled(f"{ATTACK_DIR}/poisoned_manifest.parquet", wildcards)
 
 
 def preparation_settings(wildcards):
-    return study.preparation_settings(config, wildcards.clean_method)
+    return study.preparation_settings(config, wildcards.clean_method, int(wildcards.clean_seed))
 
 
 def prepared_methods():
@@ -145,13 +153,17 @@ def prepared_methods():
     return [method for method in STUDY["clean_methods"] if get_defense(method).preparation]
 
 
+def _with_preparation(point):
+    """A grid point of a preparation stage with the digest of its method's options."""
+    return point | {"preparation": study.preparation_digest(config, point["clean_method"])}
+
+
 def study_preparations(wildcards):
-    """The tables of every preparation stage of the study (UBT's detection), with their identities."""
-    return [
-        f"results/runs/{model}/clean_method={method}/prepared/table.parquet"
-        for model in PRETRAINED.instance_patterns
-        for method in prepared_methods()
-    ]
+    """The tables of every preparation stage of the study (UBT's detection), with their identities:
+    one per pretrained model, prepared method and cleaning seed."""
+    runs = CLEANING.dataframe[CLEANING.dataframe.clean_method.isin(prepared_methods())]
+    points = runs[[*study.PRETRAIN_DIMENSIONS, "clean_method", "clean_seed"]].drop_duplicates()
+    return [_filled(f"{PREPARED}/table.parquet", _with_preparation(point)) for point in points.to_dict("records")]
 
 
 def start_weights(wildcards):
@@ -160,15 +172,15 @@ def start_weights(wildcards):
 
 
 def pretrain_settings(wildcards):
-    return study.pretrain_settings(config, wildcards.pretrain_objective)
+    return study.pretrain_settings(config, wildcards.pretrain_objective, int(wildcards.pretrain_seed))
 
 
 def clean_settings(wildcards):
-    return study.clean_settings(config, wildcards.clean_method, float(wildcards.lr))
+    return study.clean_settings(config, wildcards.clean_method, float(wildcards.lr), int(wildcards.clean_seed))
 
 
 def cleaning_set_settings(wildcards):
-    return study.cleaning_set_settings(config, int(wildcards.cleaning_poisons))
+    return study.cleaning_set_settings(config, int(wildcards.cleaning_poisons), int(wildcards.clean_seed))
 
 
 def evaluation_images(wildcards):
@@ -202,14 +214,11 @@ def pretraining_curve_checkpoints(wildcards):
 def pretrained_provenance(wildcards):
     """Every experiment setting that made a pretrained model and its metrics: their hash is the
     metrics' config_hash."""
-    return study.pretrained_provenance(config, wildcards.attack, wildcards.pretrain_objective)
+    return study.pretrained_provenance(config, wildcards.attack, wildcards.pretrain_objective, int(wildcards.pretrain_seed))
 
 
 def cleaned_provenance(wildcards):
-    return study.cleaned_provenance(
-        config, wildcards.attack, wildcards.pretrain_objective, wildcards.clean_method,
-        int(wildcards.cleaning_poisons), float(wildcards.lr),
-    )
+    return study.cleaned_provenance(config, _identity(CLEANING, wildcards))
 
 
 def _epoch_metrics(space, epochs):

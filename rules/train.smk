@@ -43,13 +43,13 @@ rule cleaning_set:
         unpack(cleaning_labels),
         poisoned_manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
     output:
-        f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}.parquet",
+        CLEANING_SET,
     params:
         settings=cleaning_set_settings,
     log:
-        "results/logs/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}.log",
+        "results/logs/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}_seed_{clean_seed}_{cleaning_set}.log",
     benchmark:
-        "results/benchmarks/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}.tsv"
+        "results/benchmarks/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}_seed_{clean_seed}_{cleaning_set}.tsv"
     conda:
         "../envs/data.yaml"
     script:
@@ -67,8 +67,8 @@ rule prepare_cleaning:
         shard_listing="results/{dataset}/shard_listing.parquet",
         weights=f"{PRETRAIN_RUN}/model.pt",
     output:
-        table=f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/table.parquet",
-        manifest=f"{PRETRAIN_RUN}/clean_method={{clean_method}}/prepared/manifest.parquet",
+        table=f"{PREPARED}/table.parquet",
+        manifest=f"{PREPARED}/manifest.parquet",
     params:
         model=STUDY["model"],
         attack=attack_config,
@@ -79,9 +79,9 @@ rule prepare_cleaning:
         num_workers=config["execution"]["num_workers"],
         evaluation_batch_size=config["execution"]["evaluation_batch_size"],
     log:
-        f"results/logs/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}.log",
+        f"results/logs/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}_seed_{{clean_seed}}_{{preparation}}.log",
     benchmark:
-        f"results/benchmarks/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}.tsv"
+        f"results/benchmarks/prepare_cleaning/{PRETRAINED.wildcard_pattern}/{{clean_method}}_seed_{{clean_seed}}_{{preparation}}.tsv"
     conda:
         "../envs/torch.yaml"
     script:

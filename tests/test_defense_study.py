@@ -86,7 +86,7 @@ def test_badclip_poisons_with_natural_captions_that_name_the_target(defense_run)
 
 
 def test_ubt_detects_on_the_poisoned_training_data_and_its_precision_and_recall_are_reported(defense_run):
-    tables = sorted((defense_run / "results/runs").rglob("clean_method=ubt/prepared/table.parquet"))
+    tables = sorted((defense_run / "results/runs").rglob("clean_method=ubt/clean_seed=0/preparation=*/prepared/table.parquet"))
     assert len(tables) == 3  # one per attack (one pretraining objective here)
     for path in tables:
         table = pq.read_table(path)

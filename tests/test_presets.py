@@ -114,7 +114,7 @@ def test_the_base_states_verma_et_al_s_study():
     assert (grid["model"], grid["start"], grid["attacks"]) == ("RN50", "scratch", ["badnet"])
     assert grid["pretrain_objectives"] == ["mmcl", "mmcl_ssl"] and grid["cleaning_poisons"] == [0]
 
-    mmcl, mmcl_ssl = (study.pretrain_settings(config, objective) for objective in ("mmcl", "mmcl_ssl"))
+    mmcl, mmcl_ssl = (study.pretrain_settings(config, objective, seed=0) for objective in ("mmcl", "mmcl_ssl"))
     for settings in (mmcl, mmcl_ssl):
         assert (settings["epochs"], settings["lr"], settings["warmup_steps"], settings["weight_decay"]) == (64, 1e-3, 10_000, 0.1)
     assert (mmcl["batch_size"], mmcl_ssl["batch_size"]) == (2048, 1024)
@@ -125,7 +125,7 @@ def test_the_base_states_verma_et_al_s_study():
     sweeps = {"cleanclip": ([5e-5, 1e-4, 5e-4, 1e-3], 64), "mmcl_only": ([1e-4, 5e-4, 1e-3, 5e-3], 128)}
     for method, (lrs, batch_size) in sweeps.items():
         assert study.method_lrs(config, method) == lrs  # floats, not YAML 1.1 strings like '5e-5'
-        settings = study.clean_settings(config, method, lrs[0])
+        settings = study.clean_settings(config, method, lrs[0], seed=0)
         assert (settings["batch_size"], settings["epochs"], settings["warmup_steps"], settings["weight_decay"]) == (batch_size, 20, 50, 0.1)
     assert config["clean"]["n_clean"] == 100_000
     assert config["evaluation"]["classnames"] == "imagenet"
@@ -142,14 +142,14 @@ def test_each_overlay_changes_what_it_names():
     finetune = preset(BASE, "finetune_poisoning")
     assert (finetune["study"]["start"], finetune["study"]["pretrain_objectives"]) == ("openai", ["mmcl"])
     check_pretrained(finetune["study"]["model"], finetune["study"]["start"])  # open_clip has it, with its activation
-    settings = study.pretrain_settings(finetune, "mmcl")
+    settings = study.pretrain_settings(finetune, "mmcl", seed=0)
     assert (settings["epochs"], settings["batch_size"]) == (5, 128) and 1e-6 <= settings["lr"] <= 2e-5
     assert finetune["attacks"]["badnet"]["n_poisons"] == 1500 and finetune["clean"]["epochs"] == 10
     defenses = preset(BASE, "defenses_cc3m")
     assert defenses["study"]["attacks"] == ["badnet", "blended", "badclip"]
     assert defenses["study"]["clean_methods"] == ["cleanclip", "ta_cleaner", "ubt", "par"]
     assert {(a["target_label"], a["n_poisons"]) for a in defenses["attacks"].values()} == {("banana", 1500)}
-    par = study.clean_settings(defenses, "par", 3e-5)
+    par = study.clean_settings(defenses, "par", 3e-5, seed=0)
     assert (par["batch_size"], par["weight_decay"], par["method"]) == (2048, 1e-4, "par")
 
 
@@ -198,7 +198,7 @@ def test_preset_runs_alone_with_its_configfiles_and_plans_its_whole_grid(overlay
     assert job_counts(result.stdout) == expected_job_counts(expected)
     assert "shapes" not in result.stdout
     # every cleaning run of the grid, each with all its epochs evaluated
-    found = re.findall(r"clean_method=(\w+)/cleaning_poisons=(\d+)/lr=([^/]+)/epoch_(\d+)/metrics\.parquet", result.stdout)
+    found = re.findall(r"clean_method=(\w+)/cleaning_poisons=(\d+)/lr=([^/]+)/clean_seed=\d+/clean_settings=\w+/epoch_(\d+)/metrics\.parquet", result.stdout)
     cleaning = study.cleaning_runs(expected)
     assert {(m, int(k), float(lr)) for m, k, lr, _ in found} == set(
         zip(cleaning.clean_method, cleaning.cleaning_poisons, cleaning.lr)

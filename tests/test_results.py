@@ -18,7 +18,7 @@ from cleanclip_core.tables import write_table
 
 def pretrained(objective: str = "mmcl") -> dict:
     return {"dataset": "shapes", "attack": "badnet", "model": "tiny-rn", "start": "scratch",
-            "pretrain_objective": objective, "epoch": 0}
+            "pretrain_objective": objective, "pretrain_seed": 0, "pretrain_settings": "p", "epoch": 0}
 
 
 START = pretrained()
@@ -34,10 +34,14 @@ def evaluated(top1: float, asr_top1: float) -> dict[str, float]:
 
 
 def cleaned(lr: float, epoch: int, objective: str = "mmcl", poisons: int = 0) -> dict:
-    return pretrained(objective) | {"clean_method": "cleanclip", "cleaning_poisons": poisons, "lr": lr, "epoch": epoch}
+    return pretrained(objective) | {
+        "clean_method": "cleanclip", "cleaning_poisons": poisons, "lr": lr, "clean_seed": 0, "clean_settings": "c",
+        "epoch": epoch,
+    }
 
 
-MMCL_RUN = "dataset=shapes/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective=mmcl"
+MMCL_RUN = "dataset=shapes/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective=mmcl/pretrain_seed=0/pretrain_settings=p"
+CLEAN_REPLICATE = "clean_seed=0/clean_settings=c"
 
 
 def test_a_checkpoint_gives_one_row_per_metric_with_its_image_count():
@@ -45,7 +49,7 @@ def test_a_checkpoint_gives_one_row_per_metric_with_its_image_count():
     assert list(table.metric) == ["top1", "top5", "asr_top1", "asr_top5", "asr_top10"]
     assert list(table.n_images) == [100, 100, 90, 90, 90]
     assert set(table.n_classes) == {10}
-    assert set(table.run_id) == {f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.001"}
+    assert set(table.run_id) == {f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.001/{CLEAN_REPLICATE}"}
     assert table.columns.tolist()[1:len(IDENTITY_SCHEMA) + 1] == IDENTITY_SCHEMA.names
     assert set(table.epoch) == {3} and set(table.cleaning_poisons) == {0}
     start = metrics_table(evaluated(0.5, 0.9), START, "abc", "0.1.0").to_pandas()
@@ -112,7 +116,7 @@ def database(tmp_path):
 def test_wide_view_has_one_row_per_checkpoint(database):
     wide = query(database, "SELECT * FROM metrics_wide ORDER BY run_id, epoch").to_pandas()
     assert len(wide) == 10
-    row = wide[(wide.run_id == f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003") & (wide.epoch == 1)].iloc[0]
+    row = wide[(wide.run_id == f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003/{CLEAN_REPLICATE}") & (wide.epoch == 1)].iloc[0]
     assert (row.top1, row.asr_top1, row.n_images, row.n_triggered) == (0.70, 0.04, 100, 90)
 
 
@@ -120,8 +124,8 @@ def test_trajectories_start_every_cleaning_run_at_its_pretrained_model(database)
     runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
     assert len(runs) == 4 * 3  # four runs, epochs 0, 1, 2
     starts = runs[runs.epoch == 0].set_index("run_id")
-    assert starts.loc[f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=5/lr=0.003"].top1 == 0.50
-    assert starts.loc[MMCL_RUN.replace("=mmcl", "=mmcl_ssl") + "/clean_method=cleanclip/cleaning_poisons=0/lr=0.003"].asr_top1 == 0.97
+    assert starts.loc[f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=5/lr=0.003/{CLEAN_REPLICATE}"].top1 == 0.50
+    assert starts.loc[MMCL_RUN.replace("=mmcl", "=mmcl_ssl") + f"/clean_method=cleanclip/cleaning_poisons=0/lr=0.003/{CLEAN_REPLICATE}"].asr_top1 == 0.97
 
 
 def test_study_summary_gives_start_oracle_lowest_and_last_per_method_and_cleaning_poisons(database):
@@ -160,9 +164,10 @@ def test_a_near_chance_model_is_flagged_in_the_summary_and_warned_about_per_row(
     assert flagged == {("mmcl", 0): True, ("mmcl_ssl", 0): True, ("mmcl_ssl", 5): False}
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == [
-        f"warning: near chance: {MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0: start top-1 12.0%, "
+        f"warning: near chance: {MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/{CLEAN_REPLICATE}: start top-1 12.0%, "
         "best top-1 at ASR@1 <= 5% 11.0%, chance 10.0% (10 classes); a low ASR@1 there does not show a removed backdoor",
-        f"warning: near chance: {MMCL_RUN.replace('=mmcl', '=mmcl_ssl')}/clean_method=cleanclip/cleaning_poisons=0: "
+        f"warning: near chance: {MMCL_RUN.replace('=mmcl', '=mmcl_ssl')}/clean_method=cleanclip/cleaning_poisons=0/"
+        f"{CLEAN_REPLICATE}: "
         "start top-1 60.0%, best top-1 at ASR@1 <= 5% 15.0%, chance 10.0% (10 classes); a low ASR@1 there does "
         "not show a removed backdoor",
     ]
@@ -204,7 +209,7 @@ def test_the_database_holds_its_rows_itself(database, tmp_path):
 def test_the_stopping_rules_view_gives_each_rules_choice_its_metrics_and_its_regret(database):
     rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
     assert len(rules) == 4 * 4  # four runs, four rules
-    run = rules[rules.run_id == f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003"].set_index("rule")
+    run = rules[rules.run_id == f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003/{CLEAN_REPLICATE}"].set_index("rule")
     # epochs (top-1, ASR@1): 1 (0.70, 0.04), 2 (0.65, 0.01); mean losses 1, 1/2 never settle
     assert run.epoch.to_dict() == {"best_clean_accuracy": 1, "last_epoch": 2, "loss_plateau": 2, "oracle": 1}
     assert run.loc["last_epoch", ["top1", "asr_top1", "oracle_top1"]].tolist() == [0.65, 0.01, 0.70]
@@ -214,7 +219,7 @@ def test_the_stopping_rules_view_gives_each_rules_choice_its_metrics_and_its_reg
 
 
 def test_a_loss_that_settles_stops_the_plateau_rule_there(tmp_path):
-    run = f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003"
+    run = f"{MMCL_RUN}/clean_method=cleanclip/cleaning_poisons=0/lr=0.003/{CLEAN_REPLICATE}"
     checkpoints = [(START, 0.5, 0.9)] + [(cleaned(0.003, epoch), 0.5 + 0.01 * epoch, 0.5) for epoch in (1, 2, 3)]
     database = write_database(tmp_path, checkpoints, losses={run: [2.0, 1.99, 1.0]})
     chosen = query(database, "SELECT epoch FROM stopping_rules WHERE rule = 'loss_plateau'")["epoch"].to_pylist()

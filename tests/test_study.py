@@ -13,7 +13,7 @@ import yaml
 
 from cleanclip_core import study
 from cleanclip_core.config import validate_config
-from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query
+from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query, run_id
 from cleanclip_core.tables import table_provenance
 from workflow import ONE_THREAD, ROOT, job_counts, run_snakemake
 
@@ -55,7 +55,7 @@ def wide(smoke_run):
 
 def test_metrics_have_every_pretrained_model_and_cleaning_epoch_of_the_grid(wide):
     config = validate_config(copy.deepcopy(SMOKE))
-    starts = {(*row, None, None, None, 0) for row in study.pretrained_models(config).itertuples(index=False)}
+    starts = {(*row, *[None] * len(study.CLEAN_DIMENSIONS), 0) for row in study.pretrained_models(config).itertuples(index=False)}
     epochs = range(1, EPOCHS + 1)
     cleaned = {(*row, epoch) for row in study.cleaning_runs(config).itertuples(index=False) for epoch in epochs}
     identities = wide[list(IDENTITY_SCHEMA.names)].itertuples(index=False)
@@ -174,7 +174,16 @@ def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):
     config = changed(study={"start": "my_clip.pt"})
     assert planned(smoke_run, config) == training(4, 12)
     result = run_snakemake(smoke_run, config, "--dry-run")
-    assert "start=my_clip/pretrain_objective=mmcl/model.pt" in result.stdout
+    assert re.search(r"start=my_clip-[0-9a-f]{8}/pretrain_objective=mmcl/", result.stdout)
+
+
+def test_two_start_files_of_one_name_are_two_starts(tmp_path):
+    first, second = tmp_path / "a/start.pt", tmp_path / "b/start.pt"
+    for path, content in ((first, b"one"), (second, b"two")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    assert study.start_label(str(first)) != study.start_label(str(second))
+    assert study.start_label(str(first)).startswith("start-")
 
 
 def test_a_second_study_in_the_same_folder_reuses_the_pretrained_models_and_keeps_its_own_figures(smoke_run):
@@ -188,18 +197,52 @@ def test_a_second_study_in_the_same_folder_reuses_the_pretrained_models_and_keep
     assert str(figures.relative_to(smoke_run)) not in result.stdout
 
 
+def run_target(config, **point) -> str:
+    """The last epoch's metrics of the cleaning run of `config` at `point` (some of its dimensions)."""
+    runs = study.cleaning_runs(validate_config(copy.deepcopy(config)))
+    run = runs[(runs[list(point)] == pd.Series(point)).all(axis=1)].iloc[0]
+    return f"results/runs/{run_id(run.to_dict())}/epoch_{EPOCHS:03d}/metrics.parquet"
+
+
 def test_a_new_learning_rate_runs_only_its_cleaning_and_evaluation(smoke_run):
     """For real, on one run of the plan above (the dry runs cover the whole plan)."""
     pretrained = sorted((smoke_run / "results/runs").rglob("model.pt"))
     kept_mtimes = [path.stat().st_mtime_ns for path in pretrained]
     config = changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}})
-    run = "dataset=smoke/attack=badnet/model=tiny-rn/start=scratch/pretrain_objective=mmcl/clean_method=cleanclip/cleaning_poisons=2/lr=0.002"
-    target = f"results/runs/{run}/epoch_{EPOCHS:03d}/metrics.parquet"
+    target = run_target(config, attack="badnet", pretrain_objective="mmcl", clean_method="cleanclip", cleaning_poisons=2)
     result = run_snakemake(smoke_run, config, target)
     assert result.returncode == 0, result.stderr[-3000:]
     assert jobs_run(result.stderr) == {"clean": 1, "evaluate_cleaned": 1, "total": 2}
     assert [path.stat().st_mtime_ns for path in pretrained] == kept_mtimes
     assert set(pq.read_table(smoke_run / target).column("lr").to_pylist()) == {0.002}
+
+
+BADNET_RUN = {"attack": "badnet", "pretrain_objective": "mmcl", "clean_method": "cleanclip", "cleaning_poisons": 2}
+
+
+def test_a_replicate_seed_cleans_anew_in_a_folder_of_its_own(smoke_run):
+    config = changed(study={"seeds": [0, 1]})
+    assert planned(smoke_run, config) == training(0, 12, {"cleaning_set": 3})
+    first, second = (run_target(config, **BADNET_RUN, clean_seed=seed) for seed in (0, 1))
+    result = run_snakemake(smoke_run, config, second)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert jobs_run(result.stderr) == {"cleaning_set": 1, "clean": 1, "evaluate_cleaned": 1, "total": 3}
+    assert [set(pq.read_table(smoke_run / target).column("clean_seed").to_pylist()) for target in (first, second)] == [{0}, {1}]
+    weights = [(smoke_run / target).parent.parent / f"epoch_{EPOCHS:03d}.pt" for target in (first, second)]
+    assert weights[0].read_bytes() != weights[1].read_bytes()
+    cleaning_sets = sorted((smoke_run / "results/smoke/badnet/cleaning_sets").glob("poisons_2_seed_*.parquet"))
+    assert len(cleaning_sets) == 2 and not pq.read_table(cleaning_sets[0]).equals(pq.read_table(cleaning_sets[1]))
+
+
+def test_a_study_differing_in_a_setting_that_is_no_dimension_leaves_the_first_intact(smoke_run):
+    assert planned(smoke_run, changed(clean={"epochs": EPOCHS + 1})) == training(0, 12)
+    n_clean = changed(clean={"n_clean": 30})
+    assert planned(smoke_run, n_clean) == training(0, 12, {"cleaning_set": 3})
+    target = run_target(n_clean, **BADNET_RUN)
+    assert target != run_target(SMOKE, **BADNET_RUN)
+    result = run_snakemake(smoke_run, n_clean, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned(smoke_run, SMOKE) == {}
 
 
 def test_the_clean_control_is_the_unpoisoned_model_evaluated_like_the_attacks(smoke_run):

@@ -1,7 +1,8 @@
+import pandas as pd
 import pyarrow as pa
 import pytest
 
-from cleanclip_core.tables import atomic_output, table_provenance, table_sha256, write_table
+from cleanclip_core.tables import atomic_output, table_provenance, table_sha256, write_csv, write_table
 
 
 def test_write_table_stores_config_and_inputs_hash(tmp_path):
@@ -33,3 +34,8 @@ def test_table_hash_ignores_chunking_but_not_values():
     two_chunks = pa.concat_tables([pa.table({"a": [1]}), pa.table({"a": [2, 3]})])
     assert table_sha256(one_chunk) == table_sha256(two_chunks)
     assert table_sha256(one_chunk) != table_sha256(pa.table({"a": [1, 2, 4]}))
+
+
+def test_a_csv_table_keeps_learning_rates_as_written(tmp_path):
+    write_csv(pd.DataFrame({"lr": [5e-5, 1e-4, 1e-5], "top1": [0.5, 0.25, 1 / 3]}), tmp_path / "table.csv")
+    assert (tmp_path / "table.csv").read_text().splitlines()[1:] == ["5e-05,0.5", "0.0001,0.25", "1e-05,0.3333333333333333"]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from cleanclip_core.attacks import resolve
 from cleanclip_core.defenses import get_defense
-from cleanclip_core.tables import atomic_output
+from cleanclip_core.tables import write_csv
 
 
 def _identity(table_path: Path) -> dict[str, str]:
@@ -29,5 +29,4 @@ def preparation_summary(table_paths: Sequence[Path]) -> pd.DataFrame:
 
 
 def write_preparation_summary(table_paths: Sequence[Path], output: Path) -> None:
-    with atomic_output(output) as temporary:
-        preparation_summary(table_paths).to_csv(temporary, index=False, float_format="%.4f")
+    write_csv(preparation_summary(table_paths), output)

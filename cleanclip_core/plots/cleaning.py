@@ -27,7 +27,7 @@ from cleanclip_core.errors import UserError
 from cleanclip_core.results import query
 from cleanclip_core.stopping import STOPPING_RULES
 from cleanclip_core.stopping import SUCCESS_ASR as STOPPING_SUCCESS_ASR
-from cleanclip_core.tables import atomic_output
+from cleanclip_core.tables import atomic_output, write_csv
 
 OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL"}
 METHOD_MARKERS = "osD^vP*X"
@@ -235,8 +235,7 @@ def write_pretraining_curve(database: Path, objectives: Sequence[str], figures: 
     curve = query(database, "SELECT * FROM pretraining_curve").to_pandas()
     for path in figures:
         save_figure(plot_pretraining_curve(curve, objectives), path)
-    with atomic_output(table) as temporary:
-        curve.to_csv(temporary, index=False, float_format="%.4f")
+    write_csv(curve, table)
     return curve
 
 
@@ -277,12 +276,10 @@ def write_study_figures(
     table["best_epoch"] = table["best_epoch"].astype("Int64")  # null where no epoch got there
     for path in contamination:
         save_figure(plot_contamination(table), path)
-    with atomic_output(summary) as temporary:
-        table.to_csv(temporary, index=False, float_format="%.4f")
+    write_csv(table, summary)
     rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
     for path in stopping:
         save_figure(plot_stopping_rules(rules, objectives), path)
     if stopping_table:
-        with atomic_output(stopping_table) as temporary:
-            rules.to_csv(temporary, index=False, float_format="%.4f")
+        write_csv(rules, stopping_table)
     return table

@@ -7,16 +7,25 @@ default's `make run` (one thread a training job, as here) measured 1.4 and 0.6 p
 and 95.1%. With an 11 px pattern, on one thread or two, the ranges were 0.4-2.5 points and the
 MMCL+SSL model's ASR@1 88-92%. The bounds below leave room for that variation across machines."""
 
+import copy
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from cleanclip_core import study
+from cleanclip_core.config import validate_config
+from cleanclip_core.results import run_id
 from workflow import ONE_THREAD, ROOT, run_snakemake
 
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
 OBJECTIVES = DEFAULT["study"]["pretrain_objectives"]
 EPOCHS = DEFAULT["pretrain"]["epochs"]
-PRETRAINED = f"results/runs/dataset=shapes/attack=badnet/model={DEFAULT['study']['model']}/start=scratch/pretrain_objective={{}}"
+
+
+def pretrained_run(config, objective: str) -> str:
+    models = study.pretrained_models(validate_config(copy.deepcopy(config)))
+    return f"results/runs/{run_id(models[models.pretrain_objective == objective].iloc[0].to_dict())}"
 
 
 def metrics_of(path) -> dict[str, float]:
@@ -30,7 +39,7 @@ def pretraining_curves(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
     config = DEFAULT | {"attacks": {"badnet": DEFAULT["attacks"]["badnet"]}}
     workdir = tmp_path_factory.mktemp("backdoor")
     curves = {
-        objective: [f"{PRETRAINED.format(objective)}/epoch_{epoch:03d}/metrics.parquet" for epoch in range(1, EPOCHS + 1)]
+        objective: [f"{pretrained_run(config, objective)}/epoch_{epoch:03d}/metrics.parquet" for epoch in range(1, EPOCHS + 1)]
         for objective in OBJECTIVES
     }
     targets = [path for paths in curves.values() for path in paths]
