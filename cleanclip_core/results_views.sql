@@ -35,7 +35,7 @@ JOIN metrics_wide AS checkpoint
 ORDER BY run.run_id, checkpoint.epoch;
 
 -- The study's summary: one row per pretrained model x cleaning method x poisons in the cleaning
--- set, over the method's learning rates. The start's top-1, ASR@1 and ASR@10; the papers' oracle
+-- set x replicate seed, over the method's learning rates. The start's top-1, ASR@1 and ASR@10; the papers' oracle
 -- selection (the best top-1 of any cleaning epoch whose ASR@1 is at most 5%, with its lr and
 -- epoch; null when no epoch got the ASR that low); the lowest ASR@1 any epoch reached; the
 -- last epoch of the run whose last epoch has the lowest ASR@1; the chance level of top-1 (one

@@ -169,7 +169,7 @@ def test_changing_one_value_of_a_dimension_reruns_exactly_what_depends_on_it(smo
 
 
 def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):
-    weights = next((smoke_run / "results/runs").rglob("pretrain_objective=mmcl/model.pt"))
+    weights = next((smoke_run / "results/runs").rglob("pretrain_objective=mmcl/pretrain_seed=0/*/model.pt"))
     shutil.copy(weights, smoke_run / "my_clip.pt")
     config = changed(study={"start": "my_clip.pt"})
     assert planned(smoke_run, config) == training(4, 12)
