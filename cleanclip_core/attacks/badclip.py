@@ -37,7 +37,7 @@ from cleanclip_core.errors import UserError
 from cleanclip_core.losses import mmcl_loss
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.poison import names_target, poison_captions
-from cleanclip_core.tables import atomic_output
+from cleanclip_core.training.checkpoints import save_torch
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,5 @@ def optimize_trigger(
         log.info(f"{description}: loss {losses[-1]:.4f}")
 
     result = {"patch": patch.detach().cpu(), "image_size": image_size, "losses": losses}
-    with atomic_output(Path(out_path)) as temporary, open(temporary, "wb") as file:
-        # Saved through a file object: torch names the archive inside after a path's file name,
-        # which for the temporary file carries the process id.
-        torch.save(result, file)
+    save_torch(result, Path(out_path))
     return str(out_path)

@@ -12,9 +12,16 @@ import torch
 from cleanclip_core.tables import atomic_output
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """`torch.save` to `path` atomically, the same object giving the same bytes."""
+    with atomic_output(Path(path)) as temporary, open(temporary, "wb") as file:
+        # Through a file object: torch names the archive inside after a path's file name, which
+        # for the temporary file carries the process id.
+        torch.save(obj, file)
+
+
 def save_weights(path: Path, model: torch.nn.Module) -> None:
-    with atomic_output(path) as temporary:
-        torch.save({"state_dict": model.state_dict()}, temporary)
+    save_torch({"state_dict": model.state_dict()}, path)
 
 
 def save_resume_state(
@@ -33,8 +40,7 @@ def save_resume_state(
         "steps_done": steps_done,
         "settings": settings,
     }
-    with atomic_output(path) as temporary:
-        torch.save(state, temporary)
+    save_torch(state, path)
 
 
 def load_resume_state(path: Path) -> dict[str, Any] | None:

@@ -23,6 +23,14 @@ def test_a_model_from_a_weights_file_has_exactly_its_weights(tmp_path):
     assert not torch.equal(saved.visual.proj, create_model("tiny-vit").visual.proj)
 
 
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
+    """Whatever the file's name and the process: nothing downstream sees two identical runs differ."""
+    model = create_model("tiny-rn", seed=0)
+    save_weights(tmp_path / "a.pt", model)
+    save_weights(tmp_path / "other_name.pt", model)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name.pt").read_bytes()
+
+
 def test_a_model_from_a_pretrained_tag_has_exactly_its_weights(local_tag):
     tag, path = local_tag
     expected = torch.load(path, weights_only=True)["state_dict"]
