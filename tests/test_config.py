@@ -1,5 +1,6 @@
 import logging
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,13 @@ def test_the_pretraining_curve_needs_one_epoch_count_for_every_objective():
                                         "pretrain.per_objective sets epochs for mmcl_ssl"):
         check_config(validate_config({"attacks": attacks, "pretrain": pretrain}))
     check_config(validate_config({"attacks": attacks, "pretrain": pretrain | {"curve": False}}))
+
+
+def readme_config_snippets() -> list[str]:
+    """The README's YAML blocks, each a config overlay."""
+    return [textwrap.dedent(block) for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)]
+
+
+@pytest.mark.parametrize("snippet", readme_config_snippets())
+def test_every_config_snippet_of_the_readme_is_valid(snippet):
+    validate_config(yaml.safe_load(snippet))
