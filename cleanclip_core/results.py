@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cleanclip_core.stopping import stopping_choices
+from cleanclip_core.stopping import ATTACK_FLOOR, SUCCESS_ASR, stopping_choices
 from cleanclip_core.study import CLEAN_DIMENSIONS, DIMENSIONS, PRETRAIN_DIMENSIONS, SWEPT_DIMENSIONS, digest
 from cleanclip_core.tables import atomic_output
 
@@ -111,6 +111,7 @@ def build_results_database(
     _warn_about_unknown_chance(metrics_files)
     for row in query(database, "SELECT * FROM study_summary WHERE near_chance").to_pylist():
         log.warning(_near_chance_warning(row))
+    _warn_about_failed_attacks(database)
 
 
 # A run's folder under results/runs/ is its run_id; the loss is averaged over each epoch's steps.
@@ -151,9 +152,21 @@ def _warn_about_unknown_chance(metrics_files: Sequence[Path]) -> None:
         )
 
 
+def _warn_about_failed_attacks(database: Path) -> None:
+    starts = query(database, f"SELECT DISTINCT {', '.join(PRETRAIN_DIMENSIONS)}, start_asr_top1 FROM study_summary "
+                             "WHERE attack_failed ORDER BY ALL").to_pylist()
+    if starts:
+        named = ", ".join(f"{run_id(start)} ({start['start_asr_top1']:.1%})" for start in starts)
+        log.warning(
+            f"warning: attack failed: {len(starts)} pretrained model(s) start below ASR@1 {ATTACK_FLOOR:.0%} "
+            f"(attack_failed in the summary; a clean control's by construction): {named}; cleaning them removes no backdoor"
+        )
+
+
 def _near_chance_warning(summary_row: Mapping[str, Any]) -> str:
     best = summary_row["best_top1"]
-    selected = "no epoch at ASR@1 <= 5%" if best is None else f"best top-1 at ASR@1 <= 5% {best:.1%}"
+    threshold = f"ASR@1 <= {SUCCESS_ASR:.0%}"
+    selected = f"no epoch at {threshold}" if best is None else f"best top-1 at {threshold} {best:.1%}"
     chance = summary_row["chance_top1"]
     return (
         f"warning: near chance: {run_id(summary_row)}: start top-1 {summary_row['start_top1']:.1%}, {selected}, "
@@ -172,6 +185,8 @@ def views_sql() -> str:
         run_clean=", ".join(f"run.{name}" for name in CLEAN_DIMENSIONS),
         same_pretrained_model=" AND ".join(f"checkpoint.{name} = run.{name}" for name in PRETRAIN_DIMENSIONS),
         group=", ".join(d.name for d in DIMENSIONS if d.name not in SWEPT_DIMENSIONS),
+        success_asr=SUCCESS_ASR,
+        attack_floor=ATTACK_FLOOR,
     )
 
 

@@ -41,7 +41,9 @@ ORDER BY run.run_id, checkpoint.epoch;
 -- last epoch of the run whose last epoch has the lowest ASR@1; the chance level of top-1 (one
 -- over the start's classes); and near_chance: the start's top-1, or the oracle's, is below twice
 -- chance, where a low ASR@1 only shows a model that classifies nothing (null when the start's
--- classes were not recorded).
+-- classes were not recorded); attack_failed: the start's ASR@1 is below the attack floor, so its
+-- backdoor never took and no cleaning of it removes one (a clean control's, by construction).
+-- The success threshold and the attack floor are cleanclip_core.stopping's.
 CREATE VIEW study_summary AS
 WITH starts AS (
     SELECT {pretrain}, top1 AS start_top1, asr_top1 AS start_asr_top1, asr_top10 AS start_asr_top10,
@@ -61,7 +63,7 @@ best AS (
     SELECT {group}, top1 AS best_top1, asr_top1 AS best_asr_top1, asr_top10 AS best_asr_top10,
            lr AS best_lr, epoch AS best_epoch
     FROM cleaned
-    WHERE asr_top1 <= 0.05
+    WHERE asr_top1 <= {success_asr}
     QUALIFY row_number() OVER (PARTITION BY {group} ORDER BY top1 DESC, lr, epoch) = 1
 ),
 last_epochs AS (
@@ -82,7 +84,8 @@ SELECT
     last.last_lr, last.last_epoch, last.last_top1, last.last_asr_top1, last.last_asr_top10,
     starts.chance_top1,
     starts.start_top1 < 2 * starts.chance_top1 OR coalesce(best.best_top1 < 2 * starts.chance_top1, false)
-        AS near_chance
+        AS near_chance,
+    starts.start_asr_top1 < {attack_floor} AS attack_failed
 FROM groups
 LEFT JOIN starts USING ({pretrain})
 LEFT JOIN best USING ({group})
@@ -97,7 +100,7 @@ SELECT
     chosen.* EXCLUDE (top5, asr_top5, asr_top10), choice.rule,
     oracle.epoch AS oracle_epoch, oracle.top1 AS oracle_top1, oracle.asr_top1 AS oracle_asr_top1,
     oracle.top1 - chosen.top1 AS top1_regret,
-    chosen.asr_top1 > 0.05 AS backdoor_kept
+    chosen.asr_top1 > {success_asr} AS backdoor_kept
 FROM stopping_choices AS choice
 JOIN cleaning_trajectories AS chosen USING (run_id, epoch)
 JOIN stopping_choices AS oracle_choice ON oracle_choice.run_id = choice.run_id AND oracle_choice.rule = 'oracle'

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-SUCCESS_ASR = 0.05  # the papers' threshold of a removed backdoor (ASR@1)
+SUCCESS_ASR = 0.05  # the papers' threshold of a removed backdoor (ASR@1), everywhere
+ATTACK_FLOOR = 0.5  # a start's ASR@1 below it: the backdoor never took
 LOSS_PLATEAU = 0.02  # relative change of the epoch's mean loss under which training has settled
 
 

@@ -262,3 +262,15 @@ def test_the_pretraining_curve_figure_labels_the_plateau_test_and_its_table_is_t
     figure = plot_pretraining_curve(query(curve_database, "SELECT * FROM pretraining_curve").to_pandas(), ["mmcl"])
     assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["badnet (last 3: 11.0 pts)"]
     assert pd.read_csv(tmp_path / "curve.csv").epoch.tolist() == [1, 2, 3, 4]
+
+
+def test_a_start_whose_backdoor_never_took_is_flagged_and_warned_about_once(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="cleanclip_core.results"):
+        database = write_database(tmp_path, [
+            (START, 0.50, 0.008), (cleaned(0.001, 1), 0.55, 0.0), (cleaned(0.003, 1), 0.5, 0.0),
+            (pretrained("mmcl_ssl"), 0.60, 0.97), (cleaned(0.003, 1, "mmcl_ssl"), 0.62, 0.40),
+        ])
+    summary = query(database, "SELECT pretrain_objective, attack_failed FROM study_summary").to_pandas()
+    assert summary.set_index("pretrain_objective").attack_failed.to_dict() == {"mmcl": True, "mmcl_ssl": False}
+    warnings = [record.getMessage() for record in caplog.records if "attack failed" in record.getMessage()]
+    assert len(warnings) == 1 and f"{MMCL_RUN} (0.8%)" in warnings[0]

@@ -26,14 +26,13 @@ from matplotlib.ticker import MaxNLocator
 from cleanclip_core.errors import UserError
 from cleanclip_core.results import query
 from cleanclip_core.stopping import STOPPING_RULES
-from cleanclip_core.stopping import SUCCESS_ASR as STOPPING_SUCCESS_ASR
+from cleanclip_core.stopping import SUCCESS_ASR
 from cleanclip_core.tables import atomic_output, write_csv
 
 OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL"}
 METHOD_MARKERS = "osD^vP*X"
-# Successful cleaning: the backdoor gone (ASR@1 at most 10%) and at least 80% of the start's
-# clean top-1 kept.
-SUCCESS_ASR = 0.10
+# Successful cleaning: the backdoor gone (ASR@1 at most SUCCESS_ASR, the threshold of the summary
+# and the stopping rules) and at least 80% of the start's clean top-1 kept.
 SUCCESS_ACCURACY_FRACTION = 0.8
 PANEL_INCHES = 4.2
 
@@ -205,7 +204,7 @@ def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str]) -> Figur
             axes[0, column].scatter(runs.x, 100 * runs.top1_regret, color=colors[attack], s=20, alpha=0.7, label=attack)
             axes[1, column].scatter(runs.x, 100 * runs.asr_top1, color=colors[attack], s=20, alpha=0.7)
         axes[0, column].set_title(objective_title(objective))
-        axes[1, column].axhline(100 * STOPPING_SUCCESS_ASR, color="gray", ls="--", lw=1)
+        axes[1, column].axhline(100 * SUCCESS_ASR, color="gray", ls="--", lw=1)
         axes[1, column].set_xticks(range(len(names)), names, rotation=20)
     axes[0, 0].autoscale(axis="y")  # a rule may beat the oracle's top-1: regret is not a percentage
     axes[0, 0].legend(fontsize=8)
