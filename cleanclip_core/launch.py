@@ -66,6 +66,7 @@ class StageResources:
     runtime: int = 24 * 60  # minutes
     slurm_partition: str | None = None
     slurm_account: str | None = None
+    processes_per_node: int = 0  # 0: one per GPU (one without GPUs); CPU runs set it
 
     @classmethod
     def from_mapping(cls, resources: Mapping[str, Any]) -> "StageResources":
@@ -74,7 +75,7 @@ class StageResources:
 
     @property
     def tasks_per_node(self) -> int:
-        return max(1, self.gpus_per_node)
+        return self.processes_per_node or max(1, self.gpus_per_node)
 
 
 def _function(path: str):
@@ -298,7 +299,7 @@ def _wait(job: submitit.Job, mode: str) -> Any:
             query_at = next_query_at(time.monotonic())
         time.sleep(POLL_S)
     try:
-        return job.result()
+        return job.results()[0]  # rank 0's: a job of several tasks answers one result per task
     except submitit.core.utils.FailedJobError as error:
         raise UserError(f"job {job.job_id} failed; its log: {job.paths.stderr}\n{str(error)[-2000:]}") from None
 
@@ -342,7 +343,8 @@ def run_stages(
         with executor.batch():
             jobs = [executor.submit(Stage(), function, kwargs) for kwargs in runs]
         _job_record(folder, name).write_text(" ".join([digest, *(job.job_id for job in jobs)]))
-        log.info(f"{name}: {mode} job {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks), logs in {folder}")
+        processes = f"{resources.nodes * resources.tasks_per_node} processes each"
+        log.info(f"{name}: {mode} job {jobs[0].job_id.split('_')[0]} ({len(jobs)} jobs, {processes}), logs in {folder}")
     return [_wait(job, mode) for job in jobs]
 
 

@@ -31,6 +31,13 @@ def test_a_stage_runs_each_call_and_returns_the_results_in_order(mode, tmp_path)
     assert results == [config_hash(call["settings"]) for call in CALLS]
 
 
+def test_a_job_of_two_processes_joins_one_group_and_answers_rank_0s_result(tmp_path):
+    resources = StageResources(cpus_per_task=1, processes_per_node=2)
+    ranks = run_stages("torch.distributed:get_rank", [{}], mode="local", folder=tmp_path, resources=resources, name="rank")
+    sizes = run_stages("torch.distributed:get_world_size", [{}], mode="local", folder=tmp_path, resources=resources, name="size")
+    assert (ranks, sizes) == ([0], [2])
+
+
 def test_resources_come_from_a_mapping_and_default_the_rest():
     resources = StageResources.from_mapping({"gpus_per_node": 4, "mem_mb": 1000, "_cores": 1, "tmpdir": "/tmp"})
     assert (resources.gpus_per_node, resources.tasks_per_node, resources.mem_mb, resources.nodes) == (4, 4, 1000, 1)
