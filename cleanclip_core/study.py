@@ -16,6 +16,7 @@ cleaning runs (each pretrained model cleaned once per seed), or with `study.repl
 the pretraining too (each seed's cleaning runs start from that seed's pretrained model).
 """
 
+import functools
 import hashlib
 import itertools
 import json
@@ -84,7 +85,14 @@ def start_label(start: str) -> str:
         return start
     if not Path(start).is_file():
         raise UserError(f"study.start: no such file: {start}")
-    return f"{Path(start).stem}-{file_sha256(start)[:DIGEST_LENGTH]}"
+    stat = Path(start).stat()
+    return f"{Path(start).stem}-{_content_digest(start, stat.st_mtime_ns, stat.st_size)}"
+
+
+@functools.cache
+def _content_digest(path: str, mtime_ns: int, size: int) -> str:
+    """The start of a file's SHA-256, hashed once per version of the file (the DAG asks often)."""
+    return file_sha256(path)[:DIGEST_LENGTH]
 
 
 def pretrain_seeds(config: Mapping[str, Any]) -> list[int]:
