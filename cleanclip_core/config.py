@@ -1,6 +1,7 @@
 """The experiment config: validated against its JSON schema, which also supplies every default."""
 
 import copy
+import difflib
 import importlib.util
 import json
 import logging
@@ -21,18 +22,35 @@ SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
 log = logging.getLogger(__name__)
 
 
+def _integral(schema: Any, value: Any) -> Any:
+    """`value` as an int where `schema` asks for an integer and it is a float without a fraction
+    (YAML's `4.0`, which JSON Schema's integer accepts and range() or a batch size does not)."""
+    types = schema.get("type") if isinstance(schema, dict) else None
+    wants_integer = "integer" in (types if isinstance(types, list) else [types])
+    return int(value) if wants_integer and isinstance(value, float) and value.is_integer() else value
+
+
 def _with_defaults(validator_class: type) -> type:
-    """A validator class that fills in schema defaults (a fresh copy each time) while validating."""
+    """A validator class that fills in schema defaults (a fresh copy each time) and makes
+    integral floats ints while validating."""
     check_properties = validator_class.VALIDATORS["properties"]
+    check_items = validator_class.VALIDATORS["items"]
 
     def fill_then_check(validator, properties, instance, schema) -> Iterator:
         if isinstance(instance, dict):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
                     instance[name] = copy.deepcopy(subschema["default"])
+                if name in instance:
+                    instance[name] = _integral(subschema, instance[name])
         yield from check_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": fill_then_check})
+    def convert_then_check(validator, items, instance, schema) -> Iterator:
+        if isinstance(instance, list):
+            instance[:] = [_integral(items, item) for item in instance]
+        yield from check_items(validator, items, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": fill_then_check, "items": convert_then_check})
 
 
 def _location(error: jsonschema.ValidationError) -> str:
@@ -62,6 +80,8 @@ def _check_references(config: dict[str, Any]) -> None:
         ("study.attacks", study["attacks"], "attacks"),
         ("study.pretrain_objectives", study["pretrain_objectives"], "objectives"),
         ("study.clean_methods", study["clean_methods"], "objectives"),
+        ("pretrain.per_objective", list(config["pretrain"]["per_objective"]), "objectives"),
+        ("clean.per_method", list(config["clean"]["per_method"]), "objectives"),
     ]
     for location, names, section in named:
         unknown = [name for name in names if name not in config[section]]
@@ -103,6 +123,16 @@ def model_image_size(name: str) -> int | None:
     return size[0] if isinstance(size, list) else size
 
 
+def _check_model(config: dict[str, Any]) -> None:
+    """The model is one that open_clip or this project has a config of: else the download, the
+    manifest and the poisoning would run before the pretraining finds out."""
+    model = config["study"]["model"]
+    known = sorted({path.stem for folder in _model_config_folders() for path in folder.glob("*.json")})
+    if len(_model_config_folders()) > 1 and model not in known:  # open_clip's folder found
+        close = difflib.get_close_matches(model, known, n=3) or ["RN50", "ViT-B-32", "tiny-rn", "tiny-vit"]
+        raise UserError(f"config: study.model: {model!r} is not a model of open_clip or cleanclip_core/model_configs; e.g. {', '.join(close)}")
+
+
 def _warn_about_resizing(config: dict[str, Any]) -> None:
     """The loaders fit every image to the model's input size each time they read it: images
     stored at another size cost a resize per image in every epoch of every run."""
@@ -119,6 +149,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a validated config's cross-references and that the files it names exist, and warn
     about what would cost needless work; return it."""
     _check_references(config)
+    _check_model(config)
     url_list = config["dataset"]["url_list"]
     if url_list is not None and not Path(url_list).is_file():
         raise UserError(

@@ -1,6 +1,7 @@
 """How a stage uses its device: which one, and its speedups: channels-last ResNet towers on CUDA
 and CPU, TF32 matmuls on CUDA only. A CPU otherwise runs plain fp32 PyTorch."""
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,10 +11,11 @@ from torch import nn
 
 
 def stage_device() -> torch.device:
-    """Where a stage computes: this process's GPU (the one its launcher leased, or its DDP
-    rank's), else Apple's mps, else the CPU."""
+    """Where a stage computes: this process's GPU, else Apple's mps, else the CPU. A process of
+    several on a machine (torchrun's, or a job's tasks) has its local rank's GPU (LOCAL_RANK),
+    a lone one the current device (the one its launcher leased)."""
     if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

@@ -4,8 +4,9 @@ this machine (`local`), or as a SLURM job (`slurm`), the last two through submit
 A stage is a resumable function of the library named by its import path, e.g.
 `cleanclip_core.training.loop:train`, with keyword arguments. It runs as a checkpointable job:
 when SLURM preempts it, requeues it or its time runs out, it starts again and resumes from its own
-last checkpoint. With several tasks (GPUs) it runs once per task, in the torch.distributed
-environment submitit derives from SLURM's. A list of calls runs as one job array. On one machine,
+last checkpoint. With several tasks (processes_per_node, by default one per GPU) it runs once per
+task, in the torch.distributed environment submitit derives from SLURM's; `python -m
+cleanclip_core.launch` runs a stage under torchrun the same way. A list of calls runs as one job array. On one machine,
 stages that run at once (Snakemake's `--resources gpu=N`) each lease a GPU of their own.
 
 The launch folder keeps, per job name, the ids of the jobs last submitted and a digest of their
@@ -13,6 +14,7 @@ calls: a caller that was killed and started again with the same calls waits for 
 they are still queued or running, instead of submitting them twice.
 """
 
+import argparse
 import enum
 import fcntl
 import hashlib
@@ -24,6 +26,7 @@ import random
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -84,14 +87,17 @@ def _function(path: str):
 
 
 @contextmanager
-def _torch_distributed() -> Iterator[None]:
-    """A process group over the job's tasks (one per GPU)."""
+def _torch_distributed(from_job: bool) -> Iterator[None]:
+    """A process group over the stage's processes, each on its local rank's GPU where there are
+    GPUs: a submitit job's tasks (submitit derives torch's environment from SLURM's, on every
+    node, or from its local executor's) or torchrun's processes (torchrun sets it)."""
     import torch
     import torch.distributed as dist
 
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if from_job:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     if torch.cuda.is_available():
-        torch.cuda.set_device(submitit.JobEnvironment().local_rank)
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield
@@ -167,11 +173,23 @@ def _leased_gpu() -> Iterator[None]:
 
 
 def _devices(executor: str | None) -> AbstractContextManager[None]:
-    """The stage's GPUs: a job of several tasks (one per GPU) joins a torch.distributed group; a
-    SLURM job has GPUs of its own; a stage sharing this machine with others leases one."""
+    """The stage's GPUs: a job of several tasks, or a stage run by torchrun with several
+    processes, joins a torch.distributed group; a SLURM job has GPUs of its own; a stage sharing
+    this machine with others leases one."""
     if executor and submitit.JobEnvironment().num_tasks > 1:
-        return _torch_distributed()
+        return _torch_distributed(from_job=True)
+    if not executor and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return _torch_distributed(from_job=False)
     return nullcontext() if executor == "slurm" else _leased_gpu()
+
+
+def _use_allocated_cpus() -> None:
+    """As many torch threads as the task has CPUs: torch counts the node's cores, so the tasks of
+    a job sharing a node would oversubscribe it (torchrun sets one thread per process for the same
+    reason)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
 
 
 class Stage(submitit.helpers.Checkpointable):
@@ -182,6 +200,8 @@ class Stage(submitit.helpers.Checkpointable):
         executor = os.environ.get("SUBMITIT_EXECUTOR")  # None in the caller's process (debug)
         if executor:  # the job's log shows the stage's progress
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+        if executor == "slurm":
+            _use_allocated_cpus()
         with _devices(executor):
             return _function(function)(**kwargs)
 
@@ -359,3 +379,23 @@ def launch_from_snakemake(job: Any, folder: Path = Path("results/launch")) -> di
         "resources": StageResources.from_mapping(resources),
         "name": name,
     }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m cleanclip_core.launch FUNCTION KWARGS`: one stage in this process, its keyword
+    arguments a JSON object; under `torchrun --nproc-per-node N`, each process is a rank."""
+    parser = argparse.ArgumentParser(prog="python -m cleanclip_core.launch", description=main.__doc__)
+    parser.add_argument("function", help="the stage's import path, e.g. cleanclip_core.training.loop:run_training")
+    parser.add_argument("kwargs", type=json.loads, help="its keyword arguments, a JSON object")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = Stage()(arguments.function, arguments.kwargs)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,10 @@ gathered (with gradients) so every rank computes the loss of the whole global ba
 import functools
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as distributed_autograd
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss, gather_features
+from open_clip.loss import ClipLoss
 from torch import Tensor
 
 
@@ -25,11 +27,22 @@ def mmcl_loss(
     return _clip_loss(rank, world_size)(image_features, text_features, logit_scale)
 
 
-def gathered(features: Tensor, other_features: Tensor, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
-    """Two aligned feature batches of every rank, gathered with gradients; as they are in one process."""
+def gathered(*features: Tensor, world_size: int) -> tuple[Tensor, ...]:
+    """Aligned feature batches with the rows of every rank, in rank order, as one process has
+    them; gathered with gradients, so a loss of the global batch gives each rank's rows their
+    gradient."""
     if world_size == 1:
-        return features, other_features
-    return gather_features(features, other_features, gather_with_grad=True, rank=rank, world_size=world_size)
+        return features
+    return tuple(torch.cat(distributed_autograd.all_gather(batch)) for batch in features)
+
+
+def gathered_flags(flags: Tensor, world_size: int) -> Tensor:
+    """A boolean column of the batch with the rows of every rank, in rank order."""
+    if world_size == 1:
+        return flags
+    every_rank = [torch.empty_like(flags, dtype=torch.uint8) for _ in range(world_size)]
+    dist.all_gather(every_rank, flags.to(torch.uint8))
+    return torch.cat(every_rank).bool()
 
 
 def _self_supervised_loss(features: Tensor, augmented_features: Tensor, logit_scale: Tensor) -> Tensor:
@@ -44,13 +57,13 @@ def inmodal_loss(
     augmented_text_features: Tensor,
     logit_scale: Tensor,
     *,
-    rank: int = 0,
     world_size: int = 1,
 ) -> Tensor:
     """CleanCLIP's in-modal term: each image against every augmented image, each caption against
     every augmented caption, the matching view as the target; the mean of the two modalities."""
-    image_features, augmented_image_features = gathered(image_features, augmented_image_features, rank, world_size)
-    text_features, augmented_text_features = gathered(text_features, augmented_text_features, rank, world_size)
+    image_features, augmented_image_features, text_features, augmented_text_features = gathered(
+        image_features, augmented_image_features, text_features, augmented_text_features, world_size=world_size
+    )
     return (
         _self_supervised_loss(image_features, augmented_image_features, logit_scale)
         + _self_supervised_loss(text_features, augmented_text_features, logit_scale)

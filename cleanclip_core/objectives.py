@@ -85,7 +85,7 @@ def _inmodal(inputs: TermInputs) -> torch.Tensor:
     features = inputs.features
     return inmodal_loss(
         features["image"], features["augmented_image"], features["text"], features["augmented_text"],
-        inputs.logit_scale, rank=inputs.rank, world_size=inputs.world_size,
+        inputs.logit_scale, world_size=inputs.world_size,
     )
 
 

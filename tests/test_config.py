@@ -80,6 +80,21 @@ def test_bad_config_is_one_line_naming_the_option(config, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_integers_written_as_floats_are_integers_and_a_fraction_is_refused():
+    config = validate_config({
+        "pretrain": {"epochs": 4.0, "batch_size": 8.0},
+        "dataset": {"download": {"samples_per_shard": 10.0}},
+        "study": {"seeds": [0.0, 1.0]},
+        "clean": {"per_method": {"cleanclip": {"batch_size": 16.0}}},
+    })
+    integers = [config["pretrain"]["epochs"], config["pretrain"]["batch_size"], *config["study"]["seeds"],
+                config["dataset"]["download"]["samples_per_shard"], config["clean"]["per_method"]["cleanclip"]["batch_size"]]
+    assert integers == [4, 8, 0, 1, 10, 16] and all(type(value) is int for value in integers)
+    assert type(config["pretrain"]["lr"]) is float
+    with pytest.raises(UserError, match=re.escape("pretrain.epochs: 4.5 is not of type 'integer'")):
+        validate_config({"pretrain": {"epochs": 4.5}})
+
+
 def test_missing_url_list_is_a_user_error(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"dataset": {"url_list": str(tmp_path / "missing.tsv")}}))
@@ -96,6 +111,9 @@ def test_missing_url_list_is_a_user_error(tmp_path):
         ({"study": {"clean_methods": ["supervised"]}, "dataset": {"url_list": "cc3m.tsv"}}, "clean.labels: cleaning method 'supervised' is supervised and needs a labels table"),
         ({"objectives": {"nothing": {"mmcl": 0, "inmodal": 0}}}, "objectives.nothing: every weight is zero, so it trains nothing"),
         ({"study": {"start": "weights/missing.pt"}}, "study.start: weights/missing.pt does not exist"),
+        ({"clean": {"per_method": {"mmcl_onlyy": {"lrs": [0.01]}}}}, "clean.per_method: 'mmcl_onlyy' is not one of objectives"),
+        ({"pretrain": {"per_objective": {"mmcl-ssl": {"batch_size": 8}}}}, "pretrain.per_objective: 'mmcl-ssl' is not one of objectives"),
+        ({"study": {"model": "tiny-rn-w8"}}, "study.model: 'tiny-rn-w8' is not a model of open_clip or cleanclip_core/model_configs; e.g. tiny-rn-w16"),
     ],
 )
 def test_names_must_exist_weights_must_train_and_supervised_cleaning_needs_labels(config, message):

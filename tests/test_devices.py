@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cleanclip_core.devices import has_resnet_tower, on_device, tf32_matmuls, uses_channels_last
+from cleanclip_core.devices import has_resnet_tower, on_device, stage_device, tf32_matmuls, uses_channels_last
 from cleanclip_core.models import create_model
 
 CUDA = torch.device("cuda")  # a device object needs no GPU: the decisions are tested here
@@ -41,3 +41,19 @@ def test_tf32_matmuls_only_on_cuda_and_restored_after():
     with tf32_matmuls(CUDA):
         assert matmul.fp32_precision == "tf32"
     assert matmul.fp32_precision == before
+
+
+@pytest.mark.parametrize("local_rank", ["0", "1", "3"])
+def test_a_process_of_several_on_a_machine_computes_on_its_local_rank_s_gpu(monkeypatch, local_rank):
+    # torchrun and a job's tasks set LOCAL_RANK; the current device is GPU 0 in every one of them
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert stage_device() == torch.device("cuda", int(local_rank))
+
+
+def test_a_lone_process_computes_on_the_gpu_its_launcher_leased(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert stage_device() == torch.device("cuda", 2)

@@ -129,7 +129,7 @@ def losses_on_one_rank(rank: int, features: list[torch.Tensor], store: Path, out
         local = [chunk.clone().requires_grad_() for chunk in (f.chunk(WORLD_SIZE)[rank] for f in features)]
         logit_scale = torch.tensor(10.0)
         mmcl = mmcl_loss(local[0], local[1], logit_scale, rank=rank, world_size=WORLD_SIZE)
-        inmodal = inmodal_loss(*local, logit_scale, rank=rank, world_size=WORLD_SIZE)
+        inmodal = inmodal_loss(*local, logit_scale, world_size=WORLD_SIZE)
         (mmcl + inmodal).backward()
         result = {"mmcl": mmcl.detach(), "inmodal": inmodal.detach(), "grads": [x.grad for x in local]}
         torch.save(result, out_dir / f"rank{rank}.pt")

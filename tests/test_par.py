@@ -132,7 +132,8 @@ def test_a_par_run_logs_the_repulsion_and_keeps_the_start_temperature(clean_pair
     assert cleaned["logit_scale"].item() == 4.60546875 > MAX_LOGIT_SCALE
     assert not torch.equal(cleaned["visual.conv1.weight"], start.state_dict()["visual.conv1.weight"])
     log = pq.read_table(tmp_path / "run" / "train_log.parquet").to_pylist()
-    # At the first step both models embed the same perturbed batch with the same weights.
-    assert log[0]["loss_repulsion"] == 0.0
+    # At the first step both models embed the same perturbed batch with the same weights (the
+    # frozen one through attention's inference kernels, whose sums may differ in the last bits).
+    assert log[0]["loss_repulsion"] == pytest.approx(0.0, abs=1e-9)
     assert all(row["loss_repulsion"] < 0 for row in log[1:])
     assert [row["lr"] for row in log[:2]] == pytest.approx([1e-3, par_lr(1, 1e-3, 0, len(log))])

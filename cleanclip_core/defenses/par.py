@@ -50,13 +50,13 @@ def repulsion_loss(
     reference_text_features: Tensor,
     tau: float,
     *,
-    rank: int = 0,
     world_size: int = 1,
 ) -> Tensor:
     """−(L_img + L_txt) over the global batch (gathered with gradients across ranks, so the
     threshold applies to the whole batch's mean, as in PAR's code)."""
-    image_features, reference_image_features = gathered(image_features, reference_image_features, rank, world_size)
-    text_features, reference_text_features = gathered(text_features, reference_text_features, rank, world_size)
+    image_features, reference_image_features, text_features, reference_text_features = gathered(
+        image_features, reference_image_features, text_features, reference_text_features, world_size=world_size
+    )
     return -(
         thresholded_distance(image_features, reference_image_features, tau)
         + thresholded_distance(text_features, reference_text_features, tau)
@@ -67,7 +67,7 @@ def _repulsion(inputs: TermInputs) -> Tensor:
     features, reference = inputs.features, inputs.reference
     return repulsion_loss(
         features["image"], reference["image"], features["text"], reference["text"], inputs.options["tau"],
-        rank=inputs.rank, world_size=inputs.world_size,
+        world_size=inputs.world_size,
     )
 
 

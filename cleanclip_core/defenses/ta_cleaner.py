@@ -21,6 +21,7 @@ from torch import Tensor
 
 from cleanclip_core.augment import caption_words
 from cleanclip_core.errors import UserError
+from cleanclip_core.losses import gathered, gathered_flags
 from cleanclip_core.objectives import Term, TermInputs, register_term
 from cleanclip_core.parts_of_speech import (
     ADJECTIVE, ADVERB, CONJUNCTIONS, FUNCTION, NOUN, VERB, Lexicon, named_lexicon, tag_caption,
@@ -218,12 +219,14 @@ def subcaption_loss(
 
 
 def _subcaption(inputs: TermInputs) -> Tensor:
-    # Each process aligns its own rows: the flagged rows of a batch differ in number per process.
+    # The rows of every process: the flagged rows (and, in form `batch`, the positives each image
+    # is matched against) are those of the global batch, as in one process.
     features = inputs.features
-    return subcaption_loss(
-        features["image"], features["positive_text"], features["negative_text"],
-        inputs.batch["subcaption"], inputs.logit_scale, inputs.options["form"],
+    image, positive, negative = gathered(
+        features["image"], features["positive_text"], features["negative_text"], world_size=inputs.world_size
     )
+    flagged = gathered_flags(inputs.batch["subcaption"], inputs.world_size)
+    return subcaption_loss(image, positive, negative, flagged, inputs.logit_scale, inputs.options["form"])
 
 
 register_term(Term("subcaption", _subcaption, views=("subcaptions",)))

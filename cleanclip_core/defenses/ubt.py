@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
@@ -37,7 +36,7 @@ from cleanclip_core.attacks import attack_trigger
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.devices import stage_device
 from cleanclip_core.errors import UserError
-from cleanclip_core.losses import gathered, mmcl_loss
+from cleanclip_core.losses import gathered, gathered_flags, mmcl_loss
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.objectives import Term, TermInputs, register_term
 from cleanclip_core.tables import files_sha256, write_table
@@ -269,12 +268,8 @@ def _whole_batch(inputs: TermInputs) -> tuple[torch.Tensor, torch.Tensor, torch.
     if FLAG not in inputs.batch:
         raise UserError("the unlearn and retain terms need the ubt method's manifest (a boolean column unlearn)")
     image, text, flags = inputs.features["image"], inputs.features["text"], inputs.batch[FLAG].bool()
-    if inputs.world_size > 1:
-        image, text = gathered(image, text, inputs.rank, inputs.world_size)
-        every_rank = [torch.empty_like(flags, dtype=torch.uint8) for _ in range(inputs.world_size)]
-        dist.all_gather(every_rank, flags.to(torch.uint8))
-        flags = torch.cat(every_rank).bool()
-    return image, text, flags
+    image, text = gathered(image, text, world_size=inputs.world_size)
+    return image, text, gathered_flags(flags, inputs.world_size)
 
 
 def unlearn_loss(inputs: TermInputs) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Checkpoints, written atomically and loaded as weights only.
 
 Weights files hold {"state_dict": ...}, the layout open_clip's loader reads. The resume state
-adds the optimizer, the progress and the settings it was made under.
+adds the optimizer, the progress, the settings it was made under and its number of processes.
 """
 
 from pathlib import Path
@@ -32,6 +32,7 @@ def save_resume_state(
     epochs_done: int,
     steps_done: int,
     settings: dict[str, Any],
+    world_size: int,
 ) -> None:
     state = {
         "state_dict": model.state_dict(),
@@ -39,6 +40,7 @@ def save_resume_state(
         "epochs_done": epochs_done,
         "steps_done": steps_done,
         "settings": settings,
+        "world_size": world_size,
     }
     save_torch(state, path)
 

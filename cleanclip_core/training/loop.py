@@ -164,11 +164,7 @@ def train(
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
     schedule = resolve(defense.schedule) if defense.schedule else warmup_cosine
     lr_at = schedule(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
-    # A supervised-only objective leaves the text tower without gradients.
-    network = (
-        DistributedDataParallel(trained, find_unused_parameters=needs_labels(settings.objective))
-        if world_size > 1 else trained
-    )
+    network = distributed_network(trained, settings.model, settings.objective, world_size, device)
     network = torch.compile(network) if torch_compile else network
     rows = _earlier_log_rows(partial / STEP_LOG, epochs_done)
     pending: list[dict] = []  # logged steps whose values are still tensors
@@ -190,7 +186,7 @@ def train(
         rows += _finite_rows(pending, epochs_done, partial, settings.lr)
         epochs_done = epoch + 1
         if rank == 0:
-            _end_epoch(partial, trained, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch)
+            _end_epoch(partial, trained, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch, world_size)
         log.info(f"epoch {epochs_done}/{settings.epochs}: loss {float(rows[-1]['loss']):.4f}")
         _barrier(world_size)
 
@@ -257,10 +253,43 @@ def training_step(
     }
 
 
+def distributed_network(
+    trained: ObjectiveNetwork, model_name: str, objective: dict[str, float], world_size: int, device: torch.device
+) -> torch.nn.Module:
+    """The network one step runs: with several processes, its DistributedDataParallel wrapper, whose
+    batch norms normalize with the statistics of the global batch, as one process does."""
+    if world_size == 1:
+        return trained
+    if any(isinstance(module, BATCH_NORMS) and module.training for module in trained.modules()):
+        if device.type != "cuda":
+            raise UserError(
+                f"{model_name} has batch norms, which {world_size} processes on {device.type} (gloo) cannot "
+                f"synchronize: each would normalize with its own part of the batch, another objective than "
+                f"one process's; train it in one process, on GPUs, or choose a ViT"
+            )
+        trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trained)
+    # A supervised-only objective leaves the text tower without gradients.
+    return DistributedDataParallel(trained, find_unused_parameters=needs_labels(objective))
+
+
+def global_values(pending: list[dict]) -> list[dict]:
+    """The pending log rows as plain numbers, each term the mean over the processes: a term
+    computed on each process's rows (the supervised one) is then the global batch's."""
+    if not pending:
+        return []
+    names = [name for name, value in pending[0].items() if torch.is_tensor(value)]
+    values = torch.stack([torch.stack([row[name].float() for name in names]) for row in pending])
+    _, world_size = _distributed_rank()
+    if world_size > 1:
+        dist.all_reduce(values)
+        values /= world_size
+    return [row | dict(zip(names, row_values.tolist())) for row, row_values in zip(pending, values)]
+
+
 def _finite_rows(pending: list[dict], epochs_done: int, folder: Path, lr: float) -> list[dict]:
-    """The pending log rows as plain numbers (emptying `pending`); stop if a loss is not finite,
-    keeping the last checkpoint."""
-    finished = [{k: float(v) if torch.is_tensor(v) else v for k, v in row.items()} for row in pending]
+    """The pending log rows as plain numbers, global (emptying `pending`); stop if a loss is not
+    finite, keeping the last checkpoint."""
+    finished = global_values(pending)
     pending.clear()
     for row in finished:
         if not math.isfinite(row["loss"]):
@@ -285,6 +314,12 @@ def _resume_state(partial: Path, run_settings: dict[str, Any], rank: int, world_
     if state is None and rank == 0:
         shutil.rmtree(partial)
         partial.mkdir()
+    if state is not None and state.get("world_size") != world_size and rank == 0:
+        log.warning(
+            f"resuming {partial} with {world_size} processes, {state.get('world_size')} before: the global batches "
+            f"are the same, but their sums run in another order, so the weights differ in their last bits "
+            f"from those of an uninterrupted run"
+        )
     return state
 
 
@@ -330,7 +365,7 @@ def _n_classes(pairs: PoisonedTrainingSet, objective: dict[str, float]) -> int |
     return len(pairs.classnames)
 
 
-def _end_epoch(folder, trained, optimizer, rows, epochs_done, steps_done, settings, keep_every_epoch) -> None:
+def _end_epoch(folder, trained, optimizer, rows, epochs_done, steps_done, settings, keep_every_epoch, world_size) -> None:
     """Write the epoch's weights and log, then the resume state: the state is the commit point."""
     if keep_every_epoch:
         save_weights(epoch_weights(folder, epochs_done), trained.clip)
@@ -338,7 +373,7 @@ def _end_epoch(folder, trained, optimizer, rows, epochs_done, steps_done, settin
         pq.write_table(pa.Table.from_pylist(rows), temporary)
     save_resume_state(
         folder / RESUME_STATE, trained, optimizer,
-        epochs_done=epochs_done, steps_done=steps_done, settings=settings,
+        epochs_done=epochs_done, steps_done=steps_done, settings=settings, world_size=world_size,
     )
 
 

@@ -12,9 +12,6 @@ from dataclasses import asdict, replace
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.errors import UserError
@@ -116,6 +113,20 @@ def test_a_run_resumes_with_another_number_of_data_loader_processes(training_dat
         train(SETTINGS, training_data, tmp_path / "run", num_workers=1)
     assert f"resuming {tmp_path / 'run'} after epoch 1" in caplog.messages
     assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "run/model.pt"))
+
+
+def test_a_run_resumed_with_another_number_of_processes_says_what_that_changes(training_data, tmp_path, monkeypatch, caplog):
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        stop_after_epoch(patch, 1)
+        train(SETTINGS, training_data, tmp_path)
+    state_file = tmp_path / PARTIAL / RESUME_STATE
+    state = load_resume_state(state_file)
+    assert state["world_size"] == 1
+    torch.save(state | {"world_size": 2}, state_file)  # as a run of two processes leaves it
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        train(SETTINGS, training_data, tmp_path)
+    assert f"resuming {tmp_path / PARTIAL} with 1 processes, 2 before" in caplog.text
+    assert f"resuming {tmp_path} after epoch 1" in caplog.messages
 
 
 @pytest.mark.skipif(not shutil.which("c++"), reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
@@ -231,28 +242,6 @@ def test_the_step_scales_and_normalizes_the_8_bit_images_of_the_batch():
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     for name, gradient in gradients.items():
         torch.testing.assert_close(gradient, expected_gradients[name], rtol=1e-4, atol=1e-6)
-
-
-def step_on_rank(rank: int, batch: dict, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    model = create_model("tiny-vit", seed=0)
-    half = {name: tensor.chunk(2)[rank] for name, tensor in batch.items()}
-    loss, gradients = step_and_gradients(DistributedDataParallel(ObjectiveNetwork(model)), model, half)
-    if rank == 0:
-        torch.save({"loss": loss, "gradients": gradients}, out)
-    dist.destroy_process_group()
-
-
-def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(tmp_path):
-    batch = random_batch()
-    mp.spawn(step_on_rank, args=(batch, str(tmp_path / "store"), str(tmp_path / "ddp.pt")), nprocs=2)
-    distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
-    model = create_model("tiny-vit", seed=0)
-    loss, gradients = step_and_gradients(ObjectiveNetwork(model), model, batch)
-    assert distributed["loss"] == pytest.approx(loss, rel=1e-5)
-    assert distributed["gradients"].keys() == gradients.keys()
-    for name, gradient in gradients.items():
-        torch.testing.assert_close(distributed["gradients"][name], gradient, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_supervised_cleaning_trains_a_head_on_the_labels_and_keeps_only_the_clip_weights(training_data, tmp_path):
