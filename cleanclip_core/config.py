@@ -15,6 +15,7 @@ import yaml
 
 from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.errors import UserError
+from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.study import start_kind
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
@@ -167,6 +168,8 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     for location, path in named_files.items():
         if path is not None and not Path(path).exists():
             raise UserError(f"config: {location}: {path} does not exist")
+    if named_files["study.start"] and (problem := checkpoint_problem(start)):
+        raise UserError(f"config: study.start: {problem}")
     _check_targets(config)
     _check_cleaning_poisons(config)
     _check_pretraining_curve(config)

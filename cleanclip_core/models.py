@@ -6,6 +6,8 @@ embedded default's tiny models) are registered with open_clip on import.
 """
 
 import logging
+import pickle
+import zipfile
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -16,6 +18,7 @@ from open_clip.transform import PreprocessCfg
 from torchvision.transforms import v2
 
 from cleanclip_core.errors import UserError
+from cleanclip_core.files import checkpoint_problem
 
 open_clip.add_model_config(Path(str(files("cleanclip_core") / "model_configs")))
 
@@ -70,8 +73,12 @@ def load_weights(model: torch.nn.Module, path: Path, name: str = "the model") ->
     """Load a checkpoint file (open_clip's or ours) into `model`, safely (weights only)."""
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if problem := checkpoint_problem(path):
+        raise UserError(f"checkpoint {problem}")
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile):
+        raise UserError(f"checkpoint {path} is damaged, or holds objects other than weights, which are never loaded") from None
     except (RuntimeError, KeyError, AssertionError) as error:
         reason = str(error).strip().splitlines()[0]
         raise UserError(

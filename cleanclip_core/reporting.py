@@ -1,5 +1,7 @@
-"""How a pipeline step reports: progress lines to stderr and its log, bad input as one line."""
+"""How a pipeline step reports: progress lines to stderr and its log; a failure as one line on
+stderr, with its full traceback in the log."""
 
+import errno
 import logging
 import sys
 from collections.abc import Iterator
@@ -7,12 +9,31 @@ from contextlib import contextmanager
 
 from cleanclip_core.errors import UserError
 
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+class _MessageOnly(logging.Formatter):
+    """A record's message without the traceback it carries, which the log file keeps."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
 
 @contextmanager
 def reported_step(log_path: str | None = None) -> Iterator[None]:
-    """Log to stderr (and `log_path`); a UserError ends the process with one line and status 1."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Log to stderr (and `log_path`). A failure ends the process with status 1 and one line: a
+    UserError's message, the path and cause of a disk error, or the exception's first line; the
+    log file gets its traceback (stderr too when there is no log file)."""
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
     if log_path:
+        console.setFormatter(_MessageOnly())
         handlers.append(logging.FileHandler(log_path))
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
     try:
@@ -20,6 +41,18 @@ def reported_step(log_path: str | None = None) -> Iterator[None]:
     except UserError as error:
         logging.getLogger("cleanclip").error(f"error: {own_line(error)}")
         sys.exit(1)
+    except Exception as error:
+        where = f" (traceback in {log_path})" if log_path else ""
+        logging.getLogger("cleanclip").error(f"error: {failure_line(error)}{where}", exc_info=True)
+        sys.exit(1)
+
+
+def failure_line(error: Exception) -> str:
+    """One line for an unexpected failure: a disk error's path and cause, else its type and first line."""
+    if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+        return f"{error.filename or 'a file'}: {DISK_ERRORS[error.errno]}"
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    return f"{type(error).__name__}: {first_line}"
 
 
 def own_line(error: UserError) -> str:

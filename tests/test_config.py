@@ -95,6 +95,22 @@ def test_integers_written_as_floats_are_integers_and_a_fraction_is_refused():
         validate_config({"pretrain": {"epochs": 4.5}})
 
 
+@pytest.mark.parametrize(
+    "content, cause",
+    [
+        (b"", "is empty: an interrupted download or copy?"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 102\n", "is a Git LFS pointer, not the checkpoint: run `git lfs pull`"),
+        (b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", "is an HTML page, not a checkpoint: a failed download of a web link?"),
+        (b"weights of RN50", "is not a torch checkpoint (torch.save's zip archive)"),
+    ],
+)
+def test_a_start_file_that_is_not_a_checkpoint_is_refused_with_its_likely_cause(tmp_path, content, cause):
+    (tmp_path / "start.pt").write_bytes(content)
+    config = validate_config({"study": {"start": str(tmp_path / "start.pt")}})
+    with pytest.raises(UserError, match=re.escape(f"config: study.start: {tmp_path / 'start.pt'} {cause}")):
+        check_config(config)
+
+
 def test_missing_url_list_is_a_user_error(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"dataset": {"url_list": str(tmp_path / "missing.tsv")}}))

@@ -1,5 +1,6 @@
 """The training loop on real data: resume after a real kill, DDP equivalence, bad input."""
 
+import datetime
 import json
 import logging
 import shutil
@@ -209,6 +210,12 @@ def test_init_weights_of_another_architecture_or_missing_are_user_errors(trainin
         create_model("RN50", tmp_path / "tiny.pt")
     with pytest.raises(UserError, match="missing.pt does not exist"):
         train(SETTINGS, training_data, tmp_path / "run", init_weights=tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_holding_other_objects_than_weights_is_one_line_and_never_loaded(tmp_path):
+    torch.save({"state_dict": {"made": datetime.date(2026, 1, 1)}}, tmp_path / "objects.pt")
+    with pytest.raises(UserError, match="objects.pt is damaged, or holds objects other than weights, which are never loaded$"):
+        create_model("tiny-vit", tmp_path / "objects.pt")
 
 
 def test_a_batch_larger_than_the_data_is_a_user_error(training_data, tmp_path):
