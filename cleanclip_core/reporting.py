@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from cleanclip_core.errors import UserError
 
@@ -62,3 +63,13 @@ def own_line(error: UserError) -> str:
     if not message.startswith("Caught UserError in DataLoader worker"):
         return message
     return message.splitlines()[-1].removeprefix(f"{UserError.__module__}.{UserError.__qualname__}: ")
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The settings that differ, as `key old→new`, or the key alone where that is long (hashes)."""
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            change = f"{key} {old.get(key)!r}→{new.get(key)!r}"
+            changes.append(change if len(change) <= 60 else key)
+    return ", ".join(changes)

@@ -2,12 +2,15 @@
 
 The URL list is in CC3M's format: a UTF-8 TSV file with two columns, caption then URL (a
 `caption<TAB>url` header line is skipped). Failed or corrupt downloads are counted in each shard's
-stats, never fatal, unless no image at all downloads. The shards' listing is written last: later
+stats, never fatal, unless no image at all downloads; a download that did not finish every shard
+(a full disk) is an error, and the next run resumes it. The shards' listing is written last: later
 stages check the shards against it (`shard_listing.py`).
 """
 
+import errno
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +28,7 @@ import pyarrow.parquet as pq
 
 from cleanclip_core.data.shard_listing import write_shard_listing
 from cleanclip_core.errors import UserError
+from cleanclip_core.reporting import changed_settings
 from cleanclip_core.tables import files_sha256, write_table
 
 log = logging.getLogger(__name__)
@@ -161,34 +166,79 @@ def download_shards(
     Writes and returns the per-shard stats table (failures counted, never fatal, unless nothing
     downloads: then a UserError and no shards), then, last, the shards' listing.
 
-    Shards are written in `<shards_dir>.partial` and renamed when complete: an interrupted
-    download is resumed by the next call (img2dataset skips finished shards), and `shards_dir`
-    never holds a partial download. img2dataset's own progress goes to `img2dataset_log`.
+    Shards are written in `<shards_dir>.partial` and renamed when every one is complete: an
+    interrupted or incomplete download is resumed by the next call with the same URL list and
+    shard settings (img2dataset skips finished shards), and `shards_dir` never holds a partial
+    download. img2dataset's own progress goes to `img2dataset_log`.
     """
     shards_dir = Path(shards_dir)
     Path(listing_path).unlink(missing_ok=True)  # it vouches for the shards: none while they change
     urls = read_url_list(url_list)
     url_list_sha256 = files_sha256([url_list])
-    partial = _resumable_partial_dir(shards_dir, url_list_sha256)
+    partial = _resumable_partial_dir(shards_dir, {"url_list_sha256": url_list_sha256} | shard_settings(settings))
     urls_parquet = partial.with_name(shards_dir.name + ".urls.parquet")
     pq.write_table(urls, urls_parquet)
     log.info(f"downloading {urls.num_rows} URLs with img2dataset into {shards_dir}")
     with _output_redirected(img2dataset_log):
         _run_img2dataset(urls_parquet, partial, settings, processes)
     urls_parquet.unlink()
+    _require_complete_shards(partial, urls.num_rows, settings.samples_per_shard)
     stats = download_stats(partial)
     _require_a_download(stats, partial, url_list)
     shutil.rmtree(shards_dir, ignore_errors=True)
     os.replace(partial, shards_dir)
-    config = {"url_list": str(url_list)} | {
-        key: value for key, value in asdict(settings).items() if key not in EXECUTION_SETTINGS
-    }
+    config = {"url_list": str(url_list)} | shard_settings(settings)
     write_table(stats, stats_path, config=config, inputs_sha256=url_list_sha256)
     log.info(summarize_stats(stats))
     write_shard_listing(
         shards_dir, listing_path, config=config, inputs_sha256=url_list_sha256, threads=processes
     )
     return stats
+
+
+def shard_settings(settings: DownloadSettings) -> dict[str, Any]:
+    """The settings that shape a shard's contents, not how fast it downloads."""
+    return {key: value for key, value in asdict(settings).items() if key not in EXECUTION_SETTINGS}
+
+
+def _require_complete_shards(partial: Path, n_urls: int, samples_per_shard: int) -> None:
+    """A UserError unless every shard of the URL list is complete and their counts add up to it.
+    img2dataset counts a sample it could not write (a full disk) as failed and goes on, and leaves
+    a shard it could not finish without stats or with a truncated file: such shards are removed,
+    so that the next run downloads them again; the complete ones are kept for it."""
+    expected = [f"{shard:05d}" for shard in range(math.ceil(n_urls / samples_per_shard))]
+    incomplete = [shard for shard in expected if not _is_complete(partial, shard)]
+    counted = sum(stats["count"] for shard, stats in _shard_stats(partial).items() if shard not in incomplete)
+    if not incomplete and counted == n_urls:
+        return
+    reason, count = (_failure_reasons(partial).most_common(1) or [("none recorded", 0)])[0]
+    for shard in incomplete:
+        for path in partial.glob(f"{shard}[._]*"):
+            path.unlink()
+    listed = ", ".join(incomplete[:5]) + (", ..." if len(incomplete) > 5 else "")
+    raise UserError(
+        f"the download is incomplete: {len(incomplete)} of {len(expected)} shards missing or unfinished "
+        f"({listed}), {counted} of {n_urls} URLs accounted for; most common failure ({count} URLs): {reason}; "
+        f"the finished shards are kept in {partial}: free disk space if it is full, then run again"
+    )
+
+
+def _is_complete(partial: Path, shard: str) -> bool:
+    """Whether img2dataset finished `shard`: its tar, its readable Parquet table and its stats,
+    with no sample lost to the disk."""
+    files = [partial / f"{shard}{suffix}" for suffix in (".tar", ".parquet", "_stats.json")]
+    if not all(path.is_file() for path in files):
+        return False
+    try:
+        pq.read_metadata(files[1])
+        stats = json.loads(files[2].read_text())
+    except (pa.ArrowInvalid, OSError, ValueError):
+        return False
+    return not any(_is_disk_error(reason) for reason in stats.get("status_dict", {}))
+
+
+def _is_disk_error(reason: str) -> bool:
+    return any(f"[Errno {number}]" in reason for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 
 
 def _require_a_download(stats: pa.Table, partial: Path, url_list: Path) -> None:
@@ -262,14 +312,18 @@ def _run_img2dataset(
     )
 
 
-def _resumable_partial_dir(shards_dir: Path, url_list_hash: str) -> Path:
-    """The folder an earlier download of the same URL list left, or a fresh one."""
+def _resumable_partial_dir(shards_dir: Path, key: dict[str, Any]) -> Path:
+    """The folder an earlier download of the same URL list with the same shard settings (`key`)
+    left, or a fresh one: shards of other settings would be mixed with this run's."""
     partial = shards_dir.with_name(shards_dir.name + ".partial")
-    marker = partial / "_url_list.sha256"
-    if not marker.is_file() or marker.read_text() != url_list_hash:
+    marker = partial / "_download.key"  # not *.json: img2dataset reads those as its shards' stats
+    earlier = json.loads(marker.read_text()) if marker.is_file() else None
+    if earlier != key:
+        if earlier is not None:
+            log.warning(f"discarding the partial download in {partial}: {changed_settings(earlier, key)} changed")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        marker.write_text(url_list_hash)
+        marker.write_text(json.dumps(key))
     return partial
 
 

@@ -35,6 +35,7 @@ from cleanclip_core.attacks import attack_trigger, resolve
 from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.devices import on_device, stage_device, tf32_matmuls
 from cleanclip_core.errors import UserError
+from cleanclip_core.reporting import changed_settings
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.defenses import Defense, get_defense
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
@@ -309,7 +310,7 @@ def _resume_state(partial: Path, run_settings: dict[str, Any], rank: int, world_
     _barrier(world_size)  # every process has read the state before it is discarded
     if state is not None and state["settings"] != run_settings:
         if rank == 0:
-            log.warning(f"discarding the partial run in {partial}: {_changes(state['settings'], run_settings)} changed")
+            log.warning(f"discarding the partial run in {partial}: {changed_settings(state['settings'], run_settings)} changed")
         state = None
     if state is None and rank == 0:
         shutil.rmtree(partial)
@@ -321,16 +322,6 @@ def _resume_state(partial: Path, run_settings: dict[str, Any], rank: int, world_
             f"from those of an uninterrupted run"
         )
     return state
-
-
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The settings that differ, as `key old→new`, or the key alone where that is long (hashes)."""
-    changes = []
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
-            change = f"{key} {old.get(key)!r}→{new.get(key)!r}"
-            changes.append(change if len(change) <= 60 else key)
-    return ", ".join(changes)
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

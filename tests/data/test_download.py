@@ -1,7 +1,11 @@
 """img2dataset downloads from a real HTTP server on loopback (failures counted, fatal only when
 nothing downloads), and the URL list's malformed lines."""
 
+import dataclasses
 import functools
+import json
+import logging
+import re
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
+from cleanclip_core.data import download
 from cleanclip_core.data.download import DownloadSettings, download_shards, read_url_list
 from cleanclip_core.data.manifest import write_manifest
 from cleanclip_core.errors import UserError
@@ -178,3 +183,67 @@ def test_url_list_keeps_quotes_in_captions(tmp_path):
     path = tmp_path / "urls.tsv"
     path.write_text('a "quoted" caption\thttp://x/1.jpg\n')
     assert read_url_list(path)["caption"].to_pylist() == ['a "quoted" caption']
+
+
+def shapes_url_list(tmp_path, n: int):
+    """A URL list of `n` local images (file:// URLs: no server)."""
+    images = tmp_path / "www"
+    images.mkdir(exist_ok=True)
+    for index in range(n):
+        Image.new("RGB", (24, 20), (20 * index, 90, 200)).save(images / f"{index}.png")
+    url_list = tmp_path / "urls.tsv"
+    url_list.write_text("".join(f"shape {index}\tfile://{images}/{index}.png\n" for index in range(n)))
+    return url_list
+
+
+def download_into(tmp_path, url_list, settings=SETTINGS):
+    return download_shards(
+        url_list, tmp_path / "shards", tmp_path / "stats.parquet", tmp_path / "listing.parquet", settings, processes=1
+    )
+
+
+def test_a_download_that_the_disk_cut_short_is_refused_then_resumed(tmp_path, monkeypatch):
+    url_list = shapes_url_list(tmp_path, 10)  # shards 00000-00002 of 4, 4 and 2 images
+    real_run = download._run_img2dataset
+
+    def on_a_full_disk(urls, output_dir, settings, processes):
+        # As img2dataset leaves a disk that filled up: one shard's table cut to 0 bytes, one
+        # shard whose images could not be written (counted as failures), one never finished.
+        real_run(urls, output_dir, settings, processes)
+        (output_dir / "00000.parquet").write_bytes(b"")
+        stats = json.loads((output_dir / "00001_stats.json").read_text())
+        stats["status_dict"] = {"success": 1, "[Errno 28] No space left on device": 3}
+        (output_dir / "00001_stats.json").write_text(json.dumps(stats))
+        (output_dir / "00002_stats.json").unlink()
+
+    monkeypatch.setattr(download, "_run_img2dataset", on_a_full_disk)
+    with pytest.raises(UserError, match=re.escape(
+        "the download is incomplete: 3 of 3 shards missing or unfinished (00000, 00001, 00002), 0 of 10 URLs "
+        "accounted for; most common failure (3 URLs): [Errno 28] No space left on device; the finished shards are kept"
+    )):
+        download_into(tmp_path, url_list)
+    assert not any((tmp_path / name).exists() for name in ("shards", "stats.parquet", "listing.parquet"))
+    assert (tmp_path / "shards.partial").is_dir()
+
+    monkeypatch.setattr(download, "_run_img2dataset", real_run)  # space freed
+    stats = download_into(tmp_path, url_list)
+    assert sum(stats["successes"].to_pylist()) == sum(stats["count"].to_pylist()) == 10
+
+
+def test_a_download_resumed_with_other_shard_settings_starts_again(tmp_path, monkeypatch, caplog):
+    url_list = shapes_url_list(tmp_path, 6)
+    real_run = download._run_img2dataset
+
+    def interrupted(urls, output_dir, settings, processes):
+        real_run(urls, output_dir, settings, processes)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_run_img2dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download_into(tmp_path, url_list)
+    monkeypatch.setattr(download, "_run_img2dataset", real_run)
+    with caplog.at_level(logging.WARNING):
+        download_into(tmp_path, url_list, dataclasses.replace(SETTINGS, image_size=8, threads_per_process=2))
+    assert "image_size 16→8 changed" in caplog.text and "threads_per_process" not in caplog.text
+    manifest = write_manifest(tmp_path / "shards", tmp_path / "listing.parquet", tmp_path / "m.parquet", tmp_path / "i.parquet", config={})
+    assert set(manifest["width"].to_pylist()) == {8}
