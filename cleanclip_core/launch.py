@@ -228,6 +228,9 @@ def make_executor(mode: str, folder: Path, resources: StageResources, name: str)
     if mode == "slurm":
         slurm = {"slurm_partition": resources.slurm_partition, "slurm_account": resources.slurm_account}
         executor.update_parameters(**{key: value for key, value in slurm.items() if value})
+        # A task that fails ends the job: the others would wait in their next collective for
+        # torch.distributed's timeout (30 min on CPUs).
+        executor.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
     if mode == "local" and resources.gpus_per_node == 1:
         executor.update_parameters(local_setup=[_caller_gpus()])
     return executor
@@ -315,13 +318,18 @@ def _wait(job: submitit.Job, mode: str) -> Any:
             answer = squeue(job.job_id)
             since = not_listed_since(since, answer, now)
             if answer is Queued.NO and now - since >= VANISHED_GRACE_S:
-                raise UserError(f"SLURM job {job.job_id} ended without a result; its log: {job.paths.stderr}")
+                raise UserError(f"SLURM job {job.job_id} ended without a result; its logs: {_task_logs(job)}")
             query_at = next_query_at(time.monotonic())
         time.sleep(POLL_S)
     try:
         return job.results()[0]  # rank 0's: a job of several tasks answers one result per task
     except submitit.core.utils.FailedJobError as error:
-        raise UserError(f"job {job.job_id} failed; its log: {job.paths.stderr}\n{str(error)[-2000:]}") from None
+        raise UserError(f"job {job.job_id} failed; its logs: {_task_logs(job)}\n{str(error)[-2000:]}") from None
+
+
+def _task_logs(job: submitit.Job) -> str:
+    """The error logs of the job's tasks: with several, the one that failed may be any."""
+    return str(Path(job.paths.folder) / f"{job.job_id}_*_log.err")
 
 
 def _with_execution(call: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, Any]:

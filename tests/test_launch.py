@@ -46,7 +46,7 @@ def test_resources_come_from_a_mapping_and_default_the_rest():
 def test_an_unknown_mode_or_a_failing_stage_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="launch mode 'cloud' is not one of debug, local, slurm"):
         run_stages(STAGE, CALLS, mode="cloud", folder=tmp_path, resources=StageResources(), name="hash")
-    with pytest.raises(UserError, match=r"job .* failed; its log: .*"):
+    with pytest.raises(UserError, match=r"job .* failed; its logs: .*_\*_log.err"):
         run_stages(STAGE, [{"wrong": 1}], mode="local", folder=tmp_path, resources=StageResources(), name="bad")
 
 

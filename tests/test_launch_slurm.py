@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cleanclip_core import launch
+from cleanclip_core.errors import UserError
 from cleanclip_core.launch import StageResources, run_stages
 from slurm.fixture import START_SCRIPT, slurm_cluster  # noqa: F401  (pytest fixture)
 
@@ -30,6 +31,7 @@ OUTAGE_S = 65
 CALLER = """
 import json, sys
 from pathlib import Path
+from cleanclip_core.errors import UserError
 from cleanclip_core.launch import StageResources, run_stages
 args, kwargs = json.loads(sys.argv[1])
 run_stages(*args, **kwargs | {"folder": Path(kwargs["folder"]), "resources": StageResources(**kwargs["resources"])})
@@ -150,3 +152,13 @@ def test_a_restarted_caller_with_other_execution_settings_attaches(slurm_cluster
 def test_waiting_for_a_short_job_asks_squeue_at_most_once(slurm_cluster, tmp_path, squeue_answers):
     assert run_stages(STAGE, [sleep_call(8)], **slurm_launch(tmp_path, slurm_cluster, "short")) == ["slept\n"]
     assert len(squeue_answers) <= 1
+
+
+def test_a_task_that_fails_ends_its_job_of_several_tasks_with_one_error(slurm_cluster, tmp_path):
+    # task 1 fails at once; task 0 would run for 5 minutes (as a rank waits in a collective)
+    call = {"args": ["sh", "-c", 'if [ "$SLURM_PROCID" = 1 ]; then exit 3; fi; sleep 300'], "text": True}
+    resources = StageResources(processes_per_node=2, cpus_per_task=1, mem_mb=500, runtime=10, slurm_partition=slurm_cluster)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"job \d+ (failed|ended without a result); its logs: .*/\d+_\*_log.err"):
+        run_stages(STAGE, [call], mode="slurm", folder=tmp_path, resources=resources, name="failing")
+    assert time.monotonic() - started < 200
