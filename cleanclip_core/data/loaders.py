@@ -51,9 +51,11 @@ def fit_image(image: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def triggered_image(image: torch.Tensor, trigger: Trigger, trigger_seed: int) -> torch.Tensor:
-    """A uint8 image with the trigger drawn from `trigger_seed`, applied in [0, 1], back in uint8."""
+    """A uint8 image with the trigger drawn from `trigger_seed`, applied in [0, 1], back in uint8,
+    rounded to the nearest level (torchvision's to_dtype truncates: a blend would lose half a
+    level on average)."""
     applied = trigger(F.to_dtype(image, torch.float32, scale=True), trigger_seed)
-    return F.to_dtype(applied, torch.uint8, scale=True)
+    return applied.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _locate(manifest: pa.Table, shard_index: pa.Table) -> pa.Table:

@@ -163,7 +163,14 @@ def test_a_triggered_image_is_the_trigger_in_8_bits_and_leaves_other_pixels_alon
     touched = (in_unit_range != image / 255).any(dim=0)
     assert 0 < touched.sum() < 32 * 32
     assert torch.equal(triggered[:, ~touched], image[:, ~touched])
-    assert (triggered / 255 - in_unit_range).abs().max() < 1 / 255
+    assert (triggered / 255 - in_unit_range).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_a_triggered_image_rounds_to_the_nearest_8_bit_level():
+    def half_way(image: torch.Tensor, seed: int) -> torch.Tensor:  # a blend landing between levels
+        return torch.full_like(image, 127.6 / 255)
+
+    assert triggered_image(torch.zeros(3, 2, 2, dtype=torch.uint8), half_way, 0).unique().tolist() == [128]
 
 
 def test_keys_missing_from_the_shard_index_are_reported(shapes_shards, poisoned):
