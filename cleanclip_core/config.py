@@ -127,9 +127,9 @@ def model_image_size(name: str) -> int | None:
 def _check_model(config: dict[str, Any]) -> None:
     """The model is one that open_clip or this project has a config of: else the download, the
     manifest and the poisoning would run before the pretraining finds out."""
-    model = config["study"]["model"]
-    known = sorted({path.stem for folder in _model_config_folders() for path in folder.glob("*.json")})
-    if len(_model_config_folders()) > 1 and model not in known:  # open_clip's folder found
+    model, folders = config["study"]["model"], _model_config_folders()
+    known = sorted({path.stem for folder in folders for path in folder.glob("*.json")})
+    if len(folders) > 1 and model not in known:  # open_clip's folder found
         close = difflib.get_close_matches(model, known, n=3) or ["RN50", "ViT-B-32", "tiny-rn", "tiny-vit"]
         raise UserError(f"config: study.model: {model!r} is not a model of open_clip or cleanclip_core/model_configs; e.g. {', '.join(close)}")
 

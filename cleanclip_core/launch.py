@@ -26,7 +26,6 @@ import random
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 import submitit
 
 from cleanclip_core.errors import UserError
+from cleanclip_core.reporting import reported_step
 
 log = logging.getLogger(__name__)
 
@@ -396,11 +396,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("function", help="the stage's import path, e.g. cleanclip_core.training.loop:run_training")
     parser.add_argument("kwargs", type=json.loads, help="its keyword arguments, a JSON object")
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with reported_step():
         result = Stage()(arguments.function, arguments.kwargs)
-    except UserError as error:
-        sys.exit(f"error: {error}")
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result))
 
