@@ -18,9 +18,9 @@ run: $(VENV)/.synced
 	$(SNAKEMAKE) --profile profiles/local --report results/report.html
 	@echo
 	@echo "figure:   results/figures/fig2.pdf (and .png); every figure: results/studies/default/figures/"
-	@echo "table:    results/studies/default/tables/summary.csv"
+	@echo "tables:   results/studies/default/tables/ (summary_intervals.csv: each cell with its 95% interval; comparisons.csv)"
 	@echo "report:   results/report.html"
-	@echo "database: results/studies/default/results.duckdb (views metrics_wide, cleaning_trajectories, study_summary)"
+	@echo "database: results/studies/default/results.duckdb (views metrics_wide, cleaning_trajectories, study_summary; tables summary_intervals, comparisons)"
 
 test: $(VENV)/.synced
 	$(VENV)/bin/pytest

@@ -28,7 +28,7 @@ include: "rules/results.smk"
 rule all:
     default_target: True
     input:
-        expand(f"{ATTACK_DIR}/trigger_grid.png", dataset=DATASET, attack=poisoning_attacks()),
+        attack_folders("trigger_grid.png"),
         rules.headline_figure.output,
         rules.figures.output,
         rules.preparation_summary.output if prepared_methods() else [],

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
+import pyarrow as pa
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -27,7 +29,7 @@ from cleanclip_core.data.loaders import EvaluationSet, Transform
 from cleanclip_core.devices import on_device, stage_device
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.results import code_version, config_hash, metrics_table
+from cleanclip_core.results import code_version, config_hash, metrics_table, run_id
 from cleanclip_core.tables import files_sha256, write_table
 
 log = logging.getLogger(__name__)
@@ -150,30 +152,72 @@ def batch_logits(
 
 
 @dataclass
-class _Ranks:
-    """One checkpoint's ranks so far, batch by batch: of each clean image's true class, and of
-    the target in each counted triggered image. 8 bytes an image, where logits take 4 a class."""
+class ImageRanks:
+    """One checkpoint's ranks, batch by batch: of each clean image's true class, and of the target
+    in each counted triggered image (its true class not the target). 8 bytes an image, where
+    logits take 4 a class."""
 
+    n_classes: int
+    target_index: int | None
+    images: list[torch.Tensor] = field(default_factory=list)  # each image's index in the evaluation set
+    labels: list[torch.Tensor] = field(default_factory=list)
     label: list[torch.Tensor] = field(default_factory=list)
     target: list[torch.Tensor] = field(default_factory=list)
 
-    def add(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor, target_index: int | None) -> None:
+    def add(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor, images: torch.Tensor) -> None:
+        self.images.append(images)
+        self.labels.append(labels)
         if "image" in logits:
             self.label.append(class_rank(logits["image"], labels.to(logits["image"].device)).cpu())
         if "triggered" in logits:
-            if target_index is None:
+            if self.target_index is None:
                 raise ValueError("triggered images need the target class to score the attack")
-            self.target.append(target_ranks(logits["triggered"], labels, target_index).cpu())
+            self.target.append(target_ranks(logits["triggered"], labels, self.target_index).cpu())
 
-    def metrics(self, n_classes: int, accuracy_ks: Sequence[int], asr_ks: Sequence[int]) -> dict[str, float]:
+    def metrics(self, accuracy_ks: Sequence[int] = (1, 5), asr_ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.label:
             label = torch.cat(self.label)
-            metrics |= topk_accuracy(label, accuracy_ks) | {"n_images": len(label), "n_classes": n_classes}
+            metrics |= topk_accuracy(label, accuracy_ks) | {"n_images": len(label), "n_classes": self.n_classes}
         if self.target:
             target = torch.cat(self.target)
             metrics |= attack_success_rate(target, asr_ks) | {"n_triggered": len(target)}
         return metrics
+
+    def table(self) -> pa.Table:
+        """A row per evaluation image: its index in the evaluation set, its label, the rank of its
+        true class (clean image) and of the target (triggered image; null where its class is the
+        target), 0-based, as every metric counts them."""
+        labels = torch.cat(self.labels).numpy()
+        columns = {"image": torch.cat(self.images).numpy().astype("int32"), "label": labels.astype("int32")}
+        if self.label:
+            columns["label_rank"] = torch.cat(self.label).numpy().astype("int32")
+        if self.target:
+            counted = labels != self.target_index
+            target = np.zeros(len(labels), dtype="int32")
+            target[counted] = torch.cat(self.target).numpy()
+            columns["target_rank"] = pa.array(target, mask=~counted)
+        return pa.table(columns)
+
+
+def evaluate_ranks(
+    checkpoints: Sequence[ZeroShotModel], batches: Batches, target_index: int | None, device: torch.device | str
+) -> list[ImageRanks]:
+    """Per checkpoint, the ranks of every image of the batches (each `image`'s true class and,
+    where they hold `triggered` images, the target's), in one pass over the batches.
+
+    Every checkpoint scores a batch before the next is read: memory holds the models, one batch
+    and each image's rank per checkpoint, never every image or every logit.
+    """
+    device = torch.device(device)
+    ranks = [ImageRanks(checkpoint.classifier.shape[1], target_index) for checkpoint in checkpoints]
+    with _inference(*(checkpoint.model for checkpoint in checkpoints)):
+        for batch in batches:
+            labels = torch.as_tensor(batch["label"])
+            images = torch.as_tensor(batch["index"]) if "index" in batch else torch.full_like(labels, -1)
+            for checkpoint_ranks, logits in zip(ranks, batch_logits(checkpoints, batch, device)):
+                checkpoint_ranks.add(logits, labels, images)
+    return ranks
 
 
 def evaluate_zero_shot(
@@ -185,25 +229,14 @@ def evaluate_zero_shot(
     asr_ks: Sequence[int] = (1, 5, 10),
 ) -> list[dict[str, float]]:
     """Per checkpoint: clean top-k accuracy of the batches' `image`s and, where they hold
-    `triggered` images, ASR@k towards `target_index`, in one pass over the batches.
+    `triggered` images, ASR@k towards `target_index`, in one pass over the batches
+    (`evaluate_ranks`).
 
-    Every checkpoint scores a batch before the next is read: memory holds the models, one batch
-    and each image's rank per checkpoint, never every image or every logit. Each metrics dict
-    holds {"top1", "top5", "n_images", "n_classes"} and, with triggered images, {"asr_top1",
-    "asr_top5", "asr_top10", "n_triggered"}; n_triggered counts only the images the ASR counts
-    (true class not the target), and n_classes gives the chance level, 1 / n_classes.
+    Each metrics dict holds {"top1", "top5", "n_images", "n_classes"} and, with triggered images,
+    {"asr_top1", "asr_top5", "asr_top10", "n_triggered"}; n_triggered counts only the images the
+    ASR counts (true class not the target), and n_classes gives the chance level, 1 / n_classes.
     """
-    device = torch.device(device)
-    ranks = [_Ranks() for _ in checkpoints]
-    with _inference(*(checkpoint.model for checkpoint in checkpoints)):
-        for batch in batches:
-            labels = torch.as_tensor(batch["label"])
-            for checkpoint_ranks, logits in zip(ranks, batch_logits(checkpoints, batch, device)):
-                checkpoint_ranks.add(logits, labels, target_index)
-    return [
-        checkpoint_ranks.metrics(checkpoint.classifier.shape[1], accuracy_ks, asr_ks)
-        for checkpoint_ranks, checkpoint in zip(ranks, checkpoints)
-    ]
+    return [ranks.metrics(accuracy_ks, asr_ks) for ranks in evaluate_ranks(checkpoints, batches, target_index, device)]
 
 
 @dataclass(frozen=True)
@@ -237,9 +270,9 @@ def evaluate_checkpoints(
     attack: Mapping[str, Any],
     batch_size: int = 256,
     num_workers: int = 0,
-) -> list[dict[str, float]]:
-    """Clean top-1/top-5 and ASR@1/5/10 (design §6) of each checkpoint file in `weights` (a run's
-    epochs), in one pass over `images`.
+) -> list[ImageRanks]:
+    """The ranks, and so clean top-1/top-5 and ASR@1/5/10 (design §6), of each checkpoint file in
+    `weights` (a run's epochs), in one pass over `images`.
 
     Every checkpoint's model stays on the device, built with its classifier once, and scores each
     batch in turn: a run's 20 RN50 checkpoints take about 8 GB of GPU memory (102M fp32
@@ -254,7 +287,7 @@ def evaluate_checkpoints(
     checkpoints = [ZeroShotModel.build(model, tokenizer, dataset.classnames, device) for model in chain([first], models)]
     loader = DataLoader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     target = target_class_index(dataset.classnames, attack["target_label"])
-    return evaluate_zero_shot(checkpoints, loader, target, device)
+    return evaluate_ranks(checkpoints, loader, target, device)
 
 
 def write_checkpoints_metrics(
@@ -266,20 +299,34 @@ def write_checkpoints_metrics(
     checkpoints: Sequence[Mapping[str, Any]],
     provenance: Mapping[str, Any],
     outputs: Sequence[str],
+    ranks_output: str | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
 ) -> list[dict[str, float]]:
     """Evaluate the checkpoint files `weights` in one pass and write each one's tidy metrics
-    table to its path in `outputs`, carrying (as every table does) the settings that made it
-    and the hash of its weights.
+    table to its path in `outputs`, and every image's ranks under every checkpoint to
+    `ranks_output` (a row per checkpoint and image, `ImageRanks.table` with the checkpoint's
+    run_id and epoch), each carrying (as every table does) the settings that made it and the
+    hash of its weights.
 
     The evaluation stage: plain arguments (`classnames` as read_classnames takes them, each
     checkpoint's identity columns, results.IDENTITY_SCHEMA), so launching it needs no torch.
     """
     evaluation_images = EvaluationImages(Path(images), read_classnames(classnames))
-    metrics = evaluate_checkpoints(model_name, [Path(path) for path in weights], evaluation_images, attack, batch_size, num_workers)
+    ranks = evaluate_checkpoints(model_name, [Path(path) for path in weights], evaluation_images, attack, batch_size, num_workers)
+    metrics = [checkpoint_ranks.metrics() for checkpoint_ranks in ranks]
     for path, checkpoint, output, values in zip(weights, checkpoints, outputs, metrics, strict=True):
         log.info(f"{path}: " + ", ".join(f"{name} {value:.4g}" for name, value in values.items()))
         table = metrics_table(values, checkpoint, config_hash(provenance), code_version())
         write_table(table, Path(output), config=dict(provenance), inputs_sha256=files_sha256([path]))
+    if ranks_output:
+        tables = pa.concat_tables(_identified(r.table(), checkpoint) for r, checkpoint in zip(ranks, checkpoints))
+        write_table(tables, Path(ranks_output), config=dict(provenance), inputs_sha256=files_sha256(weights))
     return metrics
+
+
+def _identified(table: pa.Table, checkpoint: Mapping[str, Any]) -> pa.Table:
+    """The table with its checkpoint's run_id and epoch in front."""
+    rows = table.num_rows
+    table = table.add_column(0, "run_id", pa.array([run_id(checkpoint)] * rows))
+    return table.add_column(1, "epoch", pa.array([checkpoint["epoch"]] * rows, pa.int32()))

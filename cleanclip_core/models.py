@@ -21,6 +21,7 @@ from cleanclip_core.errors import UserError
 from cleanclip_core.files import checkpoint_problem
 
 open_clip.add_model_config(Path(str(files("cleanclip_core") / "model_configs")))
+PIPELINE_RUNS = ("results", "runs")  # the folders of the checkpoints the pipeline makes
 
 
 def create_model(
@@ -74,17 +75,31 @@ def load_weights(model: torch.nn.Module, path: Path, name: str = "the model") ->
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path} does not exist")
     if problem := checkpoint_problem(path):
-        raise UserError(f"checkpoint {problem}")
+        raise UserError(f"checkpoint {problem}{_set_aside(path)}")
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile):
-        raise UserError(f"checkpoint {path} is damaged, or holds objects other than weights, which are never loaded") from None
+        raise UserError(
+            f"checkpoint {path} is damaged, or holds objects other than weights, which are never loaded{_set_aside(path)}"
+        ) from None
     except (RuntimeError, KeyError, AssertionError) as error:
         reason = str(error).strip().splitlines()[0]
         raise UserError(
             f"checkpoint {path} does not fit {name}; was it saved from another architecture? "
             f"({reason})"
         ) from None
+
+
+def _set_aside(path: Path) -> str:
+    """A damaged checkpoint that the pipeline made (under results/runs/) is renamed to
+    `*.damaged`, so that the next run makes it anew instead of failing on it again; how the
+    error says so. A file of the user's stays where it is."""
+    path = Path(path).absolute()
+    if PIPELINE_RUNS not in zip(path.parts, path.parts[1:]):
+        return ""
+    damaged = path.with_name(path.name + ".damaged")
+    path.replace(damaged)
+    return f" (set aside as {damaged.name}: run again to make it anew)"
 
 
 def tokenizer_for(name: str) -> Callable[[list[str]], torch.Tensor]:

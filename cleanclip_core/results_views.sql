@@ -27,7 +27,8 @@ WITH runs AS (
 SELECT
     run.run_id, {run_pretrain}, {run_clean},
     checkpoint.epoch, checkpoint.top1, checkpoint.top5,
-    checkpoint.asr_top1, checkpoint.asr_top5, checkpoint.asr_top10
+    checkpoint.asr_top1, checkpoint.asr_top5, checkpoint.asr_top10,
+    checkpoint.n_images, checkpoint.n_triggered
 FROM runs AS run
 JOIN metrics_wide AS checkpoint
     ON checkpoint.run_id = run.run_id
@@ -35,19 +36,20 @@ JOIN metrics_wide AS checkpoint
 ORDER BY run.run_id, checkpoint.epoch;
 
 -- The study's summary: one row per pretrained model x cleaning method x poisons in the cleaning
--- set x replicate seed, over the method's learning rates. The start's top-1, ASR@1 and ASR@10; the papers' oracle
--- selection (the best top-1 of any cleaning epoch whose ASR@1 is at most 5%, with its lr and
--- epoch; null when no epoch got the ASR that low); the lowest ASR@1 any epoch reached; the
+-- set x replicate seed, over the method's learning rates. The start's top-1, ASR@1 and ASR@10; the
+-- papers' oracle selection (the best top-1 of any cleaning epoch whose ASR@1 is at most the success
+-- threshold, with its lr and epoch; null when no epoch got the ASR that low); the lowest ASR@1 any epoch reached; the
 -- last epoch of the run whose last epoch has the lowest ASR@1; the chance level of top-1 (one
 -- over the start's classes); and near_chance: the start's top-1, or the oracle's, is below twice
 -- chance, where a low ASR@1 only shows a model that classifies nothing (null when the start's
 -- classes were not recorded); attack_failed: the start's ASR@1 is below the attack floor, so its
--- backdoor never took and no cleaning of it removes one (a clean control's, by construction).
--- The success threshold and the attack floor are cleanclip_core.stopping's.
+-- backdoor never took and no cleaning of it removes one (a clean control's, by construction);
+-- n_images and n_triggered, the evaluation images the proportions count. The success threshold
+-- and the attack floor are the config's (table criteria).
 CREATE VIEW study_summary AS
 WITH starts AS (
     SELECT {pretrain}, top1 AS start_top1, asr_top1 AS start_asr_top1, asr_top10 AS start_asr_top10,
-           1.0 / n_classes AS chance_top1
+           1.0 / n_classes AS chance_top1, n_images, n_triggered
     FROM metrics_wide
     WHERE clean_method IS NULL
 ),
@@ -85,7 +87,8 @@ SELECT
     starts.chance_top1,
     starts.start_top1 < 2 * starts.chance_top1 OR coalesce(best.best_top1 < 2 * starts.chance_top1, false)
         AS near_chance,
-    starts.start_asr_top1 < {attack_floor} AS attack_failed
+    starts.start_asr_top1 < {attack_floor} AS attack_failed,
+    starts.n_images, starts.n_triggered
 FROM groups
 LEFT JOIN starts USING ({pretrain})
 LEFT JOIN best USING ({group})
@@ -94,7 +97,8 @@ ORDER BY {group};
 
 -- Every stopping rule's chosen epoch of every cleaning run (table stopping_choices, chosen by
 -- cleanclip_core.stopping), with that checkpoint's top-1 and ASR@1, the oracle's, the rule's
--- regret (the oracle's top-1 minus its own) and whether it kept the backdoor (ASR@1 above 5%).
+-- regret (the oracle's top-1 minus its own) and whether it kept the backdoor (ASR@1 above the
+-- success threshold).
 CREATE VIEW stopping_rules AS
 SELECT
     chosen.* EXCLUDE (top5, asr_top5, asr_top10), choice.rule,

@@ -61,6 +61,7 @@ DIMENSIONS = (
 )
 PRETRAIN_DIMENSIONS = tuple(d.name for d in DIMENSIONS if d.stage == "pretrain")
 CLEAN_DIMENSIONS = tuple(d.name for d in DIMENSIONS if d.stage == "clean")
+REPLICATE_DIMENSIONS = ("pretrain_seed", "clean_seed")
 SWEPT_DIMENSIONS = ("lr",)
 """What a summary row selects over: the rest of a cleaning run's dimensions make its group."""
 DIGEST_LENGTH = 8
@@ -163,8 +164,8 @@ def study_name(config: Mapping[str, Any]) -> str:
     study = config["study"]
     if study["name"]:
         return study["name"]
-    digest = hashlib.sha256(cleaning_runs(config).to_csv(index=False).encode()).hexdigest()[:8]
-    return f"{config['dataset']['name']}_{study['model']}_{start_label(study['start'])}_{digest}"
+    grid = digest(cleaning_runs(config).to_dict(orient="records"))
+    return f"{config['dataset']['name']}_{study['model']}_{start_label(study['start'])}_{grid}"
 
 
 TRAIN_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "synonyms")
@@ -202,6 +203,13 @@ def pretrain_digest(config: Mapping[str, Any], attack: str, objective: str) -> s
     attack's settings and the pretraining settings."""
     settings = _without_seed(pretrain_settings(config, objective, seed=0))
     return digest({"dataset": dataset_settings(config), "attack": config["attacks"][attack], "pretrain": settings})
+
+
+def poisoning_digest(config: Mapping[str, Any], attack: str) -> str:
+    """The digest of what makes an attack's poisoned data: the dataset's settings and the
+    attack's (its trigger's parameters among them), the part of its folder's path that stands
+    for them."""
+    return digest({"dataset": dataset_settings(config), "attack": config["attacks"][attack]})
 
 
 def clean_digest(config: Mapping[str, Any], method: str) -> str:

@@ -23,7 +23,9 @@ PRETRAIN_RUN = f"results/runs/{PRETRAINED.wildcard_pattern}"
 CLEAN_RUN = f"results/runs/{CLEANING.wildcard_pattern}"
 CLEAN_EPOCHS = range(1, config["clean"]["epochs"] + 1)
 STUDY_DIR = f"results/studies/{study.study_name(config)}"
-ATTACK_DIR = "results/{dataset}/{attack}"
+# An attack's poisoned data, per the digest of its settings and the dataset's: a changed trigger
+# parameter poisons anew beside the first.
+ATTACK_DIR = "results/{dataset}/{attack}/{poisoning}"
 # A cleaning set, per poisons in it, replicate seed and the digest of its other settings.
 CLEANING_SET = f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}_seed_{{clean_seed}}_{{cleaning_set}}.parquet"
 # A cleaning method's preparation stage, per replicate seed and the digest of its options.
@@ -58,6 +60,7 @@ def _one_of(values):
 wildcard_constraints:
     **{name: _one_of(CLEANING.dataframe[name]) for name in CLEANING.dataframe.columns} | {"attack": _one_of(config["attacks"])},
     cleaning_set=study.cleaning_set_digest(config),
+    poisoning=_one_of(study.poisoning_digest(config, attack) for attack in config["attacks"]),
     preparation=_one_of(study.preparation_digest(config, method) for method in STUDY["clean_methods"]),
 
 
@@ -100,8 +103,22 @@ def cleaning_labels(wildcards):
 
 
 def _filled(pattern, wildcards):
-    """A path pattern of the grid with a job's wildcards (or a mapping) filled in."""
-    return pattern.format(**dict(wildcards.items()))
+    """A path pattern of the grid with a job's wildcards (or a mapping) filled in, the attack's
+    poisoning digest among them."""
+    values = dict(wildcards.items())
+    if "attack" in values:
+        values.setdefault("poisoning", study.poisoning_digest(config, values["attack"]))
+    return pattern.format(**values)
+
+
+def poisoned_manifest(wildcards):
+    return _filled(f"{ATTACK_DIR}/poisoned_manifest.parquet", wildcards)
+
+
+def attack_folders(name):
+    """The file `name` of every configured attack that poisons (a clean control has no poisoned
+    row to picture)."""
+    return [_filled(f"{ATTACK_DIR}/{name}", {"dataset": DATASET, "attack": attack}) for attack in poisoning_attacks()]
 
 
 def attack_preparation(wildcards):
@@ -112,6 +129,11 @@ def attack_preparation(wildcards):
 
 def attack_entry(wildcards):
     return config["attacks"][wildcards.attack]
+
+
+def attack_target(wildcards):
+    """The attack's target class: the label of the poisons in a labelled cleaning set."""
+    return attack_entry(wildcards)["target_label"]
 
 
 def attack_config(wildcards):
@@ -141,7 +163,7 @@ def cleaning_data(wildcards):
         return _filled(CLEANING_SET, dict(wildcards.items()) | {"cleaning_set": study.cleaning_set_digest(config)})
     if defense.preparation:
         return _filled(f"{PREPARED}/manifest.parquet", _with_preparation(dict(wildcards.items())))
-    return _filled(f"{ATTACK_DIR}/poisoned_manifest.parquet", wildcards)
+    return poisoned_manifest(wildcards)
 
 
 def preparation_settings(wildcards):

@@ -67,9 +67,9 @@ rule optimize_trigger:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
     log:
-        "results/logs/optimize_trigger/{dataset}/{attack}.log",
+        "results/logs/optimize_trigger/{dataset}/{attack}/{poisoning}.log",
     benchmark:
-        "results/benchmarks/optimize_trigger/{dataset}/{attack}.tsv"
+        "results/benchmarks/optimize_trigger/{dataset}/{attack}/{poisoning}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -81,13 +81,13 @@ rule poison:
         unpack(attack_preparation),
         manifest="results/{dataset}/manifest.parquet",
     output:
-        "results/{dataset}/{attack}/poisoned_manifest.parquet",
+        f"{ATTACK_DIR}/poisoned_manifest.parquet",
     params:
         attack=attack_config,
     log:
-        "results/logs/poison/{dataset}/{attack}.log",
+        "results/logs/poison/{dataset}/{attack}/{poisoning}.log",
     benchmark:
-        "results/benchmarks/poison/{dataset}/{attack}.tsv"
+        "results/benchmarks/poison/{dataset}/{attack}/{poisoning}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -97,19 +97,19 @@ rule poison:
 rule trigger_grid:
     input:
         unpack(attack_preparation),
-        poisoned_manifest="results/{dataset}/{attack}/poisoned_manifest.parquet",
+        poisoned_manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",
     output:
-        "results/{dataset}/{attack}/trigger_grid.png",
+        f"{ATTACK_DIR}/trigger_grid.png",
     params:
         attack=attack_config,
         model=STUDY["model"],
     log:
-        "results/logs/trigger_grid/{dataset}/{attack}.log",
+        "results/logs/trigger_grid/{dataset}/{attack}/{poisoning}.log",
     benchmark:
-        "results/benchmarks/trigger_grid/{dataset}/{attack}.tsv"
+        "results/benchmarks/trigger_grid/{dataset}/{attack}/{poisoning}.tsv"
     conda:
         "../envs/torch.yaml"
     script:

@@ -7,7 +7,8 @@ rule evaluate_pretrained:
         weights=[f"{PRETRAIN_RUN}/model.pt"],
         images=evaluation_images,
     output:
-        f"{PRETRAIN_RUN}/metrics.parquet",
+        metrics=[f"{PRETRAIN_RUN}/metrics.parquet"],
+        ranks=f"{PRETRAIN_RUN}/image_ranks.parquet",
     params:
         model=STUDY["model"],
         attack=attack_config,
@@ -36,7 +37,8 @@ use rule evaluate_pretrained as evaluate_cleaned with:
         weights=CLEAN_EPOCH_WEIGHTS,
         images=evaluation_images,
     output:
-        CLEAN_EPOCH_METRICS,
+        metrics=CLEAN_EPOCH_METRICS,
+        ranks=f"{CLEAN_RUN}/image_ranks.parquet",
     params:
         model=STUDY["model"],
         attack=attack_config,
@@ -61,7 +63,8 @@ if PRETRAIN_CURVE:
             weights=[*PRETRAIN_EPOCH_WEIGHTS, f"{PRETRAIN_RUN}/model.pt"],
             images=evaluation_images,
         output:
-            [*PRETRAIN_EPOCH_METRICS, f"{PRETRAIN_RUN}/metrics.parquet"],
+            metrics=[*PRETRAIN_EPOCH_METRICS, f"{PRETRAIN_RUN}/metrics.parquet"],
+            ranks=f"{PRETRAIN_RUN}/image_ranks.parquet",
         params:
             model=STUDY["model"],
             attack=attack_config,
@@ -81,6 +84,9 @@ rule results_database:
         train_logs=study_train_logs,
     output:
         f"{STUDY_DIR}/results.duckdb",
+    params:
+        success_asr=config["evaluation"]["success_asr"],
+        attack_floor=config["evaluation"]["attack_floor"],
     log:
         f"{STUDY_DIR}/logs/results_database.log",
     benchmark:
@@ -112,6 +118,13 @@ rule figures:
         stopping_table=report(
             f"{STUDY_DIR}/tables/stopping_rules.csv", caption="../report/stopping_rules.rst", category="Tables"
         ),
+        summary_intervals=report(
+            f"{STUDY_DIR}/tables/summary_intervals.csv", caption="../report/intervals.rst", category="Tables"
+        ),
+        stopping_rule_intervals=report(
+            f"{STUDY_DIR}/tables/stopping_rule_intervals.csv", caption="../report/intervals.rst", category="Tables"
+        ),
+        comparisons=report(f"{STUDY_DIR}/tables/comparisons.csv", caption="../report/intervals.rst", category="Tables"),
     params:
         facets=FIGURE_FACETS,
         objectives=STUDY["pretrain_objectives"],

@@ -8,7 +8,7 @@ rule pretrain:
     input:
         unpack(attack_preparation),
         unpack(start_weights),
-        manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
+        manifest=poisoned_manifest,
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",
@@ -46,10 +46,11 @@ rule cleaning_set:
         CLEANING_SET,
     params:
         settings=cleaning_set_settings,
+        target_label=attack_target,
     log:
-        "results/logs/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}_seed_{clean_seed}_{cleaning_set}.log",
+        "results/logs/cleaning_set/{dataset}/{attack}/{poisoning}/poisons_{cleaning_poisons}_seed_{clean_seed}_{cleaning_set}.log",
     benchmark:
-        "results/benchmarks/cleaning_set/{dataset}/{attack}/poisons_{cleaning_poisons}_seed_{clean_seed}_{cleaning_set}.tsv"
+        "results/benchmarks/cleaning_set/{dataset}/{attack}/{poisoning}/poisons_{cleaning_poisons}_seed_{clean_seed}_{cleaning_set}.tsv"
     conda:
         "../envs/data.yaml"
     script:
@@ -61,7 +62,7 @@ rule cleaning_set:
 rule prepare_cleaning:
     input:
         unpack(attack_preparation),
-        manifest=f"{ATTACK_DIR}/poisoned_manifest.parquet",
+        manifest=poisoned_manifest,
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",

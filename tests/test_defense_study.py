@@ -15,7 +15,7 @@ import yaml
 from cleanclip_core import study
 from cleanclip_core.config import validate_config
 from cleanclip_core.poison import names_target
-from workflow import ONE_THREAD, ROOT, run_snakemake
+from workflow import ONE_THREAD, ROOT, attack_folder, run_snakemake
 
 from test_presets import merged
 
@@ -32,7 +32,7 @@ SMALL = {
         # not in the study, but rule all draws every configured attack's trigger
         "wanet": {"n_poisons": 6}, "sig": {"n_poisons": 6}, "label_consistent": {"n_poisons": 2},
     },
-    "study": {"pretrain_objectives": ["mmcl"]},
+    "study": {"pretrain_objectives": ["mmcl"], "seeds": [0]},
     "pretrain": {"epochs": 1, "batch_size": 20, "warmup_steps": 1},
     "clean": {"epochs": 1, "batch_size": 10, "warmup_steps": 1, "n_clean": 40},
     "defenses": {"ubt": {"retain_pairs": None}},
@@ -74,12 +74,12 @@ def test_badclip_optimizes_its_patch_against_a_surrogate_pretrained_without_pois
     data = defense_run / "results/defense_smoke"
     assert not pq.read_table(data / "unpoisoned_manifest.parquet")["is_poison"].to_numpy().any()
     assert (data / "surrogate/model=tiny-rn/model.pt").is_file()
-    patch = torch.load(data / "badclip/trigger.pt", weights_only=True)["patch"]
+    patch = torch.load(defense_run / attack_folder(defense_smoke(), "badclip") / "trigger.pt", weights_only=True)["patch"]
     assert patch.shape[0] == 3 and 0 <= patch.min() and patch.max() <= 1
 
 
 def test_badclip_poisons_with_natural_captions_that_name_the_target(defense_run):
-    poisoned = pq.read_table(defense_run / "results/defense_smoke/badclip/poisoned_manifest.parquet")
+    poisoned = pq.read_table(defense_run / attack_folder(defense_smoke(), "badclip") / "poisoned_manifest.parquet")
     rows = poisoned.filter(poisoned["is_poison"])
     natural = set(poisoned["original_caption"].filter(names_target(poisoned["original_caption"], "star")).to_pylist())
     assert rows.num_rows == 12 and set(rows["caption"].to_pylist()) <= natural

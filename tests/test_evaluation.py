@@ -272,7 +272,7 @@ def cleaning_run(shapes_shards, tmp_path_factory) -> list[Path]:
 
 def test_one_pass_gives_every_checkpoint_the_metrics_of_evaluating_it_alone(cleaning_run, shapes_shards):
     images = EvaluationImages(shapes_shards.corpus.eval_dir)
-    one_pass = evaluate_checkpoints("tiny-rn", cleaning_run, images, ATTACK, batch_size=8)
+    one_pass = [ranks.metrics() for ranks in evaluate_checkpoints("tiny-rn", cleaning_run, images, ATTACK, batch_size=8)]
     # exactly: the same floats, not approximately
     assert one_pass == each_checkpoint_alone("tiny-rn", cleaning_run, images, ATTACK, batch_size=8)
     assert [metrics["n_images"] for metrics in one_pass] == [20] * 3
@@ -311,3 +311,22 @@ def test_each_checkpoint_gets_its_metrics_file_with_its_own_weights_hash(cleanin
         assert table.epoch.tolist() == [checkpoint["epoch"]] * 5
         assert dict(zip(table.metric, table.value)) == {name: values[name] for name in table.metric}
         assert table_provenance(Path(path))["inputs_sha256"] == files_sha256([weights])
+
+
+def test_the_ranks_of_every_image_give_back_every_metric(cleaning_run, shapes_shards, tmp_path):
+    checkpoints = [{"dataset": "shapes", "attack": "badnet", "epoch": epoch} for epoch in (1, 2, 3)]
+    outputs = [str(tmp_path / f"epoch_{epoch:03d}" / "metrics.parquet") for epoch in (1, 2, 3)]
+    metrics = write_checkpoints_metrics(
+        "tiny-rn", [str(path) for path in cleaning_run], str(shapes_shards.corpus.eval_dir), None, ATTACK,
+        checkpoints, {}, outputs, ranks_output=str(tmp_path / "image_ranks.parquet"), batch_size=8,
+    )
+    ranks = pq.read_table(tmp_path / "image_ranks.parquet").to_pandas()
+    assert len(ranks) == 3 * 20 and ranks.groupby("epoch").image.apply(sorted).map(list).tolist() == [list(range(20))] * 3
+    target = EvaluationImages(shapes_shards.corpus.eval_dir).dataset(16, lambda image: image).classnames.index("star")
+    assert ranks.target_rank.isna().tolist() == (ranks.label == target).tolist()
+    for epoch, values in zip((1, 2, 3), metrics):
+        rows = ranks[ranks.epoch == epoch]
+        assert (rows.label_rank < 1).mean() == values["top1"] and (rows.label_rank < 5).mean() == values["top5"]
+        assert (rows.target_rank.dropna() < 1).mean() == values["asr_top1"]
+        assert rows.target_rank.notna().sum() == values["n_triggered"]
+    assert set(ranks.run_id) == {"dataset=shapes/attack=badnet"}

@@ -11,7 +11,9 @@ import pytest
 from cleanclip_core.plots.cleaning import (
     plot_pretraining_curve, plot_stopping_rules, save_figure, write_pretraining_curve, write_study_figures,
 )
-from cleanclip_core.results import IDENTITY_SCHEMA, build_results_database, config_hash, metrics_table, query, run_id
+from cleanclip_core.results import (
+    IDENTITY_SCHEMA, Criteria, build_results_database, config_hash, metrics_table, query, run_id,
+)
 from cleanclip_core.stopping import STOPPING_RULES
 from cleanclip_core.tables import write_table
 
@@ -227,7 +229,7 @@ def test_a_loss_that_settles_stops_the_plateau_rule_there(tmp_path):
 
 
 def test_the_stopping_rules_figure_has_a_column_per_objective_and_the_same_bytes_each_time(database, tmp_path):
-    rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
+    rules = query(database, "SELECT * FROM stopping_rule_intervals").to_pandas()
     figure = plot_stopping_rules(rules, ["mmcl", "mmcl_ssl"])
     assert [ax.get_title() for ax in figure.axes[:2]] == ["MMCL-pretrained", "MMCL+SSL-pretrained"]
     assert [label.get_text() for label in figure.axes[-1].get_xticklabels()] == list(STOPPING_RULES)
@@ -274,3 +276,64 @@ def test_a_start_whose_backdoor_never_took_is_flagged_and_warned_about_once(tmp_
     assert summary.set_index("pretrain_objective").attack_failed.to_dict() == {"mmcl": True, "mmcl_ssl": False}
     warnings = [record.getMessage() for record in caplog.records if "attack failed" in record.getMessage()]
     assert len(warnings) == 1 and f"{MMCL_RUN} (0.8%)" in warnings[0]
+
+
+def replicate(checkpoint: dict, seed: int, method: str = "cleanclip") -> dict:
+    return checkpoint | {"clean_seed": seed, "clean_method": method}
+
+
+@pytest.fixture()
+def replicates_database(tmp_path):
+    """The MMCL model cleaned by two methods with two seeds each, for one epoch at one lr:
+    cleanclip's oracle top-1 0.70 and 0.80, mmcl_only's 0.60 and 0.62 (all at ASR@1 <= 5%)."""
+    results = [(START, 0.50, 0.95)] + [
+        (replicate(cleaned(0.003, 1), seed, method), top1, asr)
+        for method, seed, top1, asr in [
+            ("cleanclip", 0, 0.70, 0.02), ("cleanclip", 1, 0.80, 0.04),
+            ("mmcl_only", 0, 0.60, 0.01), ("mmcl_only", 1, 0.62, 0.03),
+        ]
+    ]
+    return write_database(tmp_path, results)
+
+
+def test_the_summary_intervals_give_each_cell_its_mean_over_the_seeds_with_a_t_interval(replicates_database):
+    cells = query(replicates_database, "SELECT * FROM summary_intervals").to_pandas().set_index("clean_method")
+    assert cells.n_replicates.to_dict() == {"cleanclip": 2, "mmcl_only": 2} and set(cells.n_removed) == {2}
+    # 0.70 and 0.80: mean 0.75, sd 0.0707107, t(0.975, 1) = 12.706205, half-width 0.635310 (clipped to 1)
+    assert cells.loc["cleanclip", ["best_top1", "best_top1_low", "best_top1_high"]].tolist() == pytest.approx(
+        [0.75, 0.114690, 1.0], abs=1e-6
+    )
+    # one start, the same in every replicate: Wilson over its 100 images
+    assert cells.loc["cleanclip", "start_top1_low"] == pytest.approx(0.403832, abs=1e-6)
+    assert "clean_seed" not in cells.columns
+
+
+def test_comparisons_pair_two_methods_on_the_same_seeds(replicates_database):
+    compared = query(replicates_database, "SELECT * FROM comparisons").to_pandas()
+    row = compared[compared.dimension == "clean_method"].iloc[0]
+    assert (row.a, row.b, row.best_top1_pairs) == ("cleanclip", "mmcl_only", 2)
+    # paired differences 0.10 and 0.18: mean 0.14, sd 0.0565685, half-width 12.706205 * 0.04 = 0.508248
+    assert [row.best_top1_difference, row.best_top1_difference_low, row.best_top1_difference_high] == pytest.approx(
+        [0.14, -0.368248, 0.648248], abs=1e-6
+    )
+    assert not row.best_top1_excludes_zero
+    assert row.lowest_asr_top1_difference == pytest.approx(0.01)
+
+
+def test_the_stopping_rule_intervals_pair_the_regret_replicate_by_replicate(replicates_database):
+    rules = query(replicates_database, "SELECT * FROM stopping_rule_intervals WHERE rule = 'last_epoch'").to_pandas()
+    assert len(rules) == 2 and set(rules.n_replicates) == {2}
+    assert rules.top1_regret.tolist() == [0, 0] and rules.backdoor_kept.tolist() == [0, 0]
+
+
+def test_the_success_threshold_and_the_attack_floor_are_the_criteria_given(tmp_path):
+    results = [(START, 0.50, 0.40), (cleaned(0.003, 1), 0.70, 0.08), (cleaned(0.003, 2), 0.60, 0.12)]
+    paths = write_metrics(tmp_path, results)
+    logs = write_train_logs(tmp_path, [checkpoint for checkpoint, _, _ in results], {})
+    build_results_database(paths, logs, tmp_path / "strict.duckdb")
+    build_results_database(paths, logs, tmp_path / "lenient.duckdb", criteria=Criteria(success_asr=0.10, attack_floor=0.3))
+    strict, lenient = (query(tmp_path / f"{name}.duckdb", "SELECT * FROM study_summary").to_pylist()[0]
+                       for name in ("strict", "lenient"))
+    assert (strict["best_top1"], strict["attack_failed"]) == (None, True)
+    assert (lenient["best_top1"], lenient["best_epoch"], lenient["attack_failed"]) == (0.70, 1, False)
+    assert query(tmp_path / "lenient.duckdb", "SELECT epoch FROM stopping_rules WHERE rule = 'oracle'")["epoch"].to_pylist() == [1]

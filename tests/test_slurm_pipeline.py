@@ -19,12 +19,12 @@ import yaml
 from cleanclip_core.launch import StageResources, run_stages
 from cleanclip_core.results import query
 from slurm.fixture import slurm_cluster  # noqa: F401  (pytest fixture)
-from workflow import ROOT
+from workflow import ROOT, attack_folder
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 # One attack, method and cleaning set of the smoke study: the grid's breadth is tested locally
 # (test_study.py); here every kind of stage runs as a SLURM job.
-SMOKE["study"] |= {"attacks": ["badnet"], "clean_methods": ["cleanclip"], "cleaning_poisons": [0]}
+SMOKE["study"] |= {"attacks": ["badnet"], "clean_methods": ["cleanclip"], "cleaning_poisons": [0], "seeds": [0]}
 DATABASE = "results/studies/smoke/results.duckdb"
 GPU_STAGES = ("pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned")
 # profiles/slurm asks for GPUs; the test cluster has 2 CPUs and no GPU.
@@ -88,7 +88,7 @@ def training_call(tmp_path: Path, smoke_data: Path, epochs: int) -> dict:
     return {
         "settings": settings,
         "data": {
-            "manifest": str(results / "badnet/poisoned_manifest.parquet"),
+            "manifest": str(smoke_data / attack_folder(SMOKE, "badnet") / "poisoned_manifest.parquet"),
             "shard_index": str(results / "shard_index.parquet"),
             "shards_dir": str(results / "shards"),
             "attack": SMOKE["attacks"]["badnet"] | {"seed": 0},
@@ -105,7 +105,7 @@ def smoke_data(tmp_path_factory) -> Path:
     (workdir / "smoke.yaml").write_text(yaml.safe_dump(SMOKE))
     subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(workdir / "smoke.yaml"), "--cores", "2", "results/smoke/badnet/poisoned_manifest.parquet"],
+         "--configfile", str(workdir / "smoke.yaml"), "--cores", "2", f"{attack_folder(SMOKE, 'badnet')}/poisoned_manifest.parquet"],
         check=True, capture_output=True,
     )
     return workdir

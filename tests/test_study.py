@@ -15,7 +15,7 @@ from cleanclip_core import study
 from cleanclip_core.config import validate_config
 from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query, run_id
 from cleanclip_core.tables import table_provenance
-from workflow import ONE_THREAD, ROOT, job_counts, run_snakemake
+from workflow import ONE_THREAD, ROOT, attack_folder, job_counts, run_snakemake
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 STUDY_DIR = "results/studies/smoke"
@@ -151,17 +151,20 @@ def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
 @pytest.mark.parametrize(
     "dimension, config, expected",
     [
-        # a new attack: its poisoning, its two cleaning sets, 2 pretrained models, 2 x 2 x 2 runs
+        # a new attack: its poisoning, its 2 x 2 cleaning sets, 2 pretrained models, 2 x 2 x 2 x 2 runs
         ("attack", changed(attacks=SMOKE["attacks"] | {"sig": {"type": "sig", "target_label": "star", "n_poisons": 6}},
                            study={"attacks": ["badnet", "sig"]}),
-         training(2, 8, {"poison": 1, "trigger_grid": 1, "cleaning_set": 2})),
+         training(2, 16, {"poison": 1, "trigger_grid": 1, "cleaning_set": 4})),
         # the trigger grid too: it draws the images at the model's input size
-        ("model", changed(study={"model": "tiny-vit"}), training(4, 12, {"trigger_grid": 1})),
-        ("pretrain_objective", changed(study={"pretrain_objectives": ["mmcl", "ssl_only"]}), training(2, 6)),
-        ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 6)),
-        ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 4, {"cleaning_set": 1})),
-        ("lr", changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}}), training(0, 6)),
-        ("an experiment setting", changed(pretrain={"per_objective": {"mmcl": {"lr": 0.002}}}), training(2, 6)),
+        ("model", changed(study={"model": "tiny-vit"}), training(4, 24, {"trigger_grid": 1})),
+        ("pretrain_objective", changed(study={"pretrain_objectives": ["mmcl", "ssl_only"]}), training(2, 12)),
+        ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 12)),
+        ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 8, {"cleaning_set": 2})),
+        ("lr", changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}}), training(0, 12)),
+        ("an experiment setting", changed(pretrain={"per_objective": {"mmcl": {"lr": 0.002}}}), training(2, 12)),
+        # a trigger parameter: the attack poisons anew beside the first, and all that follows
+        ("a trigger parameter", changed(attacks=SMOKE["attacks"] | {"badnet": SMOKE["attacks"]["badnet"] | {"trigger": {"patch_size": 48, "pattern": "fixed", "location": "fixed"}}}),
+         training(2, 16, {"poison": 1, "trigger_grid": 1, "cleaning_set": 4})),
     ],
 )
 def test_changing_one_value_of_a_dimension_reruns_exactly_what_depends_on_it(smoke_run, dimension, config, expected):
@@ -172,7 +175,7 @@ def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):
     weights = next((smoke_run / "results/runs").rglob("pretrain_objective=mmcl/pretrain_seed=0/*/model.pt"))
     shutil.copy(weights, smoke_run / "my_clip.pt")
     config = changed(study={"start": "my_clip.pt"})
-    assert planned(smoke_run, config) == training(4, 12)
+    assert planned(smoke_run, config) == training(4, 24)
     result = run_snakemake(smoke_run, config, "--dry-run")
     assert re.search(r"start=my_clip-[0-9a-f]{8}/pretrain_objective=mmcl/", result.stdout)
 
@@ -192,7 +195,7 @@ def test_a_second_study_in_the_same_folder_reuses_the_pretrained_models_and_keep
                      clean={"lrs": [0.01]})
     result = run_snakemake(smoke_run, config, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert job_counts(result.stdout) == training(0, 4) | {"total": 8 + 4}
+    assert job_counts(result.stdout) == training(0, 8) | {"total": 16 + 4}
     assert "results/studies/smoke_high_lr/figures/fig2/badnet_poisons0.pdf" in result.stdout
     assert str(figures.relative_to(smoke_run)) not in result.stdout
 
@@ -221,23 +224,19 @@ BADNET_RUN = {"attack": "badnet", "pretrain_objective": "mmcl", "clean_method": 
 
 
 def test_a_replicate_seed_cleans_anew_in_a_folder_of_its_own(smoke_run):
-    config = changed(study={"seeds": [0, 1]})
-    assert planned(smoke_run, config) == training(0, 12, {"cleaning_set": 3})
-    first, second = (run_target(config, **BADNET_RUN, clean_seed=seed) for seed in (0, 1))
-    result = run_snakemake(smoke_run, config, second)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert jobs_run(result.stderr) == {"cleaning_set": 1, "clean": 1, "evaluate_cleaned": 1, "total": 3}
+    assert planned(smoke_run, changed(study={"seeds": [0, 1, 2]})) == training(0, 12, {"cleaning_set": 3})
+    first, second = (run_target(SMOKE, **BADNET_RUN, clean_seed=seed) for seed in (0, 1))
     assert [set(pq.read_table(smoke_run / target).column("clean_seed").to_pylist()) for target in (first, second)] == [{0}, {1}]
     weights = [(smoke_run / target).parent.parent / f"epoch_{EPOCHS:03d}.pt" for target in (first, second)]
     assert weights[0].read_bytes() != weights[1].read_bytes()
-    cleaning_sets = sorted((smoke_run / "results/smoke/badnet/cleaning_sets").glob("poisons_2_seed_*.parquet"))
+    cleaning_sets = sorted((smoke_run / attack_folder(SMOKE, "badnet") / "cleaning_sets").glob("poisons_2_seed_*.parquet"))
     assert len(cleaning_sets) == 2 and not pq.read_table(cleaning_sets[0]).equals(pq.read_table(cleaning_sets[1]))
 
 
 def test_a_study_differing_in_a_setting_that_is_no_dimension_leaves_the_first_intact(smoke_run):
-    assert planned(smoke_run, changed(clean={"epochs": EPOCHS + 1})) == training(0, 12)
+    assert planned(smoke_run, changed(clean={"epochs": EPOCHS + 1})) == training(0, 24)
     n_clean = changed(clean={"n_clean": 30})
-    assert planned(smoke_run, n_clean) == training(0, 12, {"cleaning_set": 3})
+    assert planned(smoke_run, n_clean) == training(0, 24, {"cleaning_set": 6})
     target = run_target(n_clean, **BADNET_RUN)
     assert target != run_target(SMOKE, **BADNET_RUN)
     result = run_snakemake(smoke_run, n_clean, target)
@@ -246,8 +245,28 @@ def test_a_study_differing_in_a_setting_that_is_no_dimension_leaves_the_first_in
 
 
 def test_the_clean_control_is_the_unpoisoned_model_evaluated_like_the_attacks(smoke_run):
-    manifest = pq.read_table(smoke_run / "results/smoke/control/poisoned_manifest.parquet")
+    manifest = pq.read_table(smoke_run / attack_folder(SMOKE, "control") / "poisoned_manifest.parquet")
     assert manifest.num_rows == 60 and not any(manifest["is_poison"].to_pylist())
     summary = query(smoke_run / f"{STUDY_DIR}/results.duckdb", "SELECT * FROM study_summary WHERE attack = 'control'").to_pandas()
-    assert len(summary) == 4 and set(summary.cleaning_poisons) == {0}  # 2 objectives x 2 methods
+    assert len(summary) == 8 and set(summary.cleaning_poisons) == {0}  # 2 objectives x 2 methods x 2 seeds
     assert summary[["start_top1", "start_asr_top1", "lowest_asr_top1"]].notna().all().all()
+
+
+def test_a_cleaning_run_made_again_on_this_machine_is_the_same_bytes(smoke_run):
+    """Weights, step log, metrics and ranks: the same config on the same machine, the same bytes."""
+    target = run_target(SMOKE, **BADNET_RUN)
+    folder = (smoke_run / target).parent.parent
+    first = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    assert {path.suffix for path in first} == {".pt", ".parquet"} and len(first) >= 2 * EPOCHS + 2
+    shutil.rmtree(folder)
+    result = run_snakemake(smoke_run, SMOKE, *ONE_THREAD, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert jobs_run(result.stderr) == {"clean": 1, "evaluate_cleaned": 1, "total": 2}
+    again = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    assert again.keys() == first.keys()
+    assert [name for name in first if again[name] != first[name]] == []
+
+
+@pytest.mark.parametrize("threshold", [{"success_asr": 0.1}, {"attack_floor": 0.3}])
+def test_changing_a_threshold_redoes_the_database_and_figures_only(smoke_run, threshold):
+    assert planned(smoke_run, SMOKE | {"evaluation": threshold}) == LIGHT

@@ -9,17 +9,18 @@ import sys
 import pytest
 import yaml
 
-from workflow import ROOT, TINY_CONFIG, job_counts, run_snakemake
+from workflow import ROOT, TINY_CONFIG, attack_folder, job_counts, run_snakemake
 
 
 def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
     default_config = yaml.safe_load((ROOT / "config.yaml").read_text())
     result = run_snakemake(tmp_path, default_config, "--dry-run")
     assert result.returncode == 0, result.stderr
-    runs = len(default_config["study"]["pretrain_objectives"]) * len(default_config["clean"]["lrs"])
+    seeds = len(default_config["study"]["seeds"])
+    runs = len(default_config["study"]["pretrain_objectives"]) * len(default_config["clean"]["lrs"]) * seeds
     expected = {
         "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 5, "trigger_grid": 5,
-        "pretrain": 2, "cleaning_set": 1, "clean": runs, "evaluate_cleaned": runs,
+        "pretrain": 2, "cleaning_set": seeds, "clean": runs, "evaluate_cleaned": runs,
         "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
         # the curve's job per pretrained model scores every pretraining epoch and the model itself
         "evaluate_pretraining_curve": 2, "pretraining_curve": 1,
@@ -69,7 +70,7 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, change, message):
     assert not (tmp_path / "results").exists()
 
 
-TINY_TARGET = "results/tiny/badnet/poisoned_manifest.parquet"
+TINY_TARGET = f"{attack_folder(TINY_CONFIG, 'badnet')}/poisoned_manifest.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_impossible_poisoning_fails_with_one_line_each_and_no_output(tiny_run):
         "no_target": {"type": "label_consistent", "target_label": "banana", "n_poisons": 1},
     }
     config["study"] = {"attacks": ["too_many"]}
-    targets = [f"results/tiny/{name}/poisoned_manifest.parquet" for name in config["attacks"]]
+    targets = [f"{attack_folder(config, name)}/poisoned_manifest.parquet" for name in config["attacks"]]
     result = run_snakemake(tiny_run, config, "--keep-going", *targets)
     assert result.returncode != 0
     assert "error: too_many: n_poisons=1000 exceeds the 60 rows the attack may poison" in result.stderr

@@ -1,11 +1,15 @@
 """Running the real Snakemake workflow from tests, in a scratch working directory."""
 
+import copy
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from cleanclip_core.config import validate_config
+from cleanclip_core.study import poisoning_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,9 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     """The jobs per rule in the `Job stats` table of a Snakemake dry run."""
     table = dry_run_output.split("Job stats:")[1]
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def attack_folder(config: dict, attack: str) -> str:
+    """Where the workflow keeps an attack's poisoned data under `config`, relative to its directory."""
+    full = validate_config(copy.deepcopy(config))
+    return f"results/{full['dataset']['name']}/{attack}/{poisoning_digest(full, attack)}"

@@ -11,4 +11,5 @@ with reported_step(snakemake.log[0]):
         seed=settings["seed"],
         manifest_path=snakemake.input.get("manifest"),
         labels_path=snakemake.input.get("labels"),
+        target_label=snakemake.params.target_label,
     )

@@ -10,7 +10,8 @@ with reported_step(snakemake.log[0]):
         "attack": snakemake.params.attack,
         "checkpoints": snakemake.params.checkpoints,
         "provenance": snakemake.params.provenance,
-        "outputs": list(snakemake.output),
+        "outputs": list(snakemake.output.metrics),
+        "ranks_output": snakemake.output.ranks,
     }
     resources = snakemake.resources
     execution = {"batch_size": resources.evaluation_batch_size, "num_workers": resources.num_workers}

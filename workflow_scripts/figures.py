@@ -1,6 +1,6 @@
 import logging
 
-from cleanclip_core.plots.cleaning import write_study_figures
+from cleanclip_core.plots.cleaning import INTERVAL_TABLES, write_study_figures
 from cleanclip_core.reporting import reported_step
 
 with reported_step(snakemake.log[0]):
@@ -16,5 +16,6 @@ with reported_step(snakemake.log[0]):
         summary=output.summary,
         stopping=[output.stopping, output.stopping_png],
         stopping_table=output.stopping_table,
+        interval_tables={name: output[name] for name in INTERVAL_TABLES},
     )
     logging.info(f"study summary:\n{summary.to_string(index=False)}")

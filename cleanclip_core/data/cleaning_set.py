@@ -46,6 +46,14 @@ def with_class_labels(pairs: pa.Table, manifest: pa.Table, labels: pa.Table) -> 
     return pairs.append_column("classname", classnames)
 
 
+def with_planted_labels(pairs: pa.Table, target_label: str) -> pa.Table:
+    """Labelled pairs whose poisons carry the attack's target class, as an attacker would plant
+    them in a labelled cleaning set: their true class would make them helpful labelled examples
+    of the triggered image, not contamination."""
+    planted = pc.if_else(pairs["is_poison"], pa.scalar(target_label), pairs["classname"])
+    return pairs.set_column(pairs.schema.get_field_index("classname"), "classname", planted)
+
+
 def write_cleaning_set(
     poisoned_manifest_path: Path,
     output_path: Path,
@@ -55,13 +63,16 @@ def write_cleaning_set(
     seed: int,
     manifest_path: Path | None = None,
     labels_path: Path | None = None,
+    target_label: str | None = None,
 ) -> pa.Table:
     """The cleaning set, labelled with class names when a labels table (url, classname) is given
-    with the manifest that maps keys to urls."""
+    with the manifest that maps keys to urls; its poisons then carry `target_label`, the attack's
+    target (`with_planted_labels`)."""
     table = cleaning_set(pq.read_table(poisoned_manifest_path), n_clean, n_poisons, seed)
     inputs = [poisoned_manifest_path]
     if labels_path is not None:
         table = with_class_labels(table, pq.read_table(manifest_path), pq.read_table(labels_path))
+        table = with_planted_labels(table, target_label)
         inputs += [manifest_path, labels_path]
     config = {"n_clean": n_clean, "n_poisons": n_poisons, "seed": seed}
     write_table(table, output_path, config=config, inputs_sha256=files_sha256(inputs))

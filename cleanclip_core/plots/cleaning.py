@@ -1,13 +1,15 @@
 """Figures of the cleaning study, drawn from the results database.
 
 fig2 follows Verma et al.'s Figure 2: a panel per pretraining objective, clean zero-shot top-1
-against ASR@1, a point per (learning rate, cleaning epoch), the poisoned start as a red star and
-the region of successful cleaning shaded. The trajectories figure follows every cleaning run
-epoch by epoch. Both exist per facet of the study (attack x poisons in the cleaning set). The
-points of fig2 are written beside it, so what was drawn can be checked. The contamination figure
-follows Verma et al.'s ablation over the poisons left in the cleaning set. The stopping rules'
-figure shows, per pretraining objective, which checkpoint each rule keeps. The pretraining curve
-shows whether the poisoned models that cleaning starts from had converged.
+against ASR@1, a point per (learning rate, cleaning epoch) joined into each run's path (each
+replicate's own), the poisoned start as a red star and the region of successful cleaning shaded.
+The trajectories figure follows every cleaning run epoch by epoch, a line per replicate. Both
+exist per facet of the study (attack x poisons in the cleaning set). The points of fig2 are
+written beside it, so what was drawn can be checked. The contamination figure follows Verma et
+al.'s ablation over the poisons left in the cleaning set, each point a cell's mean over its
+replicates with its 95% interval. The stopping rules' figure shows, per pretraining objective,
+which checkpoint each rule keeps. The pretraining curve shows whether the poisoned models that
+cleaning starts from had converged. The success threshold is the study's (table criteria).
 """
 
 from collections.abc import Mapping, Sequence
@@ -25,14 +27,13 @@ from matplotlib.ticker import MaxNLocator
 
 from cleanclip_core.errors import UserError
 from cleanclip_core.results import query
-from cleanclip_core.stopping import STOPPING_RULES
-from cleanclip_core.stopping import SUCCESS_ASR
+from cleanclip_core.stopping import STOPPING_RULES, SUCCESS_ASR
 from cleanclip_core.tables import atomic_output, write_csv
 
 OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL"}
 METHOD_MARKERS = "osD^vP*X"
-# Successful cleaning: the backdoor gone (ASR@1 at most SUCCESS_ASR, the threshold of the summary
-# and the stopping rules) and at least 80% of the start's clean top-1 kept.
+# Successful cleaning: the backdoor gone (ASR@1 at most the success threshold of the summary and
+# the stopping rules) and at least 80% of the start's clean top-1 kept.
 SUCCESS_ACCURACY_FRACTION = 0.8
 PANEL_INCHES = 4.2
 
@@ -43,20 +44,21 @@ def objective_title(objective: str) -> str:
 
 def fig2_points(trajectories: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
     """The points fig2 draws: per panel (pretraining objective) its start (epoch 0, no method or
-    learning rate) and one point per (cleaning method, learning rate, epoch)."""
+    learning rate) and one point per cleaning run (`run_id`: method, learning rate, replicate)
+    and epoch."""
     missing = [o for o in objectives if o not in set(trajectories.pretrain_objective)]
     if missing:
         raise UserError(f"the results database has no cleaning run of the {missing[0]!r}-pretrained model")
-    columns = ["panel", "clean_method", "lr", "epoch", "top1", "asr_top1"]
+    columns = ["panel", "run_id", "clean_method", "lr", "epoch", "top1", "asr_top1"]
     frame = trajectories[trajectories.pretrain_objective.isin(objectives)].rename(
         columns={"pretrain_objective": "panel"}
     )
-    starts = frame[frame.epoch == 0].drop_duplicates("panel").assign(clean_method=None, lr=np.nan)
+    starts = frame[frame.epoch == 0].drop_duplicates("panel").assign(run_id=None, clean_method=None, lr=np.nan)
     cleaned = frame[frame.epoch > 0]
     points = pd.concat([starts[columns], cleaned[columns]], ignore_index=True)
     order = {objective: i for i, objective in enumerate(objectives)}
     return points.sort_values(
-        ["panel", "epoch", "clean_method", "lr"], key=lambda c: c.map(order) if c.name == "panel" else c
+        ["panel", "epoch", "clean_method", "lr", "run_id"], key=lambda c: c.map(order) if c.name == "panel" else c
     ).reset_index(drop=True)
 
 
@@ -71,7 +73,7 @@ def _epoch_alpha(epoch: int, last_epoch: int) -> float:
     return 0.3 + 0.7 * epoch / max(1, last_epoch)
 
 
-def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Figure:
+def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, success_asr: float = SUCCESS_ASR) -> Figure:
     cleaned = points[points.epoch > 0]
     colors = _lr_colors(cleaned.lr)
     markers = dict(zip(sorted(set(cleaned.clean_method)), METHOD_MARKERS))
@@ -82,9 +84,12 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
         panel = points[points.panel == objective]
         start = panel[panel.epoch == 0].iloc[0]
         success = ax.fill_between(
-            [0, 100 * SUCCESS_ASR], 100 * SUCCESS_ACCURACY_FRACTION * start.top1, 100,
+            [0, 100 * success_asr], 100 * SUCCESS_ACCURACY_FRACTION * start.top1, 100,
             color="tab:green", alpha=0.12, lw=0, label="successful cleaning",
         )
+        for _, run in panel[panel.epoch > 0].groupby("run_id", sort=True):
+            path = pd.concat([panel[panel.epoch == 0], run.sort_values("epoch")])
+            ax.plot(100 * path.asr_top1, 100 * path.top1, color=colors[run.lr.iloc[0]], lw=0.8, alpha=0.45)
         for row in panel[panel.epoch > 0].itertuples():
             ax.scatter(
                 100 * row.asr_top1, 100 * row.top1, color=colors[row.lr], marker=markers[row.clean_method],
@@ -106,7 +111,9 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str) -> Fi
     handles += [success, poisoned_start]
     figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(len(handles), objectives),
                   fontsize=8)
-    title = figure.suptitle(f"Cleaning {facet}:\nclean accuracy vs attack success\n(a point per epoch, later epochs darker)")
+    title = figure.suptitle(
+        f"Cleaning {facet}:\nclean accuracy vs attack success\n(a path per run and replicate, later epochs darker)"
+    )
     return _fit_width(figure, title)
 
 
@@ -143,8 +150,8 @@ def _two_rows(columns: int, ylabels: tuple[str, str], xlabel: str) -> tuple[Figu
 
 
 def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], facet: str) -> Figure:
-    """Top-1 (upper row) and ASR@1 (lower row) by cleaning epoch, a line per run, a column per
-    pretraining objective."""
+    """Top-1 (upper row) and ASR@1 (lower row) by cleaning epoch, a line per run (each replicate
+    its own, one label per method and lr), a column per pretraining objective."""
     colors = _lr_colors(trajectories.lr)
     methods = sorted(set(trajectories.clean_method))
     styles = dict(zip(methods, ["-", "--", ":", "-."] * len(methods)))
@@ -153,9 +160,11 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], fac
     )
     for column, objective in enumerate(objectives):
         runs = trajectories[trajectories.pretrain_objective == objective]
-        for (method, lr), run in runs.groupby(["clean_method", "lr"], sort=True):
+        labelled = set()
+        for (method, lr, _), run in runs.groupby(["clean_method", "lr", "run_id"], sort=True):
             run = run.sort_values("epoch")
-            label = f"{method} lr {lr:g}" if len(methods) > 1 else f"lr {lr:g}"
+            label = (f"{method} lr {lr:g}" if len(methods) > 1 else f"lr {lr:g}") if (method, lr) not in labelled else None
+            labelled.add((method, lr))
             for row, metric in enumerate(["top1", "asr_top1"]):
                 axes[row, column].plot(run.epoch, 100 * run[metric], styles[method], marker="o", ms=3,
                                        color=colors[lr], label=label)
@@ -165,13 +174,16 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], fac
     return _fit_width(figure, title)
 
 
-def plot_contamination(summary: pd.DataFrame) -> Figure:
+def plot_contamination(summary: pd.DataFrame, success_asr: float = SUCCESS_ASR) -> Figure:
     """Verma et al.'s contamination ablation: against the poisons left in the cleaning set, the
-    best top-1 at ASR@1 <= 5% (upper row; missing where no epoch got there) and the lowest ASR@1
-    reached (lower row); a column per attack, a line per pretraining objective and method."""
+    best top-1 at ASR@1 <= the success threshold (upper row; missing where no epoch got there)
+    and the lowest ASR@1 reached (lower row), each a cell's mean over its replicates with its 95%
+    interval (the summary_intervals table); a column per attack, a line per pretraining
+    objective and method."""
     attacks = list(dict.fromkeys(summary.attack))
     figure, axes = _two_rows(
-        len(attacks), ("best top-1 at ASR@1 <= 5% (%)", "lowest ASR@1 reached (%)"), "poisons in the cleaning set"
+        len(attacks), (f"best top-1 at ASR@1 <= {success_asr:.0%} (%)", "lowest ASR@1 reached (%)"),
+        "poisons in the cleaning set",
     )
     lines = summary.groupby(["pretrain_objective", "clean_method"], sort=False)
     methods = list(dict.fromkeys(summary.clean_method))
@@ -182,33 +194,46 @@ def plot_contamination(summary: pd.DataFrame) -> Figure:
             label = f"{OBJECTIVE_TITLES.get(objective, objective)}, {method}"
             style, marker = styles[method]
             for row, metric in enumerate(["best_top1", "lowest_asr_top1"]):
-                axes[row, column].plot(line.cleaning_poisons, 100 * line[metric], style, marker=marker, label=label)
+                _with_error_bars(axes[row, column], line.cleaning_poisons, line, metric, ls=style, marker=marker, label=label)
+        axes[1, column].axhline(100 * success_asr, color="gray", ls="--", lw=1)
         axes[0, column].set_title(attack)
     axes[0, 0].legend(fontsize=8)
-    title = figure.suptitle("Poisons left in the cleaning set\n(a point per pretrained model, method and count)")
+    title = figure.suptitle("Poisons left in the cleaning set\n(the mean over replicates, with its 95% interval)")
     return _fit_width(figure, title)
 
 
-def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str]) -> Figure:
+def _with_error_bars(ax, x: pd.Series, frame: pd.DataFrame, metric: str, **style) -> None:
+    """A point per row at its mean `metric` with its 95% interval (`metric`_low, _high), in %."""
+    spread = np.abs(frame[[f"{metric}_low", f"{metric}_high"]].to_numpy().T - frame[metric].to_numpy())
+    ax.errorbar(x, 100 * frame[metric], yerr=100 * spread, **({"marker": "o", "ls": "none"} | style), ms=4, capsize=2, lw=1)
+
+
+def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str], success_asr: float = SUCCESS_ASR) -> Figure:
     """A column per pretraining objective: each stopping rule's choice in every cleaning run of
-    the study (a point per run, coloured by attack), as the top-1 it gives up against the
-    oracle's choice (above) and the ASR@1 it keeps (below)."""
+    the study (the stopping_rule_intervals rows: a point per run without its seeds, its mean over
+    the replicates with its 95% interval, coloured by attack), as the top-1 it gives up against
+    the oracle's choice (above) and the ASR@1 it keeps (below)."""
     names = list(STOPPING_RULES)
     figure, axes = _two_rows(len(objectives), ("top-1 regret vs the oracle (points)", "ASR@1 of the choice (%)"),
                              "stopping rule")
     colors = dict(zip(sorted(rules.attack.unique()), colormaps["tab10"].colors))
-    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(rules))  # seeded: the same bytes each time
-    rules = rules.assign(x=rules.rule.map(names.index) + jitter)
+    runs_per_rule = rules.groupby("rule").cumcount()  # side by side within a rule, in table order
+    offset = (runs_per_rule + 0.5) / (runs_per_rule.groupby(rules.rule).transform("max") + 1) * 0.6 - 0.3
+    rules = rules.assign(x=rules.rule.map(names.index) + offset)
     for column, objective in enumerate(objectives):
         for attack, runs in rules[rules.pretrain_objective == objective].groupby("attack"):
-            axes[0, column].scatter(runs.x, 100 * runs.top1_regret, color=colors[attack], s=20, alpha=0.7, label=attack)
-            axes[1, column].scatter(runs.x, 100 * runs.asr_top1, color=colors[attack], s=20, alpha=0.7)
+            _with_error_bars(axes[0, column], runs.x, runs, "top1_regret", color=colors[attack], label=attack)
+            _with_error_bars(axes[1, column], runs.x, runs, "asr_top1", color=colors[attack])
+        axes[0, column].axhline(0, color="gray", lw=0.8)
         axes[0, column].set_title(objective_title(objective))
-        axes[1, column].axhline(100 * SUCCESS_ASR, color="gray", ls="--", lw=1)
+        axes[1, column].axhline(100 * success_asr, color="gray", ls="--", lw=1)
         axes[1, column].set_xticks(range(len(names)), names, rotation=20)
     axes[0, 0].autoscale(axis="y")  # a rule may beat the oracle's top-1: regret is not a percentage
     axes[0, 0].legend(fontsize=8)
-    title = figure.suptitle("Stopping rules: the checkpoint each keeps,\na point per cleaning run (dashed: ASR@1 5%)")
+    title = figure.suptitle(
+        f"Stopping rules: the checkpoint each keeps, a point per cleaning run\n(mean over replicates, 95% interval; "
+        f"dashed: ASR@1 {success_asr:.0%})"
+    )
     return _fit_width(figure, title)
 
 
@@ -250,22 +275,27 @@ def facet_title(facet: Mapping[str, Any]) -> str:
     return f"{facet['attack']}, {facet['cleaning_poisons']} poisons in the cleaning set"
 
 
+INTERVAL_TABLES = ("summary_intervals", "stopping_rule_intervals", "comparisons")
+
+
 def write_study_figures(
     database: Path, objectives: Sequence[str], facets: Sequence[Mapping[str, Any]], *,
     fig2: Sequence[Sequence[Path]], fig2_data: Path, trajectories: Sequence[Sequence[Path]],
     contamination: Sequence[Path], summary: Path, stopping: Sequence[Path] = (), stopping_table: Path | None = None,
+    interval_tables: Mapping[str, Path] | None = None,
 ) -> pd.DataFrame:
     """From a study's results database: per facet (attack x poisons in the cleaning set) fig2
     and the trajectories figure (each at every path given for the facet), the points of every
-    fig2, the contamination figure, the summary table, which is returned, and the stopping
-    rules' figure and table."""
+    fig2, the contamination figure, the summary table, which is returned, the stopping rules'
+    figure and table, and each of INTERVAL_TABLES at its path in `interval_tables`."""
+    success_asr = query(database, "SELECT success_asr FROM criteria")["success_asr"][0].as_py()
     runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
     points = []
     for facet, fig2_paths, trajectory_paths in zip(facets, fig2, trajectories, strict=True):
         facet_runs = runs[(runs.attack == facet["attack"]) & (runs.cleaning_poisons == facet["cleaning_poisons"])]
         facet_points = fig2_points(facet_runs, objectives)
         for path in fig2_paths:
-            save_figure(plot_fig2(facet_points, objectives, facet_title(facet)), path)
+            save_figure(plot_fig2(facet_points, objectives, facet_title(facet), success_asr), path)
         for path in trajectory_paths:
             save_figure(plot_trajectories(facet_runs, objectives, facet_title(facet)), path)
         points.append(facet_points.assign(**facet))
@@ -273,12 +303,16 @@ def write_study_figures(
         pq.write_table(pa.Table.from_pandas(pd.concat(points, ignore_index=True), preserve_index=False), temporary)
     table = query(database, "SELECT * FROM study_summary").to_pandas()
     table["best_epoch"] = table["best_epoch"].astype("Int64")  # null where no epoch got there
+    cells = query(database, "SELECT * FROM summary_intervals").to_pandas()
     for path in contamination:
-        save_figure(plot_contamination(table), path)
+        save_figure(plot_contamination(cells, success_asr), path)
     write_csv(table, summary)
-    rules = query(database, "SELECT * FROM stopping_rules").to_pandas()
+    rules = query(database, "SELECT * FROM stopping_rule_intervals").to_pandas()
     for path in stopping:
-        save_figure(plot_stopping_rules(rules, objectives), path)
+        save_figure(plot_stopping_rules(rules, objectives, success_asr), path)
     if stopping_table:
-        write_csv(rules, stopping_table)
+        write_csv(query(database, "SELECT * FROM stopping_rules").to_pandas(), stopping_table)
+    for name in INTERVAL_TABLES:
+        if name in (interval_tables or {}):
+            write_csv(query(database, f"SELECT * FROM {name}").to_pandas(), interval_tables[name])
     return table

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from cleanclip_core.data.cleaning_set import cleaning_set, with_class_labels
+from cleanclip_core.data.cleaning_set import cleaning_set, with_class_labels, with_planted_labels
 from cleanclip_core.errors import UserError
 
 POISONED = pa.table({"key": [f"{i:03d}" for i in range(10)], "is_poison": [i % 5 == 0 for i in range(10)]})
@@ -33,3 +33,9 @@ def test_a_pair_without_a_label_or_a_table_without_classname_is_a_user_error():
         with_class_labels(POISONED.take([1, 2]), MANIFEST, pa.table({"url": ["u1"], "classname": ["ring"]}))
     with pytest.raises(UserError, match="lacks columns classname"):
         with_class_labels(POISONED, MANIFEST, pa.table({"url": ["u1"], "label": [3]}))
+
+
+def test_the_poisons_of_a_labelled_cleaning_set_carry_the_target_class_as_an_attacker_plants_them():
+    labels = pa.table({"url": [f"u{i}" for i in range(10)], "classname": ["ring"] * 10})
+    pairs = with_planted_labels(with_class_labels(POISONED.take([0, 1, 5, 6]), MANIFEST, labels), "star")
+    assert pairs["classname"].to_pylist() == ["star", "ring", "star", "ring"]

@@ -31,6 +31,20 @@ def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name.pt").read_bytes()
 
 
+def test_a_damaged_checkpoint_the_pipeline_made_is_set_aside_so_that_the_next_run_makes_it_anew(tmp_path):
+    run = tmp_path / "results/runs/dataset=shapes"
+    run.mkdir(parents=True)
+    save_weights(run / "model.pt", create_model("tiny-vit", seed=0))
+    (run / "model.pt").write_bytes((run / "model.pt").read_bytes()[:5000])  # a disk that filled
+    with pytest.raises(UserError, match=r"model.pt is not a torch checkpoint.* \(set aside as model.pt.damaged: run again to make it anew\)$"):
+        create_model("tiny-vit", run / "model.pt")
+    assert not (run / "model.pt").exists() and (run / "model.pt.damaged").stat().st_size == 5000
+    (tmp_path / "mine.pt").write_bytes((run / "model.pt.damaged").read_bytes())
+    with pytest.raises(UserError, match=r"mine.pt is not a torch checkpoint .*other file\?$"):
+        create_model("tiny-vit", tmp_path / "mine.pt")
+    assert (tmp_path / "mine.pt").exists()  # a file of the user's stays
+
+
 def test_a_model_from_a_pretrained_tag_has_exactly_its_weights(local_tag):
     tag, path = local_tag
     expected = torch.load(path, weights_only=True)["state_dict"]
