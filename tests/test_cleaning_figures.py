@@ -80,7 +80,7 @@ def test_fig2_shows_its_whole_title_and_legend_with_any_number_of_panels(panels)
     facet = facet_title({"attack": "label_consistent", "cleaning_poisons": 25})
     figure = plot_fig2(fig2_points(trajectories(), objectives), objectives, facet)
     assert clipped(figure) == []
-    assert {"lr 0.001", "lr 0.003", "poisoned start", "successful cleaning"} <= set(legend_texts(figure))
+    assert {"lr 0.001", "lr 0.003", "poisoned start", "successful cleaning", "attack floor"} <= set(legend_texts(figure))
 
 
 @pytest.mark.parametrize("panels", [1, 2, 3])

@@ -270,3 +270,20 @@ def test_a_cleaning_run_made_again_on_this_machine_is_the_same_bytes(smoke_run):
 @pytest.mark.parametrize("threshold", [{"success_asr": 0.1}, {"attack_floor": 0.3}])
 def test_changing_a_threshold_redoes_the_database_and_figures_only(smoke_run, threshold):
     assert planned(smoke_run, SMOKE | {"evaluation": threshold}) == LIGHT
+
+
+def test_a_damaged_checkpoint_is_set_aside_by_the_stage_that_reads_it_and_made_anew_by_the_next_run(smoke_run):
+    target = run_target(SMOKE, attack="control", pretrain_objective="mmcl", clean_method="cleanclip", clean_seed=1)
+    folder = (smoke_run / target).parent.parent
+    weights = folder / f"epoch_{EPOCHS:03d}.pt"
+    weights.write_bytes(weights.read_bytes()[:4000])  # a disk that filled while it was written
+    for metrics in folder.glob("epoch_*/metrics.parquet"):
+        metrics.unlink()
+    failed = run_snakemake(smoke_run, SMOKE, *ONE_THREAD, target)
+    assert failed.returncode != 0
+    assert f"{weights.name} is not a torch checkpoint" in failed.stderr
+    assert f"(set aside as {weights.name}.damaged: run again to make it anew)" in failed.stderr
+    repaired = run_snakemake(smoke_run, SMOKE, *ONE_THREAD, target)
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert jobs_run(repaired.stderr) == {"clean": 1, "evaluate_cleaned": 1, "total": 2}
+    assert weights.stat().st_size > 4000 and (weights.parent / f"{weights.name}.damaged").is_file()

@@ -26,8 +26,8 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from cleanclip_core.errors import UserError
-from cleanclip_core.results import query
-from cleanclip_core.stopping import STOPPING_RULES, SUCCESS_ASR
+from cleanclip_core.results import Criteria, query
+from cleanclip_core.stopping import STOPPING_RULES
 from cleanclip_core.tables import atomic_output, write_csv
 
 OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL"}
@@ -73,7 +73,7 @@ def _epoch_alpha(epoch: int, last_epoch: int) -> float:
     return 0.3 + 0.7 * epoch / max(1, last_epoch)
 
 
-def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, success_asr: float = SUCCESS_ASR) -> Figure:
+def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, criteria: Criteria = Criteria()) -> Figure:
     cleaned = points[points.epoch > 0]
     colors = _lr_colors(cleaned.lr)
     markers = dict(zip(sorted(set(cleaned.clean_method)), METHOD_MARKERS))
@@ -84,7 +84,7 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, succe
         panel = points[points.panel == objective]
         start = panel[panel.epoch == 0].iloc[0]
         success = ax.fill_between(
-            [0, 100 * success_asr], 100 * SUCCESS_ACCURACY_FRACTION * start.top1, 100,
+            [0, 100 * criteria.success_asr], 100 * SUCCESS_ACCURACY_FRACTION * start.top1, 100,
             color="tab:green", alpha=0.12, lw=0, label="successful cleaning",
         )
         for _, run in panel[panel.epoch > 0].groupby("run_id", sort=True):
@@ -95,6 +95,8 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, succe
                 100 * row.asr_top1, 100 * row.top1, color=colors[row.lr], marker=markers[row.clean_method],
                 alpha=_epoch_alpha(row.epoch, last_epoch), s=36, edgecolors="none",
             )
+        floor = ax.axvline(100 * criteria.attack_floor, color="gray", ls=":", lw=1,
+                           label="attack floor")
         poisoned_start = ax.scatter(100 * start.asr_top1, 100 * start.top1, marker="*", s=260, color="red",
                                     edgecolors="darkred", zorder=3, label="poisoned start")
         ax.set_title(objective_title(objective))
@@ -108,7 +110,7 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, succe
     ]
     if len(markers) > 1:
         handles += [axes[0].scatter([], [], color="gray", marker=m, label=method) for method, m in markers.items()]
-    handles += [success, poisoned_start]
+    handles += [success, poisoned_start, floor]
     figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(len(handles), objectives),
                   fontsize=8)
     title = figure.suptitle(
@@ -174,7 +176,7 @@ def plot_trajectories(trajectories: pd.DataFrame, objectives: Sequence[str], fac
     return _fit_width(figure, title)
 
 
-def plot_contamination(summary: pd.DataFrame, success_asr: float = SUCCESS_ASR) -> Figure:
+def plot_contamination(summary: pd.DataFrame, criteria: Criteria = Criteria()) -> Figure:
     """Verma et al.'s contamination ablation: against the poisons left in the cleaning set, the
     best top-1 at ASR@1 <= the success threshold (upper row; missing where no epoch got there)
     and the lowest ASR@1 reached (lower row), each a cell's mean over its replicates with its 95%
@@ -182,7 +184,7 @@ def plot_contamination(summary: pd.DataFrame, success_asr: float = SUCCESS_ASR) 
     objective and method."""
     attacks = list(dict.fromkeys(summary.attack))
     figure, axes = _two_rows(
-        len(attacks), (f"best top-1 at ASR@1 <= {success_asr:.0%} (%)", "lowest ASR@1 reached (%)"),
+        len(attacks), (f"best top-1 at ASR@1 <= {criteria.success_asr:.0%} (%)", "lowest ASR@1 reached (%)"),
         "poisons in the cleaning set",
     )
     lines = summary.groupby(["pretrain_objective", "clean_method"], sort=False)
@@ -195,7 +197,7 @@ def plot_contamination(summary: pd.DataFrame, success_asr: float = SUCCESS_ASR) 
             style, marker = styles[method]
             for row, metric in enumerate(["best_top1", "lowest_asr_top1"]):
                 _with_error_bars(axes[row, column], line.cleaning_poisons, line, metric, ls=style, marker=marker, label=label)
-        axes[1, column].axhline(100 * success_asr, color="gray", ls="--", lw=1)
+        axes[1, column].axhline(100 * criteria.success_asr, color="gray", ls="--", lw=1)
         axes[0, column].set_title(attack)
     axes[0, 0].legend(fontsize=8)
     title = figure.suptitle("Poisons left in the cleaning set\n(the mean over replicates, with its 95% interval)")
@@ -208,7 +210,7 @@ def _with_error_bars(ax, x: pd.Series, frame: pd.DataFrame, metric: str, **style
     ax.errorbar(x, 100 * frame[metric], yerr=100 * spread, **({"marker": "o", "ls": "none"} | style), ms=4, capsize=2, lw=1)
 
 
-def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str], success_asr: float = SUCCESS_ASR) -> Figure:
+def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str], criteria: Criteria = Criteria()) -> Figure:
     """A column per pretraining objective: each stopping rule's choice in every cleaning run of
     the study (the stopping_rule_intervals rows: a point per run without its seeds, its mean over
     the replicates with its 95% interval, coloured by attack), as the top-1 it gives up against
@@ -226,13 +228,13 @@ def plot_stopping_rules(rules: pd.DataFrame, objectives: Sequence[str], success_
             _with_error_bars(axes[1, column], runs.x, runs, "asr_top1", color=colors[attack])
         axes[0, column].axhline(0, color="gray", lw=0.8)
         axes[0, column].set_title(objective_title(objective))
-        axes[1, column].axhline(100 * success_asr, color="gray", ls="--", lw=1)
+        axes[1, column].axhline(100 * criteria.success_asr, color="gray", ls="--", lw=1)
         axes[1, column].set_xticks(range(len(names)), names, rotation=20)
     axes[0, 0].autoscale(axis="y")  # a rule may beat the oracle's top-1: regret is not a percentage
     axes[0, 0].legend(fontsize=8)
     title = figure.suptitle(
         f"Stopping rules: the checkpoint each keeps, a point per cleaning run\n(mean over replicates, 95% interval; "
-        f"dashed: ASR@1 {success_asr:.0%})"
+        f"dashed: ASR@1 {criteria.success_asr:.0%})"
     )
     return _fit_width(figure, title)
 
@@ -288,14 +290,14 @@ def write_study_figures(
     and the trajectories figure (each at every path given for the facet), the points of every
     fig2, the contamination figure, the summary table, which is returned, the stopping rules'
     figure and table, and each of INTERVAL_TABLES at its path in `interval_tables`."""
-    success_asr = query(database, "SELECT success_asr FROM criteria")["success_asr"][0].as_py()
+    criteria = Criteria(**query(database, "SELECT * FROM criteria").to_pylist()[0])
     runs = query(database, "SELECT * FROM cleaning_trajectories").to_pandas()
     points = []
     for facet, fig2_paths, trajectory_paths in zip(facets, fig2, trajectories, strict=True):
         facet_runs = runs[(runs.attack == facet["attack"]) & (runs.cleaning_poisons == facet["cleaning_poisons"])]
         facet_points = fig2_points(facet_runs, objectives)
         for path in fig2_paths:
-            save_figure(plot_fig2(facet_points, objectives, facet_title(facet), success_asr), path)
+            save_figure(plot_fig2(facet_points, objectives, facet_title(facet), criteria), path)
         for path in trajectory_paths:
             save_figure(plot_trajectories(facet_runs, objectives, facet_title(facet)), path)
         points.append(facet_points.assign(**facet))
@@ -305,11 +307,11 @@ def write_study_figures(
     table["best_epoch"] = table["best_epoch"].astype("Int64")  # null where no epoch got there
     cells = query(database, "SELECT * FROM summary_intervals").to_pandas()
     for path in contamination:
-        save_figure(plot_contamination(cells, success_asr), path)
+        save_figure(plot_contamination(cells, criteria), path)
     write_csv(table, summary)
     rules = query(database, "SELECT * FROM stopping_rule_intervals").to_pandas()
     for path in stopping:
-        save_figure(plot_stopping_rules(rules, objectives, success_asr), path)
+        save_figure(plot_stopping_rules(rules, objectives, criteria), path)
     if stopping_table:
         write_csv(query(database, "SELECT * FROM stopping_rules").to_pandas(), stopping_table)
     for name in INTERVAL_TABLES:
