@@ -287,3 +287,21 @@ def test_a_damaged_checkpoint_is_set_aside_by_the_stage_that_reads_it_and_made_a
     assert repaired.returncode == 0, repaired.stderr[-3000:]
     assert jobs_run(repaired.stderr) == {"clean": 1, "evaluate_cleaned": 1, "total": 2}
     assert weights.stat().st_size > 4000 and (weights.parent / f"{weights.name}.damaged").is_file()
+
+
+def python_snippets() -> list[tuple[str, str]]:
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [(document.name, block) for document in documents
+            for block in re.findall(r"```python\n(.*?)```", document.read_text(), re.S)]
+
+
+def test_every_python_snippet_of_the_readme_and_the_docs_runs_on_a_study(smoke_run, monkeypatch):
+    """In the smoke study's folder, named as the snippets name the default's."""
+    for link, target in (("results/studies/default", "smoke"), ("configs", ROOT / "configs")):
+        if not (smoke_run / link).exists():
+            (smoke_run / link).symlink_to(target)
+    monkeypatch.chdir(smoke_run)
+    snippets = python_snippets()
+    assert len(snippets) >= 5
+    for name, snippet in snippets:
+        exec(compile(snippet, name, "exec"), {})

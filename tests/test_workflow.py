@@ -107,3 +107,17 @@ def test_impossible_poisoning_fails_with_one_line_each_and_no_output(tiny_run):
     assert "Traceback" not in result.stderr
     for target in targets:
         assert not (tiny_run / target).exists()
+
+
+def test_the_readmes_first_study_plans_its_grid_in_a_results_folder_of_its_own(tmp_path):
+    overlay = re.search(r"## Your first study.*?```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    (tmp_path / "my_study.yaml").write_text(overlay)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n", "--configfile", "config.yaml",
+         str(tmp_path / "my_study.yaml"), "--directory", str(tmp_path / "my_results")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout)["clean"] == 2 * 2 * 5  # attacks x methods x seeds
+    assert "results/studies/my_study/tables/summary_intervals.csv" in result.stdout
+    assert not (ROOT / "my_study").exists()
