@@ -134,6 +134,26 @@ def _check_model(config: dict[str, Any]) -> None:
         raise UserError(f"config: study.model: {model!r} is not a model of open_clip or cleanclip_core/model_configs; e.g. {', '.join(close)}")
 
 
+def _check_tag(model: str, tag: str) -> None:
+    """An open_clip pretrained tag is one open_clip has for the model, with the model's
+    activation and normalization; checked with open_clip itself, so only a study that names a
+    tag pays for importing it (and torch) at DAG build."""
+    from cleanclip_core.models import check_pretrained
+
+    try:
+        check_pretrained(model, tag)
+    except UserError as error:
+        tags = _open_clip_tags(model)
+        close = [] if tag in tags else difflib.get_close_matches(tag, tags, n=1)
+        raise UserError(f"config: study.start: {error}" + (f"; did you mean {close[0]!r}?" if close else "")) from None
+
+
+def _open_clip_tags(model: str) -> list[str]:
+    import open_clip
+
+    return list(open_clip.list_pretrained_tags_by_model(model))
+
+
 def _warn_about_resizing(config: dict[str, Any]) -> None:
     """The loaders fit every image to the model's input size each time they read it: images
     stored at another size cost a resize per image in every epoch of every run."""
@@ -170,6 +190,8 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"config: {location}: {path} does not exist")
     if named_files["study.start"] and (problem := checkpoint_problem(start)):
         raise UserError(f"config: study.start: {problem}")
+    if start_kind(start) == "tag":
+        _check_tag(config["study"]["model"], start)
     _check_targets(config)
     _check_cleaning_poisons(config)
     _check_pretraining_curve(config)

@@ -85,8 +85,9 @@ def report_figures(name, caption):
 
 
 def poisoning_attacks():
-    """The configured attacks that poison (a clean control has no poisoned row to picture)."""
-    return [name for name, attack in config["attacks"].items() if attack["n_poisons"]]
+    """The study's attacks that poison (a clean control has no poisoned row to picture); an
+    attack that is configured but not studied is neither poisoned nor pictured."""
+    return [name for name in STUDY["attacks"] if config["attacks"][name]["n_poisons"]]
 
 
 def url_list(wildcards):
@@ -116,8 +117,7 @@ def poisoned_manifest(wildcards):
 
 
 def attack_folders(name):
-    """The file `name` of every configured attack that poisons (a clean control has no poisoned
-    row to picture)."""
+    """The file `name` of every attack of the study that poisons."""
     return [_filled(f"{ATTACK_DIR}/{name}", {"dataset": DATASET, "attack": attack}) for attack in poisoning_attacks()]
 
 

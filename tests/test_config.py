@@ -9,6 +9,7 @@ import yaml
 from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, model_image_size, validate_config
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import image_size_for
+from test_presets import merged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,14 +173,16 @@ def config_snippets() -> list[str]:
 
 @pytest.mark.parametrize("snippet", config_snippets())
 def test_every_config_snippet_of_the_readme_and_the_docs_is_valid(snippet):
-    config = validate_config(merged_with_default(yaml.safe_load(snippet)))
+    config = validate_config(merged(yaml.safe_load((ROOT / "config.yaml").read_text()), yaml.safe_load(snippet)))
     if not config["dataset"]["url_list"]:  # a CC3M example names a file that is not here
         check_config(config)
 
 
-def merged_with_default(overlay: dict) -> dict:
-    """The overlay on config.yaml, merged key by key as Snakemake merges config files."""
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    for section, values in overlay.items():
-        config[section] = config.get(section, {}) | values if isinstance(values, dict) else values
-    return config
+@pytest.mark.parametrize("model, tag, message", [
+    ("ViT-B-32", "opnai", "config: study.start: open_clip has no pretrained weights 'opnai' for ViT-B-32; it has .*; did you mean 'openai'\\?$"),
+    ("ViT-B-32", "openai", "config: study.start: the openai weights of ViT-B-32 were trained with QuickGELU; use the model ViT-B-32-quickgelu$"),
+])
+def test_an_open_clip_tag_is_checked_before_anything_runs(model, tag, message):
+    config = validate_config({"study": {"model": model, "start": tag}, "dataset": {"download": {"image_size": 224}}})
+    with pytest.raises(UserError, match=message):
+        check_config(config)

@@ -29,8 +29,6 @@ SMALL = {
         "badnet": {"n_poisons": 12},
         "blended": {"n_poisons": 12},
         "badclip": {"n_poisons": 12, "trigger": {"epochs": 2, "n_images": 60}},
-        # not in the study, but rule all draws every configured attack's trigger
-        "wanet": {"n_poisons": 6}, "sig": {"n_poisons": 6}, "label_consistent": {"n_poisons": 2},
     },
     "study": {"pretrain_objectives": ["mmcl"], "seeds": [0]},
     "pretrain": {"epochs": 1, "batch_size": 20, "warmup_steps": 1},

@@ -75,7 +75,7 @@ def expected_job_counts(config: dict) -> dict[str, int]:
     }
     counts = {name: int(count) for name, count in preparations.items() if count} | {
         "download": 1, "manifest": 1,
-        "poison": len(config["attacks"]), "trigger_grid": len(config["attacks"]),
+        "poison": len(config["study"]["attacks"]), "trigger_grid": len(config["study"]["attacks"]),
         "cleaning_set": len(cleaning[["attack", "cleaning_poisons"]].drop_duplicates()),
         "pretrain": len(pretrained), "evaluate_pretrained": len(pretrained),
         "clean": len(cleaning), "evaluate_cleaned": len(cleaning),  # one job evaluates all epochs of a run

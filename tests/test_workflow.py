@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from test_presets import merged
 from workflow import ROOT, TINY_CONFIG, attack_folder, job_counts, run_snakemake
 
 
@@ -19,7 +20,8 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
     seeds = len(default_config["study"]["seeds"])
     runs = len(default_config["study"]["pretrain_objectives"]) * len(default_config["clean"]["lrs"]) * seeds
     expected = {
-        "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 5, "trigger_grid": 5,
+        # only the studied attack is poisoned and pictured, of the five the default configures
+        "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 1, "trigger_grid": 1,
         "pretrain": 2, "cleaning_set": seeds, "clean": runs, "evaluate_cleaned": runs,
         "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
         # the curve's job per pretrained model scores every pretraining epoch and the model itself
@@ -121,3 +123,17 @@ def test_the_readmes_first_study_plans_its_grid_in_a_results_folder_of_its_own(t
     assert job_counts(result.stdout)["clean"] == 2 * 2 * 5  # attacks x methods x seeds
     assert "results/studies/my_study/tables/summary_intervals.csv" in result.stdout
     assert not (ROOT / "my_study").exists()
+
+
+def test_the_slurm_profile_sizes_every_stage_that_takes_a_gpu(tmp_path):
+    """Else a stage gets the launch layer's defaults on the cluster: no GPU, 24 hours."""
+    config = merged(yaml.safe_load((ROOT / "config.yaml").read_text()), yaml.safe_load((ROOT / "configs/defenses.yaml").read_text()))
+    config["pretrain"]["curve"] = True  # its evaluation stage too
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
+    gpu_stages = {rule for rule, resources in jobs if "gpu=1" in resources.split(", ")}
+    assert {"pretrain_surrogate", "optimize_trigger", "prepare_cleaning", "evaluate_pretraining_curve"} <= gpu_stages
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert gpu_stages <= set(profile["set-resources"]) and gpu_stages <= set(profile["set-threads"])
+    assert all(profile["set-resources"][stage]["gpus_per_node"] >= 1 for stage in gpu_stages)
