@@ -9,6 +9,7 @@ fitted and triggered once, and every checkpoint scores it (`evaluate_zero_shot`)
 """
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
@@ -287,7 +288,19 @@ def evaluate_checkpoints(
     checkpoints = [ZeroShotModel.build(model, tokenizer, dataset.classnames, device) for model in chain([first], models)]
     loader = DataLoader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     target = target_class_index(dataset.classnames, attack["target_label"])
-    return evaluate_ranks(checkpoints, loader, target, device)
+    log.info(f"evaluating {len(checkpoints)} checkpoints on {len(dataset)} images, clean and triggered")
+    return evaluate_ranks(checkpoints, _with_progress(loader, len(checkpoints)), target, device)
+
+
+def _with_progress(loader: DataLoader, checkpoints: int) -> Iterator[Mapping[str, Any]]:
+    """The loader's batches, with a progress line at about every tenth of them."""
+    every, started = max(1, len(loader) // 10), time.perf_counter()
+    for index, batch in enumerate(loader, 1):
+        yield batch
+        if index % every == 0 or index == len(loader):
+            images = index * loader.batch_size
+            log.info(f"evaluated {min(images, len(loader.dataset))} of {len(loader.dataset)} images x {checkpoints} "
+                     f"checkpoints, {images * checkpoints / (time.perf_counter() - started):.0f} images/s")
 
 
 def write_checkpoints_metrics(

@@ -3,6 +3,7 @@ stderr, with its full traceback in the log."""
 
 import errno
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,10 +21,18 @@ DISK_ERRORS = {
 
 
 class _MessageOnly(logging.Formatter):
-    """A record's message without the traceback it carries, which the log file keeps."""
+    """A record's message without the traceback it carries, which the log file keeps; progress
+    (below a warning) with the time of day, so that parallel jobs' lines can be read in order."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
+        message = record.getMessage()
+        return f"{self.formatTime(record, '%H:%M:%S')} {message}" if record.levelno < logging.WARNING else message
+
+
+def _not_open_clip_chatter(record: logging.LogRecord) -> bool:
+    """open_clip logs every tokenizer and model lookup to the root logger at INFO: dropped, its
+    warnings kept."""
+    return record.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
 
 
 @contextmanager
@@ -36,7 +45,9 @@ def reported_step(log_path: str | None = None) -> Iterator[None]:
     if log_path:
         console.setFormatter(_MessageOnly())
         handlers.append(logging.FileHandler(log_path))
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
+    for handler in handlers:
+        handler.addFilter(_not_open_clip_chatter)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=handlers, force=True)
     try:
         yield
     except UserError as error:

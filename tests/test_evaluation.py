@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import open_clip
@@ -313,13 +314,16 @@ def test_each_checkpoint_gets_its_metrics_file_with_its_own_weights_hash(cleanin
         assert table_provenance(Path(path))["inputs_sha256"] == files_sha256([weights])
 
 
-def test_the_ranks_of_every_image_give_back_every_metric(cleaning_run, shapes_shards, tmp_path):
+def test_the_ranks_of_every_image_give_back_every_metric(cleaning_run, shapes_shards, tmp_path, caplog):
     checkpoints = [{"dataset": "shapes", "attack": "badnet", "epoch": epoch} for epoch in (1, 2, 3)]
     outputs = [str(tmp_path / f"epoch_{epoch:03d}" / "metrics.parquet") for epoch in (1, 2, 3)]
-    metrics = write_checkpoints_metrics(
-        "tiny-rn", [str(path) for path in cleaning_run], str(shapes_shards.corpus.eval_dir), None, ATTACK,
-        checkpoints, {}, outputs, ranks_output=str(tmp_path / "image_ranks.parquet"), batch_size=8,
-    )
+    with caplog.at_level(logging.INFO, logger="cleanclip_core.evaluation"):
+        metrics = write_checkpoints_metrics(
+            "tiny-rn", [str(path) for path in cleaning_run], str(shapes_shards.corpus.eval_dir), None, ATTACK,
+            checkpoints, {}, outputs, ranks_output=str(tmp_path / "image_ranks.parquet"), batch_size=8,
+        )
+    progress = [message.split(",")[0] for message in caplog.messages if message.startswith("evaluat")]
+    assert progress == ["evaluating 3 checkpoints on 20 images"] + [f"evaluated {n} of 20 images x 3 checkpoints" for n in (8, 16, 20)]
     ranks = pq.read_table(tmp_path / "image_ranks.parquet").to_pandas()
     assert len(ranks) == 3 * 20 and ranks.groupby("epoch").image.apply(sorted).map(list).tolist() == [list(range(20))] * 3
     target = EvaluationImages(shapes_shards.corpus.eval_dir).dataset(16, lambda image: image).classnames.index("star")

@@ -50,3 +50,13 @@ def test_without_a_log_file_the_traceback_goes_to_stderr():
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1 and "Traceback" in result.stderr and "error: KeyError: 'x'" in result.stderr
+
+
+def test_progress_has_the_time_of_day_and_open_clips_lookups_are_left_out(tmp_path):
+    body = ("import logging, open_clip; open_clip.get_tokenizer('RN50'); logging.getLogger('cleanclip').info('epoch 1/2'); "
+            "logging.getLogger('cleanclip').warning('warning: slow')")
+    result = run_stage(body, tmp_path / "stage.log")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and re.fullmatch(r"\d\d:\d\d:\d\d epoch 1/2", lines[0]) and lines[1] == "warning: slow"
+    assert "tokenizer" not in (tmp_path / "stage.log").read_text()

@@ -170,6 +170,7 @@ def train(
     rows = _earlier_log_rows(partial / STEP_LOG, epochs_done)
     pending: list[dict] = []  # logged steps whose values are still tensors
 
+    started, first_epoch = time.perf_counter(), epochs_done
     for epoch in range(epochs_done, settings.epochs):
         sampler.set_epoch(epoch)
         views.epoch = epoch
@@ -188,7 +189,8 @@ def train(
         epochs_done = epoch + 1
         if rank == 0:
             _end_epoch(partial, trained, optimizer, rows, epochs_done, step, run_settings, keep_every_epoch, world_size)
-        log.info(f"epoch {epochs_done}/{settings.epochs}: loss {float(rows[-1]['loss']):.4f}")
+        log.info(_epoch_line(out_dir, epochs_done, settings, float(rows[-1]["loss"]), len(loader),
+                             (time.perf_counter() - started) / (epochs_done - first_epoch)))
         _barrier(world_size)
 
     if rank == 0:
@@ -286,6 +288,17 @@ def global_values(pending: list[dict]) -> list[dict]:
         values /= world_size
     return [row | dict(zip(names, row_values.tolist())) for row, row_values in zip(pending, values)]
 
+
+
+def _epoch_line(out_dir: Path, epochs_done: int, settings: TrainSettings, loss: float, steps: int, epoch_s: float) -> str:
+    """The progress line of an epoch: which run (its dimensions' values: parallel jobs share a
+    console), where it is, how fast, and how long it has left."""
+    run = "/".join(part.split("=", 1)[1] for part in Path(out_dir).parts if "=" in part) or str(out_dir)
+    left = epoch_s * (settings.epochs - epochs_done)
+    return (
+        f"{run}: epoch {epochs_done}/{settings.epochs} ({steps * epochs_done} steps): loss {loss:.4f}, "
+        f"{steps * settings.batch_size / epoch_s:.0f} samples/s, {left / 60:.1f} min left"
+    )
 
 def _finite_rows(pending: list[dict], epochs_done: int, folder: Path, lr: float) -> list[dict]:
     """The pending log rows as plain numbers, global (emptying `pending`); stop if a loss is not

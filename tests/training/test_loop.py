@@ -3,6 +3,7 @@
 import datetime
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -187,11 +188,16 @@ def test_step_log_has_every_step_with_its_loss_terms(training_data, tmp_path):
     assert (log.logit_scale <= 100 + 1e-4).all()
 
 
-def test_keeping_every_epoch_writes_one_weights_file_per_epoch_and_names_the_last_model(training_data, tmp_path):
-    final = train(replace(SETTINGS, objective={"mmcl": 1.0}), training_data, tmp_path, keep_every_epoch=True)
-    assert final == tmp_path / "epoch_002.pt"
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "model.pt"]
-    assert (tmp_path / "model.pt").samefile(final)  # a second name, not a copy
+def test_keeping_every_epoch_writes_one_weights_file_per_epoch_and_names_the_last_model(training_data, tmp_path, caplog):
+    run = tmp_path / "clean_method=cleanclip/lr=0.003"
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        final = train(replace(SETTINGS, objective={"mmcl": 1.0}), training_data, run, keep_every_epoch=True)
+    progress = [message for message in caplog.messages if "epoch" in message]
+    assert [re.fullmatch(r"cleanclip/0.003: epoch (\d)/2 \((\d+) steps\): loss [\d.]+, \d+ samples/s, [\d.]+ min left", line).groups()
+            for line in progress] == [("1", "15"), ("2", "30")]
+    assert final == run / "epoch_002.pt"
+    assert sorted(p.name for p in run.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "model.pt"]
+    assert (run / "model.pt").samefile(final)  # a second name, not a copy
 
 
 def test_a_loss_that_becomes_nan_stops_with_a_clear_message(training_data, tmp_path):
