@@ -28,7 +28,7 @@ SELECT
     run.run_id, {run_pretrain}, {run_clean},
     checkpoint.epoch, checkpoint.top1, checkpoint.top5,
     checkpoint.asr_top1, checkpoint.asr_top5, checkpoint.asr_top10,
-    checkpoint.n_images, checkpoint.n_triggered
+    checkpoint.n_images, checkpoint.n_triggered, checkpoint.n_classes
 FROM runs AS run
 JOIN metrics_wide AS checkpoint
     ON checkpoint.run_id = run.run_id

@@ -49,7 +49,9 @@ def fig2_points(trajectories: pd.DataFrame, objectives: Sequence[str]) -> pd.Dat
     missing = [o for o in objectives if o not in set(trajectories.pretrain_objective)]
     if missing:
         raise UserError(f"the results database has no cleaning run of the {missing[0]!r}-pretrained model")
-    columns = ["panel", "run_id", "clean_method", "lr", "epoch", "top1", "asr_top1"]
+    columns = ["panel", "run_id", "clean_method", "lr", "epoch", "top1", "asr_top1"] + (
+        ["n_classes"] if "n_classes" in trajectories else []
+    )
     frame = trajectories[trajectories.pretrain_objective.isin(objectives)].rename(
         columns={"pretrain_objective": "panel"}
     )
@@ -78,6 +80,7 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, crite
     colors = _lr_colors(cleaned.lr)
     markers = dict(zip(sorted(set(cleaned.clean_method)), METHOD_MARKERS))
     last_epoch = int(cleaned.epoch.max())
+    classes = points.n_classes.max() if "n_classes" in points and points.n_classes.notna().any() else None
     figure = Figure(figsize=(PANEL_INCHES * len(objectives), PANEL_INCHES + 0.6), layout="constrained")
     axes = figure.subplots(1, len(objectives), squeeze=False, sharey=True)[0]
     for ax, objective in zip(axes, objectives):
@@ -95,8 +98,9 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, crite
                 100 * row.asr_top1, 100 * row.top1, color=colors[row.lr], marker=markers[row.clean_method],
                 alpha=_epoch_alpha(row.epoch, last_epoch), s=36, edgecolors="none",
             )
-        floor = ax.axvline(100 * criteria.attack_floor, color="gray", ls=":", lw=1,
-                           label="attack floor")
+        floor = ax.axvline(100 * criteria.attack_floor, color="gray", ls=":", lw=1, label="attack floor")
+        if classes:
+            chance = ax.axhline(100 / classes, color="gray", ls="-.", lw=1, label="chance top-1")
         poisoned_start = ax.scatter(100 * start.asr_top1, 100 * start.top1, marker="*", s=260, color="red",
                                     edgecolors="darkred", zorder=3, label="poisoned start")
         ax.set_title(objective_title(objective))
@@ -110,7 +114,7 @@ def plot_fig2(points: pd.DataFrame, objectives: Sequence[str], facet: str, crite
     ]
     if len(markers) > 1:
         handles += [axes[0].scatter([], [], color="gray", marker=m, label=method) for method, m in markers.items()]
-    handles += [success, poisoned_start, floor]
+    handles += [success, poisoned_start, floor] + ([chance] if classes else [])
     figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(len(handles), objectives),
                   fontsize=8)
     title = figure.suptitle(
@@ -199,6 +203,8 @@ def plot_contamination(summary: pd.DataFrame, criteria: Criteria = Criteria()) -
                 _with_error_bars(axes[row, column], line.cleaning_poisons, line, metric, ls=style, marker=marker, label=label)
         axes[1, column].axhline(100 * criteria.success_asr, color="gray", ls="--", lw=1)
         axes[0, column].set_title(attack)
+    poisons = summary.cleaning_poisons
+    axes[0, 0].set_xlim(poisons.min() - 1, poisons.max() + 1)  # one count: a point, not a hair-wide axis
     axes[0, 0].legend(fontsize=8)
     title = figure.suptitle("Poisons left in the cleaning set\n(the mean over replicates, with its 95% interval)")
     return _fit_width(figure, title)
