@@ -66,8 +66,22 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        raise UserError(f"config: {_location(error)}: {error.message}")
+        raise UserError(f"config: {_location(error)}: {error.message}{_yaml_number_hint(error.instance)}")
     return config
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """YAML 1.1 reads `3e-3` (no dot in the mantissa) as a string: say how to write the number."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    mantissa, _, exponent = value.partition("e") if "e" in value else value.partition("E")
+    if exponent and "." not in mantissa:
+        return f"; YAML reads {value} as text: write {mantissa}.0e{exponent}"
+    return f"; write {value} without quotes"
 
 
 def _check_references(config: dict[str, Any]) -> None:

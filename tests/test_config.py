@@ -186,3 +186,12 @@ def test_an_open_clip_tag_is_checked_before_anything_runs(model, tag, message):
     config = validate_config({"study": {"model": model, "start": tag}, "dataset": {"download": {"image_size": 224}}})
     with pytest.raises(UserError, match=message):
         check_config(config)
+
+
+@pytest.mark.parametrize("written, hint", [
+    ("1e-4, 3e-3", "config: clean.lrs.1: '3e-3' is not of type 'number'; YAML reads 3e-3 as text: write 3.0e-3$"),
+    ("1.0e-4, '0.5'", "config: clean.lrs.1: '0.5' is not of type 'number'; write 0.5 without quotes$"),
+])
+def test_a_number_that_yaml_reads_as_text_says_how_to_write_it(written, hint):
+    with pytest.raises(UserError, match=hint):
+        validate_config(yaml.safe_load(f"clean: {{lrs: [{written}]}}"))
