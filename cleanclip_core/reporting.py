@@ -20,13 +20,22 @@ DISK_ERRORS = {
 }
 
 
-class _MessageOnly(logging.Formatter):
-    """A record's message without the traceback it carries, which the log file keeps; progress
-    (below a warning) with the time of day, so that parallel jobs' lines can be read in order."""
+class _Console(logging.Formatter):
+    """A record's message, progress (below a warning) with the time of day, so that parallel
+    jobs' lines can be read in order; the traceback a record carries only where no log file
+    keeps it."""
+
+    def __init__(self, with_traceback: bool) -> None:
+        super().__init__()
+        self.with_traceback = with_traceback
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        return f"{self.formatTime(record, '%H:%M:%S')} {message}" if record.levelno < logging.WARNING else message
+        if record.levelno < logging.WARNING:
+            return f"{self.formatTime(record, '%H:%M:%S')} {message}"
+        if self.with_traceback and record.exc_info:
+            return f"{message}\n{self.formatException(record.exc_info)}"
+        return message
 
 
 def _not_open_clip_chatter(record: logging.LogRecord) -> bool:
@@ -41,13 +50,15 @@ def reported_step(log_path: str | None = None) -> Iterator[None]:
     UserError's message, the path and cause of a disk error, or the exception's first line; the
     log file gets its traceback (stderr too when there is no log file)."""
     console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(_Console(with_traceback=not log_path))
     handlers: list[logging.Handler] = [console]
     if log_path:
-        console.setFormatter(_MessageOnly())
-        handlers.append(logging.FileHandler(log_path))
+        log_file = logging.FileHandler(log_path)
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handlers.append(log_file)
     for handler in handlers:
         handler.addFilter(_not_open_clip_chatter)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     try:
         yield
     except UserError as error:
