@@ -1,6 +1,14 @@
 # Backdoor poisoning and cleaning of CLIP models: the DAG from download to figures.
 import sys
 
+# The DAG and every job import this checkout's cleanclip_core, whichever clone the environment
+# was installed from: jobs inherit the import path.
+sys.path.insert(0, workflow.basedir)
+
+from cleanclip_core.registry import prepend_import_path
+
+prepend_import_path(workflow.basedir)
+
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 
@@ -15,7 +23,7 @@ if not workflow.overwrite_configfiles:
 try:
     check_config(validate_config(config))
 except UserError as error:
-    sys.exit(f"error: {error}")
+    sys.exit("\n".join(f"error: {line}" for line in str(error).splitlines()))
 
 
 include: "rules/common.smk"

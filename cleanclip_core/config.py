@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Iterator
+from itertools import chain
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
+from cleanclip_core.defenses import CLEAN_SET, DEFENSES, get_defense
 from cleanclip_core.errors import UserError
 from cleanclip_core.files import checkpoint_problem
+from cleanclip_core.registry import use_plugins
 from cleanclip_core.study import start_kind
+from cleanclip_core.terms import TERMS
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
 
@@ -58,16 +63,57 @@ def _location(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Check `config` against the schema and fill in its defaults, in place; return it."""
+def config_schema() -> dict[str, Any]:
+    """config.schema.yaml completed from the registries (built-in entries and plugins'): the
+    attack types and their trigger parameters, the loss terms, the cleaning methods' options."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    attack = schema["$defs"]["attack"]
+    attack["properties"]["type"]["enum"] = sorted(ATTACKS)
+    attack["allOf"] = [
+        {"if": {"properties": {"type": {"const": name}}}, "then": {"properties": {"trigger": entry.trigger_schema}}}
+        for name, entry in ATTACKS.items() if entry.trigger_schema is not None
+    ]
+    schema["properties"]["objectives"]["additionalProperties"]["properties"] = {
+        name: {"type": "number", "minimum": 0, "description": term.description} for name, term in TERMS.items()
+    }
+    schema["properties"]["defenses"]["properties"] = {
+        name: {"default": {}, **defense.options} for name, defense in DEFENSES.items() if defense.options is not None
+    }
+    return schema
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Load the config's plugins, check `config` against the schema and fill in its defaults, in
+    place; return it. Every problem is a line of the one error."""
+    plugins = config.get("plugins", [])
+    if not (isinstance(plugins, list) and all(isinstance(name, str) for name in plugins)):
+        raise UserError(f"config: plugins: {plugins!r} is not a list of module names")
+    use_plugins(plugins)
+    schema = config_schema()
     if isinstance(config.get("objectives"), dict):  # a config adds objectives to the built-in ones
         config["objectives"] = copy.deepcopy(schema["properties"]["objectives"]["default"]) | config["objectives"]
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
-    if error is not None:
-        raise UserError(f"config: {_location(error)}: {error.message}{_yaml_number_hint(error.instance)}")
+    problems = [_problem(jsonschema.exceptions.best_match([error])) for error in validator.iter_errors(config)]
+    if problems:
+        raise UserError("\n".join(dict.fromkeys(sorted(problems))))
     return config
+
+
+def _problem(error: jsonschema.ValidationError) -> str:
+    return f"config: {_location(error)}: {error.message}{_did_you_mean(error)}{_yaml_number_hint(error.instance)}"
+
+
+def _did_you_mean(error: jsonschema.ValidationError) -> str:
+    """The near miss of a misspelt key or name: the schema's allowed keys or values."""
+    if error.validator == "enum":
+        choices, given = [str(value) for value in error.validator_value], [str(error.instance)]
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        choices = list(error.schema.get("properties", {}))
+        given = [key for key in error.instance if key not in choices]
+    else:
+        return ""
+    close = [match for name in given for match in difflib.get_close_matches(name, choices, n=1)]
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _yaml_number_hint(value: Any) -> str:
@@ -84,12 +130,12 @@ def _yaml_number_hint(value: Any) -> str:
     return f"; write {value} without quotes"
 
 
-def _check_references(config: dict[str, Any]) -> None:
+def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
     """Names in the study that must be keys of another section, weights that train something,
     and the labels the supervised objective needs."""
     for name, weights in config["objectives"].items():
         if not any(weights.values()):
-            raise UserError(f"config: objectives.{name}: every weight is zero, so it trains nothing; give one term a weight above 0")
+            yield f"config: objectives.{name}: every weight is zero, so it trains nothing; give one term a weight above 0"
     study = config["study"]
     named = [
         ("study.attacks", study["attacks"], "attacks"),
@@ -99,21 +145,18 @@ def _check_references(config: dict[str, Any]) -> None:
         ("clean.per_method", list(config["clean"]["per_method"]), "objectives"),
     ]
     for location, names, section in named:
-        unknown = [name for name in names if name not in config[section]]
-        if unknown:
-            raise UserError(f"config: {location}: {unknown[0]!r} is not one of {section} ({', '.join(config[section])})")
-
-    def supervised(names: list[str]) -> list[str]:
-        return [name for name in names if config["objectives"][name].get("supervised")]
-
-    if supervised(study["pretrain_objectives"]):
-        raise UserError(
-            f"config: study.pretrain_objectives: {supervised(study['pretrain_objectives'])[0]!r} has a "
-            "supervised term, which only cleaning supports"
-        )
-    supervised_methods = supervised(study["clean_methods"])
+        for name in names:
+            if name not in config[section]:
+                close = difflib.get_close_matches(name, list(config[section]), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                yield f"config: {location}: {name!r} is not one of {section} ({', '.join(config[section])}){hint}"
+    pretrain_objectives = [name for name in study["pretrain_objectives"] if name in config["objectives"]]
+    for name in pretrain_objectives:
+        if config["objectives"][name].get("supervised"):
+            yield f"config: study.pretrain_objectives: {name!r} has a supervised term, which only cleaning supports"
+    supervised_methods = [name for name in study["clean_methods"] if config["objectives"].get(name, {}).get("supervised")]
     if supervised_methods and config["dataset"]["url_list"] and not config["clean"]["labels"]:
-        raise UserError(
+        yield (
             f"config: clean.labels: cleaning method {supervised_methods[0]!r} is supervised and needs a "
             "labels table (url, classname) for the downloaded dataset"
         )
@@ -138,20 +181,22 @@ def model_image_size(name: str) -> int | None:
     return size[0] if isinstance(size, list) else size
 
 
-def _check_model(config: dict[str, Any]) -> None:
-    """The model is one that open_clip or this project has a config of: else the download, the
-    manifest and the poisoning would run before the pretraining finds out."""
+def _model_problems(config: dict[str, Any]) -> Iterator[str]:
+    """The model is one that open_clip or this project has a config of, and an open_clip tag
+    one open_clip has for it: else the download, the manifest and the poisoning would run before
+    the pretraining finds out."""
     model, folders = config["study"]["model"], _model_config_folders()
     known = sorted({path.stem for folder in folders for path in folder.glob("*.json")})
     if len(folders) > 1 and model not in known:  # open_clip's folder found
         close = difflib.get_close_matches(model, known, n=3) or ["RN50", "ViT-B-32", "tiny-rn", "tiny-vit"]
-        raise UserError(f"config: study.model: {model!r} is not a model of open_clip or cleanclip_core/model_configs; e.g. {', '.join(close)}")
+        yield f"config: study.model: {model!r} is not a model of open_clip or cleanclip_core/model_configs; e.g. {', '.join(close)}"
+    elif start_kind(config["study"]["start"]) == "tag":
+        yield from _tag_problems(model, config["study"]["start"])
 
 
-def _check_tag(model: str, tag: str) -> None:
-    """An open_clip pretrained tag is one open_clip has for the model, with the model's
-    activation and normalization; checked with open_clip itself, so only a study that names a
-    tag pays for importing it (and torch) at DAG build."""
+def _tag_problems(model: str, tag: str) -> Iterator[str]:
+    """Checked with open_clip itself (activation and normalization too), so only a study that
+    names a tag pays for importing it (and torch) at DAG build."""
     from cleanclip_core.models import check_pretrained
 
     try:
@@ -159,13 +204,36 @@ def _check_tag(model: str, tag: str) -> None:
     except UserError as error:
         tags = _open_clip_tags(model)
         close = [] if tag in tags else difflib.get_close_matches(tag, tags, n=1)
-        raise UserError(f"config: study.start: {error}" + (f"; did you mean {close[0]!r}?" if close else "")) from None
+        yield f"config: study.start: {error}" + (f"; did you mean {close[0]!r}?" if close else "")
 
 
 def _open_clip_tags(model: str) -> list[str]:
     import open_clip
 
     return list(open_clip.list_pretrained_tags_by_model(model))
+
+
+def _file_problems(config: dict[str, Any]) -> Iterator[str]:
+    """The files the config names exist, and a start file is a checkpoint."""
+    url_list = config["dataset"]["url_list"]
+    if url_list is not None and not Path(url_list).is_file():
+        yield (
+            f"config: dataset.url_list: {url_list} does not exist; point it at a CC3M-format "
+            "TSV (caption<TAB>url) or set it to null to generate the embedded corpus"
+        )
+    classnames = config["evaluation"]["classnames"]
+    start = config["study"]["start"]
+    named_files = {
+        "study.start": start if start_kind(start) == "file" else None,
+        "clean.labels": config["clean"]["labels"],
+        "evaluation.images": config["evaluation"]["images"],
+        "evaluation.classnames": None if classnames == "imagenet" else classnames,
+    }
+    for location, path in named_files.items():
+        if path is not None and not Path(path).exists():
+            yield f"config: {location}: {path} does not exist"
+        elif location == "study.start" and path is not None and (problem := checkpoint_problem(path)):
+            yield f"config: study.start: {problem}"
 
 
 def _warn_about_resizing(config: dict[str, Any]) -> None:
@@ -180,63 +248,50 @@ def _warn_about_resizing(config: dict[str, Any]) -> None:
         )
 
 
+def _raise_all(problems: Iterator[str]) -> None:
+    lines = list(dict.fromkeys(problems))
+    if lines:
+        raise UserError("\n".join(lines))
+
+
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Check a validated config's cross-references and that the files it names exist, and warn
-    about what would cost needless work; return it."""
-    _check_references(config)
-    _check_model(config)
-    url_list = config["dataset"]["url_list"]
-    if url_list is not None and not Path(url_list).is_file():
-        raise UserError(
-            f"config: dataset.url_list: {url_list} does not exist; point it at a CC3M-format "
-            "TSV (caption<TAB>url) or set it to null to generate the embedded corpus"
-        )
-    classnames = config["evaluation"]["classnames"]
-    start = config["study"]["start"]
-    named_files = {
-        "study.start": start if start_kind(start) == "file" else None,
-        "clean.labels": config["clean"]["labels"],
-        "evaluation.images": config["evaluation"]["images"],
-        "evaluation.classnames": None if classnames == "imagenet" else classnames,
-    }
-    for location, path in named_files.items():
-        if path is not None and not Path(path).exists():
-            raise UserError(f"config: {location}: {path} does not exist")
-    if named_files["study.start"] and (problem := checkpoint_problem(start)):
-        raise UserError(f"config: study.start: {problem}")
-    if start_kind(start) == "tag":
-        _check_tag(config["study"]["model"], start)
-    _check_targets(config)
-    _check_cleaning_poisons(config)
-    _check_pretraining_curve(config)
+    """Check a validated config's cross-references, the model and the files it names, then what
+    depends on them, every problem a line of one error; warn about what would cost needless
+    work; return it."""
+    _raise_all(chain(_reference_problems(config), _model_problems(config), _file_problems(config)))
+    _raise_all(chain(
+        _target_problems(config), _cleaning_poisons_problems(config), _pretraining_curve_problems(config),
+        _cleaning_set_problems(config),
+    ))
     _warn_about_resizing(config)
+    _warn_about_warmup(config)
     return config
 
 
-def _check_cleaning_poisons(config: dict[str, Any]) -> None:
+def _cleaning_poisons_problems(config: dict[str, Any]) -> Iterator[str]:
     """A cleaning set draws its poisons from the attack's poisoned rows: it cannot hold more."""
     most = max(config["study"]["cleaning_poisons"])
     for name in config["study"]["attacks"]:
         n_poisons = config["attacks"][name]["n_poisons"]
         if 0 < n_poisons < most:
-            raise UserError(
+            yield (
                 f"config: study.cleaning_poisons: a cleaning set of {most} poisons needs at least as many "
                 f"poisoned rows, and attack {name!r} has n_poisons {n_poisons}"
             )
 
 
-def _check_pretraining_curve(config: dict[str, Any]) -> None:
+def _pretraining_curve_problems(config: dict[str, Any]) -> Iterator[str]:
     """The curve's epochs are files named before any job runs: one count for every objective."""
     pretrain = config["pretrain"]
     differing = sorted(name for name, settings in pretrain["per_objective"].items() if "epochs" in settings)
     if pretrain["curve"] and differing:
-        raise UserError(
+        yield (
             f"config: pretrain.curve needs every objective pretrained for pretrain.epochs, and "
             f"pretrain.per_objective sets epochs for {', '.join(differing)}"
         )
 
 
-def _check_targets(config: dict[str, Any]) -> None:
+def _target_problems(config: dict[str, Any]) -> Iterator[str]:
     """Every studied attack's target is one of the evaluation's classes, known before any job:
     else the evaluation would find out after pretraining."""
     classnames = evaluation_classnames(config)
@@ -244,7 +299,63 @@ def _check_targets(config: dict[str, Any]) -> None:
         try:
             target_class_index(classnames, config["attacks"][name]["target_label"])
         except UserError as error:
-            raise UserError(f"config: attacks.{name}.target_label: {error}") from None
+            yield f"config: attacks.{name}.target_label: {error}"
+
+
+def corpus_rows(config: dict[str, Any]) -> int | None:
+    """The generated corpus's training pairs; None for a URL list, whose pairs are known only
+    once downloaded (the cleaning-set stage checks n_clean then)."""
+    return None if config["dataset"]["url_list"] else config["dataset"]["corpus"]["n_train"]
+
+
+def _cleaning_set_problems(config: dict[str, Any]) -> Iterator[str]:
+    """A cleaning set of n_clean clean pairs needs that many unpoisoned pairs of the corpus."""
+    if not any(get_defense(method).data == CLEAN_SET for method in config["study"]["clean_methods"]):
+        return
+    n_clean, rows = config["clean"]["n_clean"], corpus_rows(config)
+    if rows is None:
+        return
+    for name in config["study"]["attacks"]:
+        clean_rows = rows - config["attacks"][name]["n_poisons"]
+        if 0 <= clean_rows < n_clean:  # more poisons than rows: the poisoning says so
+            yield (
+                f"config: clean.n_clean: {n_clean} clean pairs are more than the {clean_rows} unpoisoned "
+                f"training pairs of attack {name!r} ({rows} pairs); set clean.n_clean to at most {clean_rows}"
+            )
+
+
+def _warn_about_warmup(config: dict[str, Any]) -> None:
+    """A run whose warmup is longer than the run never reaches its learning rate: a config that
+    replaces config.yaml inherits the schema's paper-scale warmups (10,000 pretraining steps).
+    Known before the download for the generated corpus only."""
+    rows, warnings = corpus_rows(config), []
+    if rows is None:
+        return
+    for location, settings, pairs in _runs_settings(config, rows):
+        steps = -(-pairs // settings["batch_size"]) * settings["epochs"]
+        if settings["warmup_steps"] > steps:
+            warnings.append(
+                f"warning: config: {location}.warmup_steps is {settings['warmup_steps']}, more than the {steps} steps "
+                f"of the run ({pairs} pairs, batch {settings['batch_size']}, {settings['epochs']} epochs), so its "
+                "learning rate never reaches the peak; set it below the run's steps"
+            )
+    for warning in dict.fromkeys(warnings):
+        log.warning(warning)
+
+
+def _runs_settings(config: dict[str, Any], rows: int) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(config location of its warmup, training settings, pairs an epoch) of each pretraining
+    objective and cleaning method of the study."""
+    cleaning_pairs = min(config["clean"]["n_clean"], rows) + max(config["study"]["cleaning_poisons"])
+    runs = [("pretrain", "per_objective", name, rows) for name in config["study"]["pretrain_objectives"]]
+    runs += [
+        ("clean", "per_method", name, cleaning_pairs)
+        for name in config["study"]["clean_methods"] if get_defense(name).data == CLEAN_SET
+    ]
+    for section, per, name, pairs in runs:
+        own = config[section][per].get(name, {})
+        location = f"{section}.{per}.{name}" if "warmup_steps" in own else section
+        yield location, config[section] | own, pairs
 
 
 def load_config(path: Path) -> dict[str, Any]:

@@ -2,28 +2,29 @@
 
 Pretraining uses `mmcl` or `mmcl_ssl`; cleaning uses e.g. `cleanclip` (MMCL + in-modal),
 `ssl_only`, `mmcl_only`, `supervised` or a defense's own terms. The weights (the λ's) come from
-the config's `objectives` table; each term is an entry of `TERMS` that declares what it needs:
-the extra views of each sample (a source of `cleanclip_core.training.views`), the features of a
-frozen reference copy of the starting model, class labels.
+the config's `objectives` table; each term is an entry of the registry `TERMS`
+(cleanclip_core.terms) that declares what it needs.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from cleanclip_core.errors import UserError
 from cleanclip_core.losses import inmodal_loss, mmcl_loss, supervised_loss
+from cleanclip_core.registry import resolve
+from cleanclip_core.terms import TERMS, Term
 
 
 @dataclass(frozen=True)
 class TermInputs:
     """What a term sees of one step: the normalized features of every view (`image`, `text` and
     each extra view's fields), the reference copy's features of `image` and `text` (when a term
-    needs them), the logit scale, the batch itself (labels, flags), the supervised head's logits
-    and the defense's options."""
+    needs them), the logit scale, the batch itself (labels, flags), the supervised head's logits,
+    the defense's options, and the CLIP model being trained and its frozen reference copy (for a
+    term of their parameters, e.g. a penalty on the distance between them)."""
 
     features: Mapping[str, torch.Tensor]
     logit_scale: torch.Tensor
@@ -33,33 +34,13 @@ class TermInputs:
     class_logits: torch.Tensor | None = None
     rank: int = 0
     world_size: int = 1
-
-
-@dataclass(frozen=True)
-class Term:
-    name: str
-    loss: Callable[[TermInputs], torch.Tensor]
-    views: tuple[str, ...] = ()
-    """Names of the view sources whose fields the term reads."""
-    needs_reference: bool = False
-    needs_labels: bool = False
-
-
-TERMS: dict[str, Term] = {}
-
-
-def register_term(term: Term) -> None:
-    if term.name in TERMS:
-        raise ValueError(f"loss term {term.name!r} is registered twice")
-    TERMS[term.name] = term
+    model: nn.Module | None = None
+    reference_model: nn.Module | None = None
 
 
 def active_terms(weights: Mapping[str, float]) -> list[Term]:
     """The registered terms an objective weights above zero."""
-    unknown = sorted(set(weights) - set(TERMS))
-    if unknown:
-        raise UserError(f"unknown loss term {unknown[0]!r}; known terms: {', '.join(sorted(TERMS))}")
-    return [TERMS[name] for name, weight in weights.items() if weight != 0]
+    return [TERMS.entry(name) for name, weight in weights.items() if weight != 0]
 
 
 def needed_views(weights: Mapping[str, float]) -> tuple[str, ...]:
@@ -74,14 +55,14 @@ def needs_reference(weights: Mapping[str, float]) -> bool:
     return any(term.needs_reference for term in active_terms(weights))
 
 
-def _mmcl(inputs: TermInputs) -> torch.Tensor:
+def mmcl_term(inputs: TermInputs) -> torch.Tensor:
     return mmcl_loss(
         inputs.features["image"], inputs.features["text"], inputs.logit_scale,
         rank=inputs.rank, world_size=inputs.world_size,
     )
 
 
-def _inmodal(inputs: TermInputs) -> torch.Tensor:
+def inmodal_term(inputs: TermInputs) -> torch.Tensor:
     features = inputs.features
     return inmodal_loss(
         features["image"], features["augmented_image"], features["text"], features["augmented_text"],
@@ -89,13 +70,8 @@ def _inmodal(inputs: TermInputs) -> torch.Tensor:
     )
 
 
-def _supervised(inputs: TermInputs) -> torch.Tensor:
+def supervised_term(inputs: TermInputs) -> torch.Tensor:
     return supervised_loss(inputs.class_logits, inputs.batch["label"])
-
-
-register_term(Term("mmcl", _mmcl))
-register_term(Term("inmodal", _inmodal, views=("augmented",)))
-register_term(Term("supervised", _supervised, needs_labels=True))
 
 
 class ObjectiveNetwork(nn.Module):
@@ -139,6 +115,7 @@ def objective_losses(
     of it, so gradients are synchronized once per step. `reference`, a frozen CLIP model, embeds
     `image` and `text` for the terms that compare against it.
     """
+    model = getattr(network, "module", network).clip
     images = ["image", *image_fields]
     texts = ["text", *text_fields]
     outputs = network(torch.cat([batch[name] for name in images]), torch.cat([batch[name] for name in texts]))
@@ -153,8 +130,10 @@ def objective_losses(
         None if class_logits is None else class_logits[: len(batch["image"])],
         rank,
         world_size,
+        model,
+        reference,
     )
-    return {term.name: weights[term.name] * term.loss(inputs) for term in active_terms(weights)}
+    return {term.name: weights[term.name] * resolve(term.loss)(inputs) for term in active_terms(weights)}
 
 
 def _reference_features(reference: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -162,7 +141,3 @@ def _reference_features(reference: nn.Module, batch: Mapping[str, Any]) -> dict[
         image_features, text_features = reference(batch["image"], batch["text"])[:2]
     return {"image": image_features, "text": text_features}
 
-
-from cleanclip_core.defenses import ta_cleaner  # noqa: E402, F401  (registers its terms and views)
-from cleanclip_core.defenses import par  # noqa: E402, F401  (registers its terms and views)
-from cleanclip_core.defenses import ubt  # noqa: E402, F401  (registers its terms)

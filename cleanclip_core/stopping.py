@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from cleanclip_core.registry import Registry
+
 SUCCESS_ASR = 0.05  # the papers' threshold of a removed backdoor (ASR@1); the config's default
 ATTACK_FLOOR = 0.5  # a start's ASR@1 below it: the backdoor never took; the config's default
 TRIGGER_COLUMNS = ("asr_top1", "removed")  # what only the attacker's trigger can tell
@@ -62,15 +64,12 @@ def loss_plateau(epochs: pd.DataFrame) -> int:
     return int(settled.epoch.iloc[0] if len(settled) else ordered.epoch.iloc[-1])
 
 
-STOPPING_RULES = {
-    rule.name: rule
-    for rule in (
-        StoppingRule("oracle", oracle, ("top1", "asr_top1", "removed"), "best top-1 at ASR@1 <= the success threshold, with the attacker's trigger (the papers')"),
-        StoppingRule("last_epoch", last_epoch, (), "the last epoch of the run"),
-        StoppingRule("best_clean_accuracy", best_clean_accuracy, ("top1",), "best clean top-1 on labelled clean images"),
-        StoppingRule("loss_plateau", loss_plateau, ("loss",), "first epoch whose mean training loss changed by < 2%"),
-    )
-}
+STOPPING_RULES = Registry("stopping rule", StoppingRule, (
+    StoppingRule("oracle", oracle, ("top1", "asr_top1", "removed"), "best top-1 at ASR@1 <= the success threshold, with the attacker's trigger (the papers')"),
+    StoppingRule("last_epoch", last_epoch, (), "the last epoch of the run"),
+    StoppingRule("best_clean_accuracy", best_clean_accuracy, ("top1",), "best clean top-1 on labelled clean images"),
+    StoppingRule("loss_plateau", loss_plateau, ("loss",), "first epoch whose mean training loss changed by < 2%"),
+))
 
 
 def choose_epochs(epochs: pd.DataFrame, success_asr: float = SUCCESS_ASR) -> dict[str, int]:

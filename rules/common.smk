@@ -1,6 +1,7 @@
 # Helpers shared by the rules: the study grid as Paramspaces, path builders and input functions.
 # Every grid path and wildcard constraint below derives from cleanclip_core.study.
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import Paramspace
@@ -50,6 +51,33 @@ CLEAN_EPOCH_WEIGHTS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, EPOCH_WEIGHTS)
 CLEAN_EPOCH_METRICS = epoch_files(CLEAN_RUN, CLEAN_EPOCHS, EPOCH_METRICS)
 PRETRAIN_EPOCH_WEIGHTS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, EPOCH_WEIGHTS)
 PRETRAIN_EPOCH_METRICS = epoch_files(PRETRAIN_RUN, PRETRAIN_EPOCHS, EPOCH_METRICS)
+KEEP_LAST_WEIGHTS = config["execution"]["keep_weights"] == "last"
+
+
+def kept_weights(epochs, last_is_kept):
+    """A run's epoch weights as its training outputs them: with execution.keep_weights last, all
+    but the one kept are temporary, deleted once evaluated."""
+    if not KEEP_LAST_WEIGHTS:
+        return epochs
+    return [temp(path) for path in epochs[:-1]] + [path if last_is_kept else temp(path) for path in epochs[-1:]]
+
+
+def checkpoints_kept(keep_last):
+    """The checkpoint files the study keeps on disk."""
+    pretrained, cleaning = len(PRETRAINED.dataframe), len(CLEANING.dataframe)
+    if keep_last:
+        return pretrained + cleaning
+    return pretrained * (1 + len(PRETRAIN_EPOCHS)) + cleaning * len(CLEAN_EPOCHS)
+
+
+if workflow.is_main_process:
+    print(
+        f"This study keeps {checkpoints_kept(KEEP_LAST_WEIGHTS):,} checkpoints of {config['study']['model']} "
+        f"(execution.keep_weights {'last' if KEEP_LAST_WEIGHTS else 'all'}; with "
+        f"{'all' if KEEP_LAST_WEIGHTS else 'last'}: {checkpoints_kept(not KEEP_LAST_WEIGHTS):,}); "
+        "docs/configuration.md gives each model's size.",
+        file=sys.stderr,
+    )
 
 
 def _one_of(values):

@@ -15,7 +15,7 @@ rule pretrain:
     output:
         weights=f"{PRETRAIN_RUN}/model.pt",
         step_log=f"{PRETRAIN_RUN}/train_log.parquet",
-        epochs=PRETRAIN_EPOCH_WEIGHTS,
+        epochs=kept_weights(PRETRAIN_EPOCH_WEIGHTS, last_is_kept=False),  # model.pt is the last
     params:
         settings=pretrain_settings,
         attack=attack_config,
@@ -98,7 +98,7 @@ rule clean:
         shard_listing="results/{dataset}/shard_listing.parquet",
         start_weights=f"{PRETRAIN_RUN}/model.pt",
     output:
-        weights=CLEAN_EPOCH_WEIGHTS,
+        weights=kept_weights(CLEAN_EPOCH_WEIGHTS, last_is_kept=True),
         step_log=f"{CLEAN_RUN}/train_log.parquet",
     params:
         settings=clean_settings,

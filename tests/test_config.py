@@ -10,8 +10,12 @@ from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, model_
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import image_size_for
 from test_presets import merged
+from workflow import TINY_CONFIG, run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A cleaning set the generated corpus can hold (the schema's default, 100,000 pairs, is CC3M's).
+SMALL_CLEANING = {"n_clean": 1000}
 
 
 def schema_options(schema: dict, path: str = ""):
@@ -52,12 +56,24 @@ def test_the_config_reads_a_models_image_size_without_torch_as_open_clip_gives_i
 
 @pytest.mark.parametrize("model, stored, warned", [("tiny-rn", 16, True), ("tiny-rn", 32, False), ("RN50", 32, True)])
 def test_images_stored_at_another_size_than_the_models_are_a_warning(model, stored, warned, caplog):
-    config = validate_config({"study": {"model": model}, "dataset": {"download": {"image_size": stored}}})
+    config = validate_config({"study": {"model": model}, "dataset": {"download": {"image_size": stored}}, "clean": SMALL_CLEANING})
     with caplog.at_level(logging.WARNING, logger="cleanclip_core.config"):
         check_config(config)
     expected = f"every image is resized in every epoch of every run; set dataset.download.image_size to {model_image_size(model)}"
     assert (expected in caplog.text) == warned
-    assert len(caplog.records) == warned
+    assert sum("resized" in record.message for record in caplog.records) == warned
+
+
+def test_a_warmup_longer_than_the_run_is_a_warning(caplog):
+    # A small study that replaces config.yaml inherits the schema's 10,000 pretraining warmup steps.
+    config = validate_config({"pretrain": {"epochs": 2, "batch_size": 100}, "clean": SMALL_CLEANING | {"epochs": 4}})
+    with caplog.at_level(logging.WARNING, logger="cleanclip_core.config"):
+        check_config(config)
+    warnings = [record.message for record in caplog.records if "warmup" in record.message]
+    assert warnings == [
+        "warning: config: pretrain.warmup_steps is 10000, more than the 120 steps of the run (6000 pairs, batch 100, "
+        "2 epochs), so its learning rate never reaches the peak; set it below the run's steps"
+    ]  # once for both pretraining objectives; none for cleaning (50 of its 64 steps)
 
 
 def test_trigger_defaults_follow_the_attack_type():
@@ -140,15 +156,15 @@ def test_names_must_exist_weights_must_train_and_supervised_cleaning_needs_label
 
 
 def test_supervised_cleaning_of_the_generated_corpus_uses_its_labels():
-    check_config(validate_config({"attacks": {"badnet": {"type": "badnet", "target_label": "star"}}, "study": {"clean_methods": ["supervised"]}}))
+    check_config(validate_config({"attacks": {"badnet": {"type": "badnet", "target_label": "star"}}, "study": {"clean_methods": ["supervised"]}, "clean": SMALL_CLEANING}))
 
 
 def test_a_cleaning_set_cannot_hold_more_poisons_than_the_attack_made():
     attacks = {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 3}}
     with pytest.raises(UserError, match="a cleaning set of 5 poisons needs at least as many poisoned rows, and attack 'badnet' has n_poisons 3"):
-        check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}}))
+        check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}, "clean": SMALL_CLEANING}))
     attacks["badnet"]["n_poisons"] = 0  # a clean control: its cleaning sets have no poisons
-    check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}}))
+    check_config(validate_config({"attacks": attacks, "study": {"cleaning_poisons": [0, 5]}, "clean": SMALL_CLEANING}))
 
 
 def test_the_pretraining_curve_needs_one_epoch_count_for_every_objective():
@@ -156,18 +172,19 @@ def test_the_pretraining_curve_needs_one_epoch_count_for_every_objective():
     pretrain = {"curve": True, "per_objective": {"mmcl_ssl": {"epochs": 3}, "mmcl": {"lr": 0.01}}}
     with pytest.raises(UserError, match="pretrain.curve needs every objective pretrained for pretrain.epochs, and "
                                         "pretrain.per_objective sets epochs for mmcl_ssl"):
-        check_config(validate_config({"attacks": attacks, "pretrain": pretrain}))
-    check_config(validate_config({"attacks": attacks, "pretrain": pretrain | {"curve": False}}))
+        check_config(validate_config({"attacks": attacks, "pretrain": pretrain, "clean": SMALL_CLEANING}))
+    check_config(validate_config({"attacks": attacks, "pretrain": pretrain | {"curve": False}, "clean": SMALL_CLEANING}))
 
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def config_snippets() -> list[str]:
-    """The YAML blocks of the README and the docs, each a config overlay."""
+    """The YAML blocks of the README and the docs, each a config overlay; but the plugin's
+    study, which tests/test_plugins.py runs beside its plugin."""
     return [
         textwrap.dedent(block) for document in DOCUMENTS
-        for block in re.findall(r"```yaml\n(.*?)```", document.read_text(), re.S)
+        for block in re.findall(r"```yaml\n(.*?)```", document.read_text(), re.S) if "plugins:" not in block
     ]
 
 
@@ -195,3 +212,32 @@ def test_an_open_clip_tag_is_checked_before_anything_runs(model, tag, message):
 def test_a_number_that_yaml_reads_as_text_says_how_to_write_it(written, hint):
     with pytest.raises(UserError, match=hint):
         validate_config(yaml.safe_load(f"clean: {{lrs: [{written}]}}"))
+
+
+def test_every_problem_of_a_config_is_a_line_of_one_error_with_its_near_miss():
+    with pytest.raises(UserError) as error:
+        validate_config({"pretrian": {}, "attacks": {"x": {"type": "badnte"}}, "clean": {"lrs": ["3e-3"]},
+                         "objectives": {"mine": {"mmcl": 1, "inmodl": 1}}})
+    assert str(error.value).splitlines() == [
+        "config: (top level): Additional properties are not allowed ('pretrian' was unexpected); did you mean 'pretrain'?",
+        "config: attacks.x.type: 'badnte' is not one of ['badclip', 'badnet', 'blended', 'label_consistent', 'sig', 'wanet']; did you mean 'badnet'?",
+        "config: clean.lrs.0: '3e-3' is not of type 'number'; YAML reads 3e-3 as text: write 3.0e-3",
+        "config: objectives.mine: Additional properties are not allowed ('inmodl' was unexpected); did you mean 'inmodal'?",
+    ]
+
+
+def test_a_cleaning_set_larger_than_the_corpus_is_refused():
+    with pytest.raises(UserError, match=re.escape(
+        "config: clean.n_clean: 9000 clean pairs are more than the 5400 unpoisoned training pairs of attack 'badnet' "
+        "(6000 pairs); set clean.n_clean to at most 5400"
+    )):
+        check_config(validate_config({"attacks": {"badnet": {"type": "badnet", "n_poisons": 600}}, "clean": {"n_clean": 9000}}))
+
+
+def test_a_dry_run_prints_every_problem_and_plans_no_job(tmp_path):
+    config = TINY_CONFIG | {"study": {"clean_methods": ["cleanclp"], "model": "tiny-rn-w8"}, "clean": {"per_method": {"parr": {}}}}
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode == 1 and "Job stats" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert [line.split(":")[2].strip() for line in errors] == ["study.clean_methods", "clean.per_method", "study.model"]
+    assert "did you mean 'cleanclip'?" in errors[0] and "did you mean 'par'?" in errors[1]

@@ -10,7 +10,9 @@ from cleanclip_core.attacks import get_attack
 from cleanclip_core.config import validate_config
 from cleanclip_core.defenses.par import PerturbedViews, par_lr, par_schedule, perturb_image
 from cleanclip_core.models import create_model
-from cleanclip_core.objectives import TERMS, TermInputs
+from cleanclip_core.objectives import TermInputs
+from cleanclip_core.registry import resolve
+from cleanclip_core.terms import TERMS
 from cleanclip_core.poison import poison_manifest
 from cleanclip_core.training.checkpoints import save_weights
 from cleanclip_core.training.loop import TrainingData, TrainSettings, train
@@ -29,7 +31,7 @@ def repulsion(image, reference_image, text, reference_text, tau=2.15) -> torch.T
         options={"tau": tau},
         reference={"image": torch.tensor(reference_image), "text": torch.tensor(reference_text)},
     )
-    return TERMS["repulsion"].loss(inputs)
+    return resolve(TERMS["repulsion"].loss)(inputs)
 
 
 def test_repulsion_is_minus_the_batch_mean_squared_distances_of_images_and_texts():

@@ -40,7 +40,7 @@ def test_images_stored_at_another_size_than_the_models_are_a_warning_at_dag_buil
     config = copy.deepcopy(TINY_CONFIG) | {"study": {"model": "tiny-rn"}}  # tiny-rn takes 32 px, the shards 16
     result = run_snakemake(tmp_path, config, "--dry-run")
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "image_size" in line]
     assert warnings == [
         "warning: config: dataset.download.image_size is 16 px but tiny-rn takes 32 px, so every image is "
         "resized in every epoch of every run; set dataset.download.image_size to 32"

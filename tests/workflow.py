@@ -21,6 +21,7 @@ TINY_CONFIG = {
     },
     "execution": {"download_threads": 4},
     "attacks": {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 6}},
+    "clean": {"n_clean": 40},  # of its 54 unpoisoned pairs
 }
 
 # The torch stages on one thread each, as profiles/local runs them: two small trainings or

@@ -1,18 +1,18 @@
 """Backdoor attacks: a registry of triggers, each with its caption policy and selection rule.
 
 The registry imports no torch (the workflow reads it to build its DAG): an entry names its
-trigger builder, and its preparation stage if it has one, by import path. An attack is one
-module in this package plus its entry in `ATTACKS`.
+trigger builder, and its preparation stage if it has one, by import path, and gives the JSON
+schema of its trigger parameters. An attack is one module (here or in a plugin, see
+cleanclip_core.registry) plus its entry in `ATTACKS`.
 """
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cleanclip_core.errors import UserError
+from cleanclip_core.registry import Registry, resolve
 
 TEMPLATE, NATURAL, KEEP = "template", "natural", "keep"
 
@@ -31,45 +31,40 @@ class Attack:
     preparation: str | None = None
     """`module:function` of a stage that makes the trigger before poisoning (BadCLIP's optimized
     patch); its output file reaches the trigger builder as the trigger param `prepared`."""
+    trigger_schema: Mapping[str, Any] | None = None
+    """JSON schema of the config's `trigger` parameters, defaults included (a `$ref` into the
+    config schema's `$defs` for the built-in attacks); None: parameters are not checked."""
 
     def build_trigger(self, params: Mapping[str, Any], attack_seed: int) -> Callable:
         return resolve(self.trigger)(params, attack_seed)
 
 
-ATTACKS: dict[str, Attack] = {
-    attack.name: attack
-    for attack in (
-        Attack("badnet", "cleanclip_core.attacks.badnet:build_trigger"),
-        Attack("blended", "cleanclip_core.attacks.blended:build_trigger"),
-        Attack("wanet", "cleanclip_core.attacks.wanet:build_trigger"),
-        Attack("sig", "cleanclip_core.attacks.sig:build_trigger"),
-        # The BadNet patch on images whose caption already names the target, captions kept: every
-        # poisoned pair looks correctly labelled, which makes the backdoor hard to plant
-        # (CleanCLIP's issue #2).
-        Attack(
-            "label_consistent", "cleanclip_core.attacks.badnet:build_trigger",
-            captions=KEEP, needs_target_in_caption=True,
-        ),
-        Attack(
-            "badclip", "cleanclip_core.attacks.badclip:build_trigger",
-            captions=NATURAL, preparation="cleanclip_core.attacks.badclip:optimize_trigger",
-        ),
-    )
-}
+def _defined(name: str) -> dict[str, str]:
+    return {"$ref": f"#/$defs/{name}"}
 
 
-def resolve(path: str) -> Callable:
-    """The function an import path `module:function` names."""
-    module, function = path.split(":")
-    return getattr(importlib.import_module(module), function)
+ATTACKS = Registry("attack", Attack, (
+    Attack("badnet", "cleanclip_core.attacks.badnet:build_trigger", trigger_schema=_defined("badnet_trigger")),
+    Attack("blended", "cleanclip_core.attacks.blended:build_trigger", trigger_schema=_defined("blended_trigger")),
+    Attack("wanet", "cleanclip_core.attacks.wanet:build_trigger", trigger_schema=_defined("wanet_trigger")),
+    Attack("sig", "cleanclip_core.attacks.sig:build_trigger", trigger_schema=_defined("sig_trigger")),
+    # The BadNet patch on images whose caption already names the target, captions kept: every
+    # poisoned pair looks correctly labelled, which makes the backdoor hard to plant
+    # (CleanCLIP's issue #2).
+    Attack(
+        "label_consistent", "cleanclip_core.attacks.badnet:build_trigger",
+        captions=KEEP, needs_target_in_caption=True, trigger_schema=_defined("badnet_trigger"),
+    ),
+    Attack(
+        "badclip", "cleanclip_core.attacks.badclip:build_trigger",
+        captions=NATURAL, preparation="cleanclip_core.attacks.badclip:optimize_trigger",
+        trigger_schema=_defined("badclip_trigger"),
+    ),
+))
 
 
 def get_attack(name: str) -> Attack:
-    try:
-        return ATTACKS[name]
-    except KeyError:
-        known = ", ".join(sorted(ATTACKS))
-        raise UserError(f"unknown attack {name!r}; known attacks: {known}") from None
+    return ATTACKS.entry(name)
 
 
 def attack_trigger(attack_config: Mapping[str, Any]) -> Callable:

@@ -3,14 +3,17 @@
 A cleaning method is an objective of the config (its loss terms' weights; the terms declare the
 views, labels and reference model they need, see cleanclip_core.objectives) and, when it needs
 more, an entry here: where it cleans, a stage of its own before training, which parameters it
-updates, a fixed temperature, its optimizer and schedule, views beyond its terms'. The registry
-imports no torch (the workflow reads it to build its DAG); functions are named by import path.
-A method without an entry is plain finetuning of every parameter on the cleaning set.
+updates, a fixed temperature, its optimizer and schedule, views beyond its terms', the schema of
+its options (the config's `defenses.{name}`). The registry imports no torch (the workflow reads
+it to build its DAG); functions are named by import path. A method without an entry is plain
+finetuning of every parameter on the cleaning set.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from cleanclip_core.registry import Registry
 
 CLEAN_SET, POISONED_DATA = "clean_set", "poisoned_data"
 
@@ -39,24 +42,25 @@ class Defense:
     schedule: str | None = None
     """`module:function` (optimizer, lr, warmup_steps, total_steps) -> (step -> lr, set on the
     optimizer); None: linear warmup then cosine."""
+    options: Mapping[str, Any] | None = None
+    """JSON schema of its options, defaults included (a `$ref` into the config schema's `$defs`
+    for the built-in methods); None: it has none."""
 
 
 PLAIN = Defense("plain")
 
-DEFENSES: dict[str, Defense] = {
-    defense.name: defense
-    for defense in (
-        Defense(
-            "ubt", data=POISONED_DATA, preparation="cleanclip_core.defenses.ubt:detect",
-            summary="cleanclip_core.defenses.ubt:detection_quality", flags=("unlearn",),
-            trainable="cleanclip_core.defenses.ubt:local_parameters",
-        ),
-        Defense(
-            "par", views=("perturbed",), learns_logit_scale=False, betas=(0.9, 0.98),
-            schedule="cleanclip_core.defenses.par:par_schedule",
-        ),
-    )
-}
+DEFENSES = Registry("cleaning method", Defense, (
+    Defense("ta_cleaner", options={"$ref": "#/$defs/ta_cleaner_options"}),
+    Defense(
+        "ubt", data=POISONED_DATA, preparation="cleanclip_core.defenses.ubt:detect",
+        summary="cleanclip_core.defenses.ubt:detection_quality", flags=("unlearn",),
+        trainable="cleanclip_core.defenses.ubt:local_parameters", options={"$ref": "#/$defs/ubt_options"},
+    ),
+    Defense(
+        "par", views=("perturbed",), learns_logit_scale=False, betas=(0.9, 0.98),
+        schedule="cleanclip_core.defenses.par:par_schedule", options={"$ref": "#/$defs/par_options"},
+    ),
+))
 
 
 def get_defense(method: str | None) -> Defense:

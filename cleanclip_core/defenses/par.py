@@ -21,9 +21,9 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from cleanclip_core.losses import gathered
-from cleanclip_core.objectives import Term, TermInputs, register_term
+from cleanclip_core.objectives import TermInputs
 from cleanclip_core.training.optim import stepwise
-from cleanclip_core.training.views import ViewContext, register_view, sample_seed
+from cleanclip_core.training.views import ViewContext, sample_seed
 
 DECAYED_LR = 0.1
 """The lr at the end of the linear decay, relative to the peak (their 3e-6 after 3e-5)."""
@@ -63,15 +63,12 @@ def repulsion_loss(
     )
 
 
-def _repulsion(inputs: TermInputs) -> Tensor:
+def repulsion_term(inputs: TermInputs) -> Tensor:
     features, reference = inputs.features, inputs.reference
     return repulsion_loss(
         features["image"], reference["image"], features["text"], reference["text"], inputs.options["tau"],
         world_size=inputs.world_size,
     )
-
-
-register_term(Term("repulsion", _repulsion, needs_reference=True))
 
 
 # -- the perturbed view --------------------------------------------------------------------
@@ -118,11 +115,8 @@ class PerturbedViews:
         return {"image": perturb_image(pair["image"], sample_seed(seed, epoch), self.options)}
 
 
-def _perturbed_views(context: ViewContext) -> PerturbedViews:
+def perturbed_views(context: ViewContext) -> PerturbedViews:
     return PerturbedViews(context.options)
-
-
-register_view("perturbed", _perturbed_views)
 
 
 # -- the learning-rate schedule ------------------------------------------------------------

@@ -22,11 +22,11 @@ from torch import Tensor
 from cleanclip_core.augment import caption_words
 from cleanclip_core.errors import UserError
 from cleanclip_core.losses import gathered, gathered_flags
-from cleanclip_core.objectives import Term, TermInputs, register_term
+from cleanclip_core.objectives import TermInputs
 from cleanclip_core.parts_of_speech import (
     ADJECTIVE, ADVERB, CONJUNCTIONS, FUNCTION, NOUN, VERB, Lexicon, named_lexicon, tag_caption,
 )
-from cleanclip_core.training.views import ViewContext, register_view
+from cleanclip_core.training.views import ViewContext
 
 SWAPPED = (NOUN, VERB, ADJECTIVE)
 """The parts of speech a negative sub-caption swaps."""
@@ -170,9 +170,6 @@ def subcaption_views(context: ViewContext) -> SubcaptionViews:
         lexicon, vocabularies, np.array(eligible, dtype=np.int64), context.seed, context.options["k"]
     )
 
-
-register_view("subcaptions", subcaption_views)
-
 # -- the term -----------------------------------------------------------------------------
 
 
@@ -218,7 +215,7 @@ def subcaption_loss(
     return (losses * weights).sum() / weights.sum().clamp(min=1)
 
 
-def _subcaption(inputs: TermInputs) -> Tensor:
+def subcaption_term(inputs: TermInputs) -> Tensor:
     # The rows of every process: the flagged rows (and, in form `batch`, the positives each image
     # is matched against) are those of the global batch, as in one process.
     features = inputs.features
@@ -227,6 +224,3 @@ def _subcaption(inputs: TermInputs) -> Tensor:
     )
     flagged = gathered_flags(inputs.batch["subcaption"], inputs.world_size)
     return subcaption_loss(image, positive, negative, flagged, inputs.logit_scale, inputs.options["form"])
-
-
-register_term(Term("subcaption", _subcaption, views=("subcaptions",)))

@@ -38,7 +38,7 @@ from cleanclip_core.devices import stage_device
 from cleanclip_core.errors import UserError
 from cleanclip_core.losses import gathered, gathered_flags, mmcl_loss
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.objectives import Term, TermInputs, register_term
+from cleanclip_core.objectives import TermInputs
 from cleanclip_core.tables import files_sha256, write_table
 from cleanclip_core.training.optim import adamw, clamp_logit_scale
 from cleanclip_core.training.views import TrainingViews
@@ -285,7 +285,3 @@ def retain_loss(inputs: TermInputs) -> torch.Tensor:
         return image.sum() * 0
     # The rows are already gathered: the loss of the whole batch, as on a single process.
     return mmcl_loss(image[~flags], text[~flags], inputs.logit_scale)
-
-
-register_term(Term("unlearn", unlearn_loss))
-register_term(Term("retain", retain_loss))

@@ -1,9 +1,10 @@
 """What a training step sees of a sample: normalized image and tokens, plus the extra views
 that the objective's terms and the defense ask for.
 
-A view source is a registry entry: built once per run from a `ViewContext`, it returns for a
-pair (its image, uint8 [3, S, S], and caption) a dict of fields: images (uint8, or float in
-[0, 1]), captions (str), which are tokenized, and flags, passed through. A field named `image`
+A view source, named by an entry of the registry VIEWS (cleanclip_core.terms), is built once
+per run from a `ViewContext`; it returns for a pair (its image, uint8 [3, S, S], and caption) a
+dict of fields: images (uint8, or float in [0, 1]), captions (str), which are tokenized, and
+flags, passed through. A field named `image`
 replaces the pair's own image (a perturbed view); every other field is an extra view. Images
 leave the loader as they are: 8-bit ones are a quarter of the bytes to collate and to copy to
 the GPU, where the training step scales and normalizes the batch.
@@ -21,6 +22,8 @@ from torch.utils.data import Dataset, default_collate
 
 from cleanclip_core.augment import augment_caption, augment_image, synonym_source
 from cleanclip_core.data.loaders import PoisonedTrainingSet
+from cleanclip_core.registry import resolve
+from cleanclip_core.terms import VIEWS
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -49,15 +52,6 @@ class ViewSource(Protocol):
         """The fields of sample `pair["index"]` in `epoch`; `seed` is the sample's seed."""
 
 
-VIEW_SOURCES: dict[str, Callable[[ViewContext], ViewSource]] = {}
-
-
-def register_view(name: str, build: Callable[[ViewContext], ViewSource]) -> None:
-    if name in VIEW_SOURCES:
-        raise ValueError(f"view source {name!r} is registered twice")
-    VIEW_SOURCES[name] = build
-
-
 @dataclass(frozen=True)
 class AugmentedViews:
     """CleanCLIP's in-modal views: AutoAugment of the image, EDA of the caption."""
@@ -73,11 +67,13 @@ class AugmentedViews:
         }
 
 
-register_view("augmented", lambda context: AugmentedViews(synonym_source(context.synonyms)))
+def augmented_views(context: ViewContext) -> AugmentedViews:
+    return AugmentedViews(synonym_source(context.synonyms))
 
 
 def build_views(names: tuple[str, ...], context: ViewContext) -> list[ViewSource]:
-    return [VIEW_SOURCES[name](context) for name in names]
+    """The view sources of a run, from the registry VIEWS (cleanclip_core.terms)."""
+    return [resolve(VIEWS.entry(name).build)(context) for name in names]
 
 
 def view_fields(sources: list[ViewSource]) -> tuple[tuple[str, ...], tuple[str, ...]]:

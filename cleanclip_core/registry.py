@@ -1,0 +1,137 @@
+"""The registries of what a study names (attacks, loss terms and their views, cleaning methods'
+needs, stopping rules) and the plugins that add to them.
+
+A registry imports no torch (the workflow reads it to build its DAG); its entries name their
+functions by import path, `module:function`, resolved where they run. A plugin is a module of
+one's own whose list `ENTRIES` holds entries of any kind (`Attack`, `Term`, `View`, `Defense`,
+`StoppingRule`). It is named in the config's `plugins` or by an entry point of the group
+`cleanclip_core.plugins` of an installed package; every process loads the plugins the first time
+it reads a registry, so the DAG and every job (and each of their worker processes) see the same
+entries. The config names them once: they reach jobs through the environment variable
+CLEANCLIP_PLUGINS.
+"""
+
+import difflib
+import functools
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from cleanclip_core.errors import UserError
+
+PLUGINS_VARIABLE = "CLEANCLIP_PLUGINS"
+ENTRY_POINT_GROUP = "cleanclip_core.plugins"
+# The modules that define the registries: a plugin's entry of any kind finds its registry.
+REGISTRY_MODULES = ("cleanclip_core.attacks", "cleanclip_core.defenses", "cleanclip_core.terms", "cleanclip_core.stopping")
+
+
+def resolve(path: str) -> Callable:
+    """The function an import path `module:function` names."""
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+class Registry(Mapping[str, Any]):
+    """Entries of one kind by name: the built-in ones, then those of the plugins."""
+
+    _all: list["Registry"] = []
+
+    def __init__(self, kind: str, entry_type: type, entries: Iterable[Any]) -> None:
+        self.kind, self.entry_type = kind, entry_type
+        self._entries: dict[str, Any] = {}
+        for entry in entries:
+            self.register(entry, "cleanclip_core")
+        Registry._all.append(self)
+
+    def register(self, entry: Any, origin: str) -> None:
+        if entry.name in self._entries:
+            raise UserError(f"plugin {origin}: {self.kind} {entry.name!r} is registered twice (once by cleanclip_core or another plugin)")
+        self._entries[entry.name] = entry
+
+    def _loaded(self) -> dict[str, Any]:
+        load_plugins()
+        return self._entries
+
+    def __getitem__(self, name: str) -> Any:
+        return self._loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def entry(self, name: str) -> Any:
+        """The entry `name`, or an error that names the near misses and the known entries."""
+        if name in self:
+            return self[name]
+        close = difflib.get_close_matches(name, list(self), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self))})")
+
+
+_loaded_plugins: set[str] = set()
+
+
+def use_plugins(modules: Sequence[str]) -> None:
+    """Load the config's plugins here and in every process started from now on. The working
+    directory joins the import path, so a plugin module beside the config is found by jobs too."""
+    os.environ[PLUGINS_VARIABLE] = ",".join(modules)
+    if modules:
+        prepend_import_path(os.getcwd())
+    load_plugins()
+
+
+def prepend_import_path(folder: str) -> None:
+    """Import from `folder` first, here and in every process started from now on."""
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    later = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path and path != folder]
+    os.environ["PYTHONPATH"] = os.pathsep.join([folder, *later])
+
+
+@functools.cache
+def installed_plugins() -> tuple[str, ...]:
+    """The plugin modules of the installed packages' entry points (read once: it scans every
+    installed distribution)."""
+    return tuple(point.value for point in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def plugin_modules() -> list[str]:
+    """The installed packages' plugin modules, then the config's."""
+    named = [name for name in os.environ.get(PLUGINS_VARIABLE, "").split(",") if name]
+    return list(dict.fromkeys([*installed_plugins(), *named]))
+
+
+def load_plugins() -> None:
+    """Register the entries of every plugin module not loaded yet in this process."""
+    new = [name for name in plugin_modules() if name not in _loaded_plugins]
+    if not new:
+        return
+    _loaded_plugins.update(new)
+    for module in REGISTRY_MODULES:
+        importlib.import_module(module)
+    for name in new:
+        for entry in _plugin_entries(name):
+            _registry_of(entry, name).register(entry, name)
+
+
+def _plugin_entries(name: str) -> list[Any]:
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:
+        raise UserError(f"plugin {name}: cannot import it ({error}); is it installed, or a module in the working directory?") from None
+    entries = getattr(module, "ENTRIES", None)
+    if not isinstance(entries, (list, tuple)):
+        raise UserError(f"plugin {name}: it has no list ENTRIES of the entries it adds (Attack, Term, View, Defense, StoppingRule)")
+    return list(entries)
+
+
+def _registry_of(entry: Any, plugin: str) -> Registry:
+    for registry in Registry._all:
+        if isinstance(entry, registry.entry_type):
+            return registry
+    raise UserError(f"plugin {plugin}: {entry!r} in ENTRIES is not an Attack, Term, View, Defense or StoppingRule")
