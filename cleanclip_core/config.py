@@ -5,7 +5,7 @@ import difflib
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from importlib.resources import files
 from pathlib import Path
@@ -17,7 +17,7 @@ import yaml
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.defenses import CLEAN_SET, DEFENSES, get_defense
-from cleanclip_core.errors import UserError
+from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import use_plugins
 from cleanclip_core.study import start_kind
@@ -93,9 +93,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(config.get("objectives"), dict):  # a config adds objectives to the built-in ones
         config["objectives"] = copy.deepcopy(schema["properties"]["objectives"]["default"]) | config["objectives"]
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    problems = [_problem(jsonschema.exceptions.best_match([error])) for error in validator.iter_errors(config)]
-    if problems:
-        raise UserError("\n".join(dict.fromkeys(sorted(problems))))
+    _raise_all(sorted(_problem(jsonschema.exceptions.best_match([error])) for error in validator.iter_errors(config)))
     return config
 
 
@@ -106,14 +104,11 @@ def _problem(error: jsonschema.ValidationError) -> str:
 def _did_you_mean(error: jsonschema.ValidationError) -> str:
     """The near miss of a misspelt key or name: the schema's allowed keys or values."""
     if error.validator == "enum":
-        choices, given = [str(value) for value in error.validator_value], [str(error.instance)]
-    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        choices = list(error.schema.get("properties", {}))
-        given = [key for key in error.instance if key not in choices]
-    else:
-        return ""
-    close = [match for name in given for match in difflib.get_close_matches(name, choices, n=1)]
-    return f"; did you mean {close[0]!r}?" if close else ""
+        return did_you_mean([str(error.instance)], map(str, error.validator_value))
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        keys = error.schema.get("properties", {})
+        return did_you_mean([key for key in error.instance if key not in keys], keys)
+    return ""
 
 
 def _yaml_number_hint(value: Any) -> str:
@@ -147,12 +142,10 @@ def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
     for location, names, section in named:
         for name in names:
             if name not in config[section]:
-                close = difflib.get_close_matches(name, list(config[section]), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                yield f"config: {location}: {name!r} is not one of {section} ({', '.join(config[section])}){hint}"
-    pretrain_objectives = [name for name in study["pretrain_objectives"] if name in config["objectives"]]
-    for name in pretrain_objectives:
-        if config["objectives"][name].get("supervised"):
+                known = ", ".join(config[section])
+                yield f"config: {location}: {name!r} is not one of {section} ({known}){did_you_mean([name], config[section])}"
+    for name in study["pretrain_objectives"]:
+        if config["objectives"].get(name, {}).get("supervised"):
             yield f"config: study.pretrain_objectives: {name!r} has a supervised term, which only cleaning supports"
     supervised_methods = [name for name in study["clean_methods"] if config["objectives"].get(name, {}).get("supervised")]
     if supervised_methods and config["dataset"]["url_list"] and not config["clean"]["labels"]:
@@ -203,8 +196,7 @@ def _tag_problems(model: str, tag: str) -> Iterator[str]:
         check_pretrained(model, tag)
     except UserError as error:
         tags = _open_clip_tags(model)
-        close = [] if tag in tags else difflib.get_close_matches(tag, tags, n=1)
-        yield f"config: study.start: {error}" + (f"; did you mean {close[0]!r}?" if close else "")
+        yield f"config: study.start: {error}" + ("" if tag in tags else did_you_mean([tag], tags))
 
 
 def _open_clip_tags(model: str) -> list[str]:
@@ -248,7 +240,8 @@ def _warn_about_resizing(config: dict[str, Any]) -> None:
         )
 
 
-def _raise_all(problems: Iterator[str]) -> None:
+def _raise_all(problems: Iterable[str]) -> None:
+    """One error of every problem, a line each."""
     lines = list(dict.fromkeys(problems))
     if lines:
         raise UserError("\n".join(lines))

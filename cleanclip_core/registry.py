@@ -11,7 +11,6 @@ entries. The config names them once: they reach jobs through the environment var
 CLEANCLIP_PLUGINS.
 """
 
-import difflib
 import functools
 import importlib
 import os
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from cleanclip_core.errors import UserError
+from cleanclip_core.errors import UserError, did_you_mean
 
 PLUGINS_VARIABLE = "CLEANCLIP_PLUGINS"
 ENTRY_POINT_GROUP = "cleanclip_core.plugins"
@@ -68,9 +67,7 @@ class Registry(Mapping[str, Any]):
         """The entry `name`, or an error that names the near misses and the known entries."""
         if name in self:
             return self[name]
-        close = difflib.get_close_matches(name, list(self), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self))})")
+        raise UserError(f"unknown {self.kind} {name!r}{did_you_mean([name], self)} (known: {', '.join(sorted(self))})")
 
 
 _loaded_plugins: set[str] = set()
