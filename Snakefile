@@ -26,6 +26,9 @@ except UserError as error:
     sys.exit("\n".join(f"error: {line}" for line in str(error).splitlines()))
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/poison.smk"
@@ -39,5 +42,6 @@ rule all:
         attack_folders("trigger_grid.png"),
         rules.headline_figure.output,
         rules.figures.output,
+        rules.overview.output,
         rules.preparation_summary.output if prepared_methods() else [],
         rules.pretraining_curve.output if PRETRAIN_CURVE else [],

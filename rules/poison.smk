@@ -102,7 +102,10 @@ rule trigger_grid:
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",
     output:
-        f"{ATTACK_DIR}/trigger_grid.png",
+        report(
+            f"{ATTACK_DIR}/trigger_grid.png", caption="../report/trigger_grid.rst", category="Figures",
+            subcategory="trigger grids", labels={"attack": "{attack}"},
+        ),
     params:
         attack=attack_config,
         model=STUDY["model"],

@@ -138,6 +138,29 @@ rule figures:
         "../workflow_scripts/figures.py"
 
 
+# The page the report opens with: the study's summary, fig2 and trigger grids, then its tables.
+rule overview:
+    input:
+        summary_intervals=rules.figures.output.summary_intervals,
+        comparisons=rules.figures.output.comparisons,
+        stopping_rule_intervals=rules.figures.output.stopping_rule_intervals,
+        fig2=study_figures("fig2", "png"),
+        trigger_grids=attack_folders("trigger_grid.png"),
+    output:
+        report(f"{STUDY_DIR}/overview.html", caption="../report/overview.rst", category="Overview"),
+    params:
+        title=f"Study {study.study_name(config)}: {DATASET}, {STUDY['model']}, start {STUDY['start']}",
+        grid={name: STUDY[name] for name in ("attacks", "pretrain_objectives", "clean_methods", "cleaning_poisons", "seeds")},
+    log:
+        f"{STUDY_DIR}/logs/overview.log",
+    benchmark:
+        f"{STUDY_DIR}/benchmarks/overview.tsv"
+    conda:
+        "../envs/results.yaml"
+    script:
+        "../workflow_scripts/overview.py"
+
+
 # The pretraining curve of every poisoned model, when the study keeps every pretraining epoch.
 if PRETRAIN_CURVE:
 

@@ -12,7 +12,7 @@ from workflow import ROOT
 
 LIGHT_SCRIPTS = [
     "generate_corpus", "download", "manifest", "poison", "unpoisoned_manifest", "cleaning_set",
-    "preparation_summary", "results_database", "figures",
+    "preparation_summary", "results_database", "figures", "overview",
 ]
 
 REPORT_HEAVY_MODULES = """

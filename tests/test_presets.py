@@ -79,7 +79,7 @@ def expected_job_counts(config: dict) -> dict[str, int]:
         "cleaning_set": len(cleaning[["attack", "cleaning_poisons"]].drop_duplicates()),
         "pretrain": len(pretrained), "evaluate_pretrained": len(pretrained),
         "clean": len(cleaning), "evaluate_cleaned": len(cleaning),  # one job evaluates all epochs of a run
-        "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
+        "results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1,
     }
     return counts | {"total": sum(counts.values())}
 

@@ -22,7 +22,7 @@ from workflow import ONE_THREAD, ROOT, attack_folder, job_counts, run_snakemake
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 STUDY_DIR = "results/studies/smoke"
 EPOCHS = SMOKE["clean"]["epochs"]
-LIGHT = {"results_database": 1, "figures": 1, "headline_figure": 1, "all": 1}
+LIGHT = {"results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1}
 
 
 def jobs_run(snakemake_stderr: str) -> dict[str, int]:
@@ -120,8 +120,14 @@ def test_report_holds_every_figure_and_the_summary(smoke_run):
     result = run_snakemake(smoke_run, SMOKE, "--report", "results/report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     report = (smoke_run / "results/report.html").read_text()
-    for name in ("badnet_poisons0.png", "badnet_poisons2.png", "control_poisons0.png", "contamination.png", "summary.csv"):
+    for name in (
+        "badnet_poisons0.png", "badnet_poisons2.png", "control_poisons0.png", "contamination.png", "summary.csv",
+        "overview.html", "trigger_grid.png",
+    ):
         assert name in report
+    assert "Start with" in report  # the landing page's description of the study, beside the rule graph
+    overview = (smoke_run / f"{STUDY_DIR}/overview.html").read_text()
+    assert overview.count("data:image/png;base64,") == 3 + 1  # fig2 per facet, the badnet trigger grid
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ def test_dry_run_of_the_default_config_prints_the_dag(tmp_path):
         # only the studied attack is poisoned and pictured, of the five the default configures
         "generate_corpus": 1, "download": 1, "manifest": 1, "poison": 1, "trigger_grid": 1,
         "pretrain": 2, "cleaning_set": seeds, "clean": runs, "evaluate_cleaned": runs,
-        "results_database": 1, "figures": 1, "headline_figure": 1, "all": 1,
+        "results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1,
         # the curve's job per pretrained model scores every pretraining epoch and the model itself
         "evaluate_pretraining_curve": 2, "pretraining_curve": 1,
     }
