@@ -33,6 +33,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/poison.smk"
 include: "rules/train.smk"
+include: "rules/detect.smk"
 include: "rules/results.smk"
 
 
@@ -45,3 +46,4 @@ rule all:
         rules.overview.output,
         rules.preparation_summary.output if prepared_methods() else [],
         rules.pretraining_curve.output if PRETRAIN_CURVE else [],
+        rules.detection_summary.output if STUDY["detectors"] else [],

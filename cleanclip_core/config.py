@@ -17,6 +17,7 @@ import yaml
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.defenses import CLEAN_SET, DEFENSES, get_defense
+from cleanclip_core.detectors import DETECTORS
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import use_plugins
@@ -65,7 +66,8 @@ def _location(error: jsonschema.ValidationError) -> str:
 
 def config_schema() -> dict[str, Any]:
     """config.schema.yaml completed from the registries (built-in entries and plugins'): the
-    attack types and their trigger parameters, the loss terms, the cleaning methods' options."""
+    attack types and their trigger parameters, the loss terms, the cleaning methods' options,
+    the detectors and their options."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     attack = schema["$defs"]["attack"]
     attack["properties"]["type"]["enum"] = sorted(ATTACKS)
@@ -78,6 +80,10 @@ def config_schema() -> dict[str, Any]:
     }
     schema["properties"]["defenses"]["properties"] = {
         name: {"default": {}, **defense.options} for name, defense in DEFENSES.items() if defense.options is not None
+    }
+    schema["properties"]["study"]["properties"]["detectors"]["items"]["enum"] = sorted(DETECTORS)
+    schema["properties"]["detection"]["properties"]["options"]["properties"] = {
+        name: detector.options for name, detector in DETECTORS.items() if detector.options is not None
     }
     return schema
 
@@ -147,6 +153,14 @@ def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
     for name in study["pretrain_objectives"]:
         if config["objectives"].get(name, {}).get("supervised"):
             yield f"config: study.pretrain_objectives: {name!r} has a supervised term, which only cleaning supports"
+    detection = config["detection"]
+    for name in study["detectors"]:
+        k = detection["options"].get(name, {}).get("k", 0)
+        if k > detection["batch_size"] // 2 - 2:
+            yield (
+                f"config: detection.options.{name}.k: {k} neighbours need a detection.batch_size of at least "
+                f"{2 * k + 4} (it is {detection['batch_size']}); raise it or lower k"
+            )
     supervised_methods = [name for name in study["clean_methods"] if config["objectives"].get(name, {}).get("supervised")]
     if supervised_methods and config["dataset"]["url_list"] and not config["clean"]["labels"]:
         yield (

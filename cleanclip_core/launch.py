@@ -36,6 +36,7 @@ from typing import Any
 
 import submitit
 
+from cleanclip_core.data.shard_listing import verify_shards
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import reported_step
 
@@ -386,6 +387,18 @@ def launch_from_snakemake(job: Any, folder: Path = Path("results/launch")) -> di
         "folder": Path(folder) / job.rule,
         "resources": StageResources.from_mapping(resources),
         "name": name,
+    }
+
+
+def training_pairs_from_snakemake(job: Any) -> dict[str, Any]:
+    """The poisoned training pairs a Snakemake job's stage reads (the fields of the training
+    loop's TrainingData), once the shards' sizes match their listing (a cheap check)."""
+    verify_shards(job.input.shards, job.input.shard_listing)
+    return {
+        "manifest": job.input.manifest,
+        "shard_index": job.input.shard_index,
+        "shards_dir": job.input.shards,
+        "attack": job.params.attack,
     }
 
 

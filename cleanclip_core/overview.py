@@ -83,6 +83,12 @@ TABLE_NOTES = {
         "Paired differences (a - b, percentage points) on the same starts and seeds, with their "
         "95% interval; a difference whose interval includes zero is no finding.",
     ),
+    "detection": (
+        "Training-set detection",
+        "Per detector, attack and pretraining objective: AUROC, AUPRC and the TPR at 1% FPR, then "
+        "precision, recall, F1 and the FPR of the threshold set on clean reference pairs alone, in "
+        "percent with 95% intervals; a clean control has only its FPR.",
+    ),
     "stopping_rule_intervals": (
         "Stopping rules",
         "The epoch each rule keeps, its top-1 and ASR@1, and its regret against the oracle "
@@ -93,10 +99,11 @@ TABLE_NOTES = {
 
 def write_overview(
     path: Path, title: str, grid: Mapping[str, Sequence], tables: Mapping[str, Path],
-    fig2: Sequence[Path], trigger_grids: Sequence[Path],
+    fig2: Sequence[Path], trigger_grids: Sequence[Path], detection: Sequence[Path] = (),
 ) -> None:
     """The overview page at `path`: the study's grid, its summary with intervals, fig2 per facet,
-    the trigger grids, then the comparisons and the stopping rules."""
+    the trigger grids, then the comparisons, the detection table and ROC curves (`detection`:
+    the table and the figure, if the study has detectors) and the stopping rules."""
     grid_items = "".join(
         f"<li><b>{html.escape(name)}</b>: {html.escape(', '.join(map(str, values)))}</li>" for name, values in grid.items()
     )
@@ -106,6 +113,8 @@ def write_overview(
         _figure_section("Fig. 2: clean top-1 against ASR@1 of every cleaning epoch", fig2),
         _figure_section("Trigger grids: clean and triggered training images", trigger_grids),
         _table_section(*TABLE_NOTES["comparisons"], tables["comparisons"]),
+        *([_table_section(*TABLE_NOTES["detection"], detection[0]), _figure_section("ROC curves", detection[1:])]
+          if detection else []),
         _table_section(*TABLE_NOTES["stopping_rule_intervals"], tables["stopping_rule_intervals"]),
     ]
     page = (

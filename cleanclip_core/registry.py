@@ -1,10 +1,10 @@
 """The registries of what a study names (attacks, loss terms and their views, cleaning methods'
-needs, stopping rules) and the plugins that add to them.
+needs, stopping rules, detectors) and the plugins that add to them.
 
 A registry imports no torch (the workflow reads it to build its DAG); its entries name their
 functions by import path, `module:function`, resolved where they run. A plugin is a module of
 one's own whose list `ENTRIES` holds entries of any kind (`Attack`, `Term`, `View`, `Defense`,
-`StoppingRule`). It is named in the config's `plugins` or by an entry point of the group
+`StoppingRule`, `Detector`). It is named in the config's `plugins` or by an entry point of the group
 `cleanclip_core.plugins` of an installed package; every process loads the plugins the first time
 it reads a registry, so the DAG and every job (and each of their worker processes) see the same
 entries. The config names them once: they reach jobs through the environment variable
@@ -24,7 +24,10 @@ from cleanclip_core.errors import UserError, did_you_mean
 PLUGINS_VARIABLE = "CLEANCLIP_PLUGINS"
 ENTRY_POINT_GROUP = "cleanclip_core.plugins"
 # The modules that define the registries: a plugin's entry of any kind finds its registry.
-REGISTRY_MODULES = ("cleanclip_core.attacks", "cleanclip_core.defenses", "cleanclip_core.terms", "cleanclip_core.stopping")
+REGISTRY_MODULES = (
+    "cleanclip_core.attacks", "cleanclip_core.defenses", "cleanclip_core.terms", "cleanclip_core.stopping",
+    "cleanclip_core.detectors",
+)
 
 
 def resolve(path: str) -> Callable:
@@ -123,7 +126,7 @@ def _plugin_entries(name: str) -> list[Any]:
         raise UserError(f"plugin {name}: cannot import it ({error}); is it installed, or a module in the working directory?") from None
     entries = getattr(module, "ENTRIES", None)
     if not isinstance(entries, (list, tuple)):
-        raise UserError(f"plugin {name}: it has no list ENTRIES of the entries it adds (Attack, Term, View, Defense, StoppingRule)")
+        raise UserError(f"plugin {name}: it has no list ENTRIES of the entries it adds (Attack, Term, View, Defense, StoppingRule, Detector)")
     return list(entries)
 
 
@@ -131,4 +134,4 @@ def _registry_of(entry: Any, plugin: str) -> Registry:
     for registry in Registry._all:
         if isinstance(entry, registry.entry_type):
             return registry
-    raise UserError(f"plugin {plugin}: {entry!r} in ENTRIES is not an Attack, Term, View, Defense or StoppingRule")
+    raise UserError(f"plugin {plugin}: {entry!r} in ENTRIES is not an Attack, Term, View, Defense, StoppingRule or Detector")

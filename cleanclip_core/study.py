@@ -262,3 +262,17 @@ def cleaned_provenance(config: Mapping[str, Any], run: Mapping[str, Any]) -> dic
     cleaning_set = cleaning_set_settings(config, run["cleaning_poisons"], run["clean_seed"])
     pretrained = pretrained_provenance(config, run["attack"], run["pretrain_objective"], run["pretrain_seed"])
     return pretrained | {"clean": clean | cleaning_set}
+
+
+DETECTION_SETTINGS = ("batch_size", "reference_pairs", "reference_fpr", "bootstrap_resamples", "seed")
+
+
+def detection_settings(config: Mapping[str, Any], detector: str) -> dict:
+    """What makes a detector's scores and measures besides the pretrained model: its options and
+    how it scores and is judged."""
+    detection = config["detection"]
+    return {"options": detection["options"].get(detector, {})} | {key: detection[key] for key in DETECTION_SETTINGS}
+
+
+def detection_digest(config: Mapping[str, Any], detector: str) -> str:
+    return digest(detection_settings(config, detector))

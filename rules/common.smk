@@ -33,6 +33,12 @@ CLEANING_SET = f"{ATTACK_DIR}/cleaning_sets/poisons_{{cleaning_poisons}}_seed_{{
 PREPARED = f"{PRETRAIN_RUN}/clean_method={{clean_method}}/clean_seed={{clean_seed}}/preparation={{preparation}}/prepared"
 
 
+# A pretrained model's training pairs embedded once for the training-set detectors, and each
+# detector's scores and measures, per the digest of its options and of how it is judged.
+TRAINING_EMBEDDINGS = f"{PRETRAIN_RUN}/detection/training_embeddings.parquet"
+DETECTION = f"{PRETRAIN_RUN}/detection/detector={{detector}}/detection_settings={{detection_settings}}"
+
+
 # The pretraining curve's epochs: none unless the study keeps every pretraining epoch.
 PRETRAIN_CURVE = config["pretrain"]["curve"]
 PRETRAIN_EPOCHS = range(1, config["pretrain"]["epochs"] + 1) if PRETRAIN_CURVE else range(0)
@@ -90,6 +96,8 @@ wildcard_constraints:
     cleaning_set=study.cleaning_set_digest(config),
     poisoning=_one_of(study.poisoning_digest(config, attack) for attack in config["attacks"]),
     preparation=_one_of(study.preparation_digest(config, method) for method in STUDY["clean_methods"]),
+    detector=_one_of(STUDY["detectors"]),
+    detection_settings=_one_of(study.detection_digest(config, name) for name in STUDY["detectors"]),
 
 
 # The figures' facets: one fig2 and one trajectories figure per attack x poisons in the cleaning
@@ -294,3 +302,20 @@ def study_train_logs(wildcards):
 def run_folder(wildcards, output):
     """Where a training run writes: the folder of its step log."""
     return str(Path(output.step_log).parent)
+
+
+def study_detection_points():
+    """Every pretrained model x detector of the study: its identity (the pretraining dimensions,
+    the detector and the digest of its settings) and its folder."""
+    points = []
+    for model in PRETRAINED.dataframe.to_dict("records"):
+        for detector in STUDY["detectors"]:
+            identity = {key: getattr(value, "item", lambda: value)() for key, value in model.items()}
+            identity |= {"detector": detector, "detection_settings": study.detection_digest(config, detector)}
+            points.append((identity, _filled(DETECTION, identity)))
+    return points
+
+
+def study_detections(name):
+    """The file `name` of every pretrained model x detector of the study."""
+    return [f"{folder}/{name}" for _, folder in study_detection_points()]

@@ -146,6 +146,7 @@ rule overview:
         stopping_rule_intervals=rules.figures.output.stopping_rule_intervals,
         fig2=study_figures("fig2", "png"),
         trigger_grids=attack_folders("trigger_grid.png"),
+        detection=[rules.detection_summary.output.table, rules.detection_summary.output.roc_png] if STUDY["detectors"] else [],
     output:
         report(f"{STUDY_DIR}/overview.html", caption="../report/overview.rst", category="Overview"),
     params:

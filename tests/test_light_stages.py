@@ -12,7 +12,7 @@ from workflow import ROOT
 
 LIGHT_SCRIPTS = [
     "generate_corpus", "download", "manifest", "poison", "unpoisoned_manifest", "cleaning_set",
-    "preparation_summary", "results_database", "figures", "overview",
+    "preparation_summary", "results_database", "figures", "overview", "detect_training", "detection_summary",
 ]
 
 REPORT_HEAVY_MODULES = """

@@ -23,6 +23,7 @@ SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 STUDY_DIR = "results/studies/smoke"
 EPOCHS = SMOKE["clean"]["epochs"]
 LIGHT = {"results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1}
+DETECTORS = len(SMOKE["study"]["detectors"])
 
 
 def jobs_run(snakemake_stderr: str) -> dict[str, int]:
@@ -122,12 +123,13 @@ def test_report_holds_every_figure_and_the_summary(smoke_run):
     report = (smoke_run / "results/report.html").read_text()
     for name in (
         "badnet_poisons0.png", "badnet_poisons2.png", "control_poisons0.png", "contamination.png", "summary.csv",
-        "overview.html", "trigger_grid.png",
+        "overview.html", "trigger_grid.png", "roc.png", "detection.csv",
     ):
         assert name in report
     assert "Start with" in report  # the landing page's description of the study, beside the rule graph
     overview = (smoke_run / f"{STUDY_DIR}/overview.html").read_text()
-    assert overview.count("data:image/png;base64,") == 3 + 1  # fig2 per facet, the badnet trigger grid
+    assert overview.count("data:image/png;base64,") == 3 + 1 + 1  # fig2 per facet, the badnet trigger grid, ROC
+    assert "Training-set detection" in overview
 
 
 @pytest.mark.parametrize(
@@ -152,9 +154,10 @@ def changed(**changes) -> dict:
 
 
 def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
-    """The jobs of `pretrained` new pretrained models and `runs` new cleaning runs, and the
-    study's database and figures after them."""
+    """The jobs of `pretrained` new pretrained models (their detection too) and `runs` new
+    cleaning runs, and the study's database and figures after them."""
     jobs = {"pretrain": pretrained, "evaluate_pretrained": pretrained, "clean": runs, "evaluate_cleaned": runs}
+    jobs |= {"embed_training": pretrained, "detect_training": pretrained * DETECTORS, "detection_summary": min(pretrained, 1)}
     return {name: count for name, count in (jobs | (data or {})).items() if count} | LIGHT
 
 
@@ -179,6 +182,29 @@ def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
 )
 def test_changing_one_value_of_a_dimension_reruns_exactly_what_depends_on_it(smoke_run, dimension, config, expected):
     assert planned(smoke_run, config) == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        changed(detection=SMOKE["detection"] | {"options": {"dao": {"k": 12}}}),  # a detector's option
+        changed(study={"detectors": [*SMOKE["study"]["detectors"], "k_distance"]}),  # one more detector
+    ],
+)
+def test_a_detector_change_rescores_every_pretrained_model_with_that_detector_only(smoke_run, change):
+    assert planned(smoke_run, change) == {"detect_training": 4, "detection_summary": 1, "overview": 1, "all": 1}
+
+
+def test_the_detection_table_gives_each_detector_per_attack_and_objective_and_the_control_its_fpr(smoke_run):
+    table = pd.read_csv(smoke_run / f"{STUDY_DIR}/tables/detection.csv")
+    assert len(table) == DETECTORS * 2 * 2  # attacks x pretraining objectives
+    control, poisoned = table[table.attack == "control"], table[table.attack == "badnet"]
+    assert control.auroc.isna().all() and control.fpr.between(0, 1).all()
+    assert (poisoned.n_poisons == SMOKE["attacks"]["badnet"]["n_poisons"]).all()
+    assert ((poisoned.auroc_low <= poisoned.auroc) & (poisoned.auroc <= poisoned.auroc_high)).all()
+    scores = pq.read_table(next((smoke_run / "results/runs").rglob("detector=dao/*/scores.parquet"))).to_pandas()
+    assert len(scores) == SMOKE["dataset"]["corpus"]["n_train"] and scores.reference.sum() == SMOKE["detection"]["reference_pairs"]
+    assert (smoke_run / f"{STUDY_DIR}/figures/roc.png").stat().st_size > 10_000
 
 
 def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):

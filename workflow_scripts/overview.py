@@ -9,4 +9,5 @@ with reported_step(snakemake.log[0]):
         {name: snakemake.input[name] for name in ("summary_intervals", "comparisons", "stopping_rule_intervals")},
         fig2=snakemake.input.fig2,
         trigger_grids=snakemake.input.trigger_grids,
+        detection=snakemake.input.detection,
     )

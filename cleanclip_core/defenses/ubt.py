@@ -67,7 +67,7 @@ def detect(
     device = stage_device()
     clip = create_model(model, Path(weights)).to(device)
     poisoned = pq.read_table(data["manifest"])
-    pairs = _pair_views(clip, model, poisoned, data, seed)
+    pairs = pair_views(clip, model, poisoned, data, seed)
 
     def score(rows: Dataset) -> np.ndarray:
         return pair_similarity(clip, DataLoader(rows, batch_size, num_workers=num_workers), device)
@@ -92,7 +92,7 @@ def detect(
     return manifest
 
 
-def _pair_views(clip: nn.Module, model: str, poisoned: pa.Table, data: Mapping[str, Any], seed: int) -> TrainingViews:
+def pair_views(clip: nn.Module, model: str, poisoned: pa.Table, data: Mapping[str, Any], seed: int) -> TrainingViews:
     """Every pair of the poisoned manifest as the model sees it: poisoned images triggered,
     captions tokenized (images are normalized on the device, by `pair_features`)."""
     trigger = attack_trigger(data["attack"]) if data["attack"] else None

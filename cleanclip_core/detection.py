@@ -1,0 +1,158 @@
+"""Detection of poisoned training pairs: a detector's scores of every pair of a pretrained model,
+and how well they find the poisons.
+
+A score ranks (AUROC, AUPRC, the TPR at 1% FPR); a defender also needs a threshold, and has only
+clean data to set it: `reference_pairs` unpoisoned pairs drawn from the training data (the clean
+subset a defender verified, as CleanCLIP assumes one) set it at the score that flags
+`reference_fpr` of them. Precision, recall, F1 and the false-positive rate are those of that
+threshold on the other pairs, which are the ones evaluated. Intervals are a bootstrap over the
+evaluated pairs (the threshold held), for a study with one replicate of each model.
+"""
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score, roc_curve
+
+from cleanclip_core.detectors import get_detector
+from cleanclip_core.detectors.training_set import TrainingFeatures
+from cleanclip_core.intervals import t_interval
+from cleanclip_core.registry import resolve
+from cleanclip_core.tables import files_sha256, write_table
+
+log = logging.getLogger(__name__)
+
+RANKING = ("auroc", "auprc", "tpr_at_1fpr")
+AT_THRESHOLD = ("precision", "recall", "f1", "fpr")
+QUALITY = (*RANKING, *AT_THRESHOLD)
+LOW_FPR = 0.01
+
+
+def embedding_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size list column as an [n, d] float32 array."""
+    flat = column.combine_chunks()
+    return flat.values.to_numpy().reshape(len(flat), flat.type.list_size)
+
+
+def scoring_batches(n: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """The rows of each scoring batch: a seeded shuffle cut into batches of about `batch_size`
+    (never a short last one, whose neighbourhoods would be unlike the others')."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.array_split(order, max(1, round(n / batch_size)))
+
+
+def training_scores(embeddings: pa.Table, detector: str, options: Mapping[str, Any], batch_size: int, seed: int) -> np.ndarray:
+    """The detector's score of every row of `embeddings`, batch by batch."""
+    score = resolve(get_detector(detector).score)
+    image, text = embedding_matrix(embeddings["image"]), embedding_matrix(embeddings["text"])
+    scores = np.empty(len(embeddings))
+    for rows in scoring_batches(len(embeddings), batch_size, seed):
+        scores[rows] = score(TrainingFeatures(image[rows], text[rows], seed), options)
+    return scores
+
+
+def reference_rows(is_poison: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` unpoisoned rows drawn without replacement (all of them when fewer), sorted."""
+    clean = np.flatnonzero(~is_poison)
+    return np.sort(np.random.default_rng(seed).choice(clean, min(count, len(clean)), replace=False))
+
+
+def reference_threshold(reference_scores: np.ndarray, fpr: float) -> float:
+    """The score above which at most `fpr` of the clean reference pairs lie."""
+    return float(np.quantile(reference_scores, 1 - fpr, method="higher"))
+
+
+def tpr_at_fpr(is_poison: np.ndarray, scores: np.ndarray, fpr: float = LOW_FPR) -> float:
+    """The highest true-positive rate of any threshold whose false-positive rate is at most `fpr`."""
+    false_positive, true_positive, _ = roc_curve(is_poison, scores)
+    return float(true_positive[false_positive <= fpr].max())
+
+
+def quality(is_poison: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The ranking measures (NaN without both poisoned and clean pairs) and those of flagging
+    the pairs scored above `threshold`."""
+    flagged = scores > threshold
+    both = 0 < is_poison.sum() < len(is_poison)
+    ranking = {
+        "auroc": roc_auc_score(is_poison, scores) if both else math.nan,
+        "auprc": average_precision_score(is_poison, scores) if both else math.nan,
+        "tpr_at_1fpr": tpr_at_fpr(is_poison, scores) if both else math.nan,
+    }
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        is_poison, flagged, average="binary", zero_division=0.0
+    ) if is_poison.any() else (math.nan, math.nan, math.nan, None)
+    clean = ~is_poison
+    fpr = float(flagged[clean].mean()) if clean.any() else math.nan
+    return {**{k: float(v) for k, v in ranking.items()}, "precision": float(precision), "recall": float(recall),
+            "f1": float(f1), "fpr": fpr}
+
+
+def bootstrap_intervals(
+    is_poison: np.ndarray, scores: np.ndarray, threshold: float, resamples: int, seed: int,
+) -> dict[str, tuple[float, float]]:
+    """Percentile 95% intervals of each measure over resamples of the pairs (with replacement)."""
+    rng = np.random.default_rng(seed)
+    draws = [quality(is_poison[rows], scores[rows], threshold)
+             for rows in (rng.integers(0, len(scores), len(scores)) for _ in range(resamples))]
+    return {
+        name: tuple(float(bound) for bound in np.nanpercentile([draw[name] for draw in draws], [2.5, 97.5]))
+        if not all(math.isnan(draw[name]) for draw in draws) else (math.nan, math.nan)
+        for name in QUALITY
+    }
+
+
+def detect_training(
+    embeddings: str, detector: str, options: Mapping[str, Any], settings: Mapping[str, Any],
+    scores_table: str, quality_table: str,
+) -> None:
+    """The stage: score every training pair (`scores_table`: key, is_poison, reference, score)
+    and write the detection's quality with its bootstrap intervals (`quality_table`, one row)."""
+    pairs = pq.read_table(embeddings)
+    is_poison = pairs["is_poison"].to_numpy(zero_copy_only=False)
+    scores = training_scores(pairs, detector, options, settings["batch_size"], settings["seed"])
+    reference = np.zeros(len(pairs), dtype=bool)
+    reference[reference_rows(is_poison, settings["reference_pairs"], settings["seed"])] = True
+    threshold = reference_threshold(scores[reference], settings["reference_fpr"])
+    evaluated = ~reference
+    measured = quality(is_poison[evaluated], scores[evaluated], threshold)
+    intervals = bootstrap_intervals(
+        is_poison[evaluated], scores[evaluated], threshold, settings["bootstrap_resamples"], settings["seed"]
+    )
+    provenance = {
+        "config": {"detector": detector, "options": dict(options), "settings": dict(settings)},
+        "inputs_sha256": files_sha256([Path(embeddings)]),
+    }
+    write_table(
+        pa.table({"key": pairs["key"], "is_poison": is_poison, "reference": reference, "score": scores}),
+        Path(scores_table), **provenance,
+    )
+    row = {"n_pairs": int(evaluated.sum()), "n_poisons": int(is_poison[evaluated].sum()), "threshold": threshold}
+    for name in QUALITY:
+        row |= {name: measured[name], f"{name}_low": intervals[name][0], f"{name}_high": intervals[name][1]}
+    write_table(pa.Table.from_pylist([row]), Path(quality_table), **provenance)
+    log.info(f"{detector}: " + ", ".join(f"{name} {measured[name]:.3f}" for name in QUALITY) + f" ({row['n_poisons']} poisons)")
+
+
+def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataFrame:
+    """One row per cell (detector x pretrained model but its seed): `n_replicates` and each
+    measure's mean with a 95% interval, Student's t over the replicates where there are two or
+    more, else the one replicate's bootstrap interval."""
+    rows = []
+    for key, group in replicates.groupby(list(cell), sort=True, dropna=False):
+        row = dict(zip(cell, key)) | {"n_replicates": len(group), "n_poisons": int(group["n_poisons"].max())}
+        for name in QUALITY:
+            values = group[name].dropna()
+            if len(values) >= 2:
+                mean, low, high = t_interval(values)
+                row |= {name: mean, f"{name}_low": max(low, 0.0), f"{name}_high": min(high, 1.0)}
+            else:
+                row |= {column: group[column].iloc[0] for column in (name, f"{name}_low", f"{name}_high")}
+        rows.append(row)
+    return pd.DataFrame(rows)

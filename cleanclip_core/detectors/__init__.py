@@ -1,0 +1,67 @@
+"""The detectors a study names: each scores what its level sees, higher meaning more likely
+poisoned (or, for a model, backdoored).
+
+Levels: `training` scores every training pair of a pretrained model from the pair's image and
+text embeddings (Huang et al., ICLR'25: the poisons are where the embedding space is locally
+unlike its neighbours). A registry entry names its score function by import path, so the DAG
+reads this registry without torch, and a plugin adds a detector with a `Detector` in ENTRIES.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cleanclip_core.registry import Registry
+
+TRAINING = "training"
+LEVELS = (TRAINING,)
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    score: str
+    """`module:function` (TrainingFeatures, options) -> one score per pair, higher is more
+    suspicious; called once per scoring batch."""
+    level: str = TRAINING
+    options: Mapping[str, Any] | None = None
+    """JSON schema of its options, defaults included; None: it has none."""
+    description: str = ""
+
+
+def _k(default: int) -> dict:
+    return {
+        "type": "object", "default": {}, "additionalProperties": False,
+        "properties": {"k": {"type": "integer", "minimum": 2, "default": default, "description": "Neighbours (non-self distances)."}},
+    }
+
+
+_SCORES = "cleanclip_core.detectors.training_set"
+
+DETECTORS = Registry("detector", Detector, (
+    Detector("k_distance", f"{_SCORES}:k_distance_scores", options=_k(16),
+             description="the distance to the k-th nearest embedding"),
+    Detector("lid", f"{_SCORES}:lid_scores", options=_k(64),
+             description="the local intrinsic dimensionality (maximum likelihood) of the k nearest distances"),
+    Detector("slof", f"{_SCORES}:slof_scores", options=_k(16),
+             description="the simplified local outlier factor: the k-distance against the neighbours' own"),
+    Detector("dao", f"{_SCORES}:dao_scores", options=_k(16),
+             description="the dimensionality-aware outlier score: SLOF's ratios weighted by the neighbours' LID"),
+    Detector("isolation_forest", f"{_SCORES}:isolation_forest_scores", options={
+        "type": "object", "default": {}, "additionalProperties": False,
+        "properties": {"trees": {"type": "integer", "minimum": 1, "default": 100, "description": "Trees of the forest."}},
+    }, description="scikit-learn's Isolation Forest fit on the batch's embeddings"),
+    Detector("clip_score", f"{_SCORES}:clip_score_scores",
+             description="Huang et al.'s CLIPScore baseline: the pair's image-caption cosine, negated (a poor match is suspicious)"),
+    Detector("ubt_similarity", f"{_SCORES}:pair_similarity_scores",
+             description="UBT's selection: the pair's image-caption cosine (a poison's caption matches its trigger unusually well)"),
+))
+
+
+def get_detector(name: str) -> Detector:
+    return DETECTORS.entry(name)
+
+
+def detector_options(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A detector's options from the config's `detection.options` (its defaults filled in)."""
+    return dict(config["detection"]["options"].get(name, {}))

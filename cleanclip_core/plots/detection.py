@@ -1,0 +1,78 @@
+"""The study's detection results: the table of each detector's measures per attack and
+pretraining objective (with intervals), the table per replicate, and the ROC curves."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from cleanclip_core.detection import LOW_FPR, detection_summary
+from cleanclip_core.plots.cleaning import PANEL_INCHES, objective_title, save_figure
+from cleanclip_core.tables import write_csv
+
+CELL = ("dataset", "attack", "model", "start", "pretrain_objective", "pretrain_settings", "detector", "detection_settings")
+
+
+def roc_points(scores: Path) -> pd.DataFrame:
+    """The ROC curve of one scores table over its evaluated pairs (the reference pairs left out)."""
+    table = pq.read_table(scores).to_pandas()
+    evaluated = table[~table.reference]
+    fpr, tpr, _ = roc_curve(evaluated.is_poison, evaluated.score)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr})
+
+
+def plot_roc(curves: pd.DataFrame, attacks: Sequence[str], objectives: Sequence[str]) -> Figure:
+    """A panel per attack (rows) and pretraining objective (columns); a colour per detector, a
+    line per replicate; the chance diagonal and the 1% false-positive rate dotted."""
+    detectors = list(dict.fromkeys(curves.detector))
+    colours = dict(zip(detectors, colormaps["tab10"].colors))
+    figure = Figure(figsize=(PANEL_INCHES * len(objectives), PANEL_INCHES * len(attacks) + 0.6), layout="constrained")
+    axes = figure.subplots(len(attacks), len(objectives), squeeze=False, sharex=True, sharey=True)
+    for row, attack in enumerate(attacks):
+        for column, objective in enumerate(objectives):
+            ax = axes[row, column]
+            ax.plot([0, 1], [0, 1], color="grey", linestyle="-.", linewidth=0.8, label="chance")
+            ax.axvline(LOW_FPR, color="grey", linestyle=":", linewidth=0.8, label=f"{LOW_FPR:.0%} FPR")
+            panel = curves[(curves.attack == attack) & (curves.pretrain_objective == objective)]
+            for (detector, seed), curve in panel.groupby(["detector", "pretrain_seed"], sort=False):
+                first = seed == panel[panel.detector == detector].pretrain_seed.min()
+                ax.plot(curve.fpr, curve.tpr, color=colours[detector], linewidth=1.2, label=detector if first else None)
+            ax.set_title(f"{attack}, {objective_title(objective)}")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.01)
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("false-positive rate\n(clean pairs flagged)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("true-positive rate (poisons found)")
+    axes[0, -1].legend(fontsize="small", loc="lower right")
+    figure.suptitle("Training-set detectors: ROC over the training pairs\n(a line per replicate)")
+    return figure
+
+
+def write_detection_study(
+    qualities: Sequence[Path], scores: Sequence[Path], identities: Sequence[Mapping[str, Any]],
+    objectives: Sequence[str], poisoning_attacks: Sequence[str], *, table: Path, replicates_table: Path,
+    figures: Sequence[Path],
+) -> pd.DataFrame:
+    """From each pretrained model x detector (its quality and scores tables, its identity): the
+    replicates' table, the study's detection table (returned) and the ROC figure at each path of
+    `figures` (the attacks that poison: a clean control has no poison to find)."""
+    replicates = pd.DataFrame([
+        dict(identity) | pq.read_table(path).to_pylist()[0] for identity, path in zip(identities, qualities, strict=True)
+    ])
+    summary = detection_summary(replicates, CELL)
+    write_csv(replicates, replicates_table)
+    write_csv(summary, table)
+    curves = pd.concat([
+        roc_points(path).assign(**identity) for identity, path in zip(identities, scores, strict=True)
+        if identity["attack"] in poisoning_attacks
+    ])
+    for path in figures:
+        save_figure(plot_roc(curves, poisoning_attacks, objectives), path)
+    return summary

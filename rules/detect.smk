@@ -1,0 +1,71 @@
+# Detection: every detector of the study scores the training pairs of every pretrained model
+# (its embeddings computed once), and the study's table and ROC curves compare them.
+
+
+rule embed_training:
+    input:
+        unpack(attack_preparation),
+        manifest=poisoned_manifest,
+        shard_index="results/{dataset}/shard_index.parquet",
+        shards="results/{dataset}/shards",
+        shard_listing="results/{dataset}/shard_listing.parquet",
+        weights=f"{PRETRAIN_RUN}/model.pt",
+    output:
+        TRAINING_EMBEDDINGS,
+    params:
+        model=STUDY["model"],
+        attack=attack_config,
+    threads: 2
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+        evaluation_batch_size=config["execution"]["evaluation_batch_size"],
+    log:
+        f"results/logs/embed_training/{PRETRAINED.wildcard_pattern}.log",
+    benchmark:
+        f"results/benchmarks/embed_training/{PRETRAINED.wildcard_pattern}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/embed_training.py"
+
+
+rule detect_training:
+    input:
+        TRAINING_EMBEDDINGS,
+    output:
+        scores=f"{DETECTION}/scores.parquet",
+        quality=f"{DETECTION}/quality.parquet",
+    params:
+        settings=lambda wildcards: study.detection_settings(config, wildcards.detector),
+    log:
+        f"results/logs/detect_training/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.log",
+    benchmark:
+        f"results/benchmarks/detect_training/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.tsv"
+    conda:
+        "../envs/results.yaml"
+    script:
+        "../workflow_scripts/detect_training.py"
+
+
+rule detection_summary:
+    input:
+        qualities=study_detections("quality.parquet"),
+        scores=study_detections("scores.parquet"),
+    output:
+        table=report(f"{STUDY_DIR}/tables/detection.csv", caption="../report/detection.rst", category="Tables"),
+        replicates=f"{STUDY_DIR}/tables/detection_replicates.csv",
+        roc=f"{STUDY_DIR}/figures/roc.pdf",
+        roc_png=report(f"{STUDY_DIR}/figures/roc.png", caption="../report/detection.rst", category="Figures"),
+    params:
+        identities=[point for point, _ in study_detection_points()],
+        objectives=STUDY["pretrain_objectives"],
+        poisoning_attacks=poisoning_attacks(),
+    log:
+        f"{STUDY_DIR}/logs/detection_summary.log",
+    benchmark:
+        f"{STUDY_DIR}/benchmarks/detection_summary.tsv"
+    conda:
+        "../envs/results.yaml"
+    script:
+        "../workflow_scripts/detection_summary.py"
