@@ -1,5 +1,7 @@
 """Training-set detectors and the detection measures, on cases computed by hand."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,7 @@ from cleanclip_core.detectors.training_set import (
 )
 from cleanclip_core.errors import UserError
 from cleanclip_core.registry import resolve
+from workflow import ROOT
 
 # Three pairs on a line: images at 0, 1 and 10 (the planted outlier), each caption 0.5 above its
 # image. A point's distances leave out itself and its pair partner; with k = 2 (a_1, a_2):
@@ -125,3 +128,35 @@ def test_the_stage_writes_every_pairs_score_and_the_quality_with_its_interval(tm
     assert row["n_pairs"] == 250 and row["n_poisons"] == 20
     assert row["auroc"] > 0.95 and row["auroc_low"] <= row["auroc"] <= row["auroc_high"]
     assert row["fpr_low"] <= row["fpr"] <= row["fpr_high"]
+
+
+PLUGIN = '''
+import numpy as np
+from cleanclip_core.detectors import Detector
+
+def norm_scores(features, options):
+    return np.linalg.norm(features.image, axis=1) * options["scale"]
+
+ENTRIES = [Detector("image_norm", "my_detector:norm_scores", options={
+    "type": "object", "default": {}, "additionalProperties": False,
+    "properties": {"scale": {"type": "number", "default": 2.0}},
+})]
+'''
+
+CHECK = '''
+import copy, yaml, numpy as np, pyarrow as pa
+from cleanclip_core.config import validate_config
+from cleanclip_core.detection import training_scores
+config = validate_config(yaml.safe_load(open("config.yaml")) | {"plugins": ["my_detector"], "study": {"detectors": ["image_norm"]}})
+rows = np.array([[3.0, 4.0], [0.0, 1.0]], dtype=np.float32)
+column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), 2)
+print(config["detection"]["options"]["image_norm"], training_scores(pa.table({"image": column, "text": column}), "image_norm", config["detection"]["options"]["image_norm"], 512, 0))
+'''
+
+
+def test_a_plugin_adds_a_detector_with_its_options(tmp_path):
+    (tmp_path / "my_detector.py").write_text(PLUGIN)
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    result = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "{'scale': 2.0} [10.  2.]"
