@@ -24,9 +24,9 @@ from workflow import ROOT, attack_folder
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 # One attack, method and cleaning set of the smoke study: the grid's breadth is tested locally
 # (test_study.py); here every kind of stage runs as a SLURM job.
-SMOKE["study"] |= {"attacks": ["badnet"], "clean_methods": ["cleanclip"], "cleaning_poisons": [0], "seeds": [0]}
+SMOKE["study"] |= {"attacks": ["badnet"], "clean_methods": ["cleanclip"], "cleaning_poisons": [0], "seeds": [0], "detectors": ["dao"]}
 DATABASE = "results/studies/smoke/results.duckdb"
-GPU_STAGES = ("pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned")
+GPU_STAGES = ("pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned", "embed_training")
 # profiles/slurm asks for GPUs; the test cluster has 2 CPUs and no GPU.
 TEST_NODE_RESOURCES = {"gpus_per_node": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
 
@@ -65,7 +65,7 @@ def slurm_job_ids(workdir: Path, stage: str) -> list[str]:
 def test_smoke_study_runs_its_training_and_evaluation_as_slurm_jobs(slurm_cluster, tmp_path):
     finished(slurm_snakemake(tmp_path, slurm_cluster))
     runs = len(SMOKE["study"]["pretrain_objectives"]) * len(SMOKE["clean"]["lrs"])
-    expected_jobs = {"pretrain": 2, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs}
+    expected_jobs = {"pretrain": 2, "clean": runs, "evaluate_pretrained": 2, "evaluate_cleaned": runs, "embed_training": 2}
     for stage, count in expected_jobs.items():
         job_ids = slurm_job_ids(tmp_path, stage)
         assert len(job_ids) == count, (stage, job_ids)
