@@ -112,32 +112,55 @@ def detect_training(
     embeddings: str, detector: str, options: Mapping[str, Any], settings: Mapping[str, Any],
     scores_table: str, quality_table: str,
 ) -> None:
-    """The stage: score every training pair (`scores_table`: key, is_poison, reference, score)
-    and write the detection's quality with its bootstrap intervals (`quality_table`, one row)."""
+    """The training-set stage: score every training pair and judge the scores (write_judged)."""
     pairs = pq.read_table(embeddings)
     is_poison = pairs["is_poison"].to_numpy(zero_copy_only=False)
     scores = training_scores(pairs, detector, options, settings["batch_size"], settings["seed"])
     reference = np.zeros(len(pairs), dtype=bool)
     reference[reference_rows(is_poison, settings["reference_pairs"], settings["seed"])] = True
+    provenance = {
+        "config": {"detector": detector, "options": dict(options), "settings": dict(settings)},
+        "inputs_sha256": files_sha256([Path(embeddings)]),
+    }
+    write_judged(detector, pa.table({"key": pairs["key"]}), is_poison, reference, scores, settings, provenance,
+                 scores_table, quality_table)
+
+
+def write_judged(
+    detector: str, items: pa.Table, is_poison: np.ndarray, reference: np.ndarray, scores: np.ndarray,
+    settings: Mapping[str, Any], provenance: Mapping[str, Any], scores_table: str, quality_table: str,
+) -> None:
+    """Write every item's score (`scores_table`: the `items` columns, is_poison, reference, score)
+    and the quality of the detection on the items outside the reference set, with the threshold
+    the reference set gives and bootstrap intervals (`quality_table`, one row)."""
     threshold = reference_threshold(scores[reference], settings["reference_fpr"])
     evaluated = ~reference
     measured = quality(is_poison[evaluated], scores[evaluated], threshold)
     intervals = bootstrap_intervals(
         is_poison[evaluated], scores[evaluated], threshold, settings["bootstrap_resamples"], settings["seed"]
     )
-    provenance = {
-        "config": {"detector": detector, "options": dict(options), "settings": dict(settings)},
-        "inputs_sha256": files_sha256([Path(embeddings)]),
-    }
-    write_table(
-        pa.table({"key": pairs["key"], "is_poison": is_poison, "reference": reference, "score": scores}),
-        Path(scores_table), **provenance,
-    )
-    row = {"n_pairs": int(evaluated.sum()), "n_poisons": int(is_poison[evaluated].sum()), "threshold": threshold}
+    columns = {name: items[name] for name in items.column_names}
+    write_table(pa.table(columns | {"is_poison": is_poison, "reference": reference, "score": scores}), Path(scores_table), **provenance)
+    row = {"n_scored": int(evaluated.sum()), "n_poisons": int(is_poison[evaluated].sum()), "threshold": threshold}
     for name in QUALITY:
         row |= {name: measured[name], f"{name}_low": intervals[name][0], f"{name}_high": intervals[name][1]}
     write_table(pa.Table.from_pylist([row]), Path(quality_table), **provenance)
     log.info(f"{detector}: " + ", ".join(f"{name} {measured[name]:.3f}" for name in QUALITY) + f" ({row['n_poisons']} poisons)")
+
+
+def evaluation_items(
+    labels: np.ndarray, target_index: int, reference_images: int, triggered_share: float, seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which evaluation images a test-time detector is judged on: (reference, triggered) masks.
+    `reference_images` clean images drawn for the threshold; of the others whose class is not
+    the target, `triggered_share` carry the trigger; the rest are scored clean."""
+    rng = np.random.default_rng(seed)
+    reference = np.zeros(len(labels), dtype=bool)
+    reference[rng.choice(len(labels), min(reference_images, len(labels) - 1), replace=False)] = True
+    candidates = np.flatnonzero(~reference & (labels != target_index))
+    triggered = np.zeros(len(labels), dtype=bool)
+    triggered[rng.choice(candidates, round(triggered_share * len(candidates)), replace=False)] = True
+    return reference, triggered
 
 
 def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense
+from cleanclip_core.detectors import TEST, TRAINING, get_detector
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256
 
@@ -264,14 +265,18 @@ def cleaned_provenance(config: Mapping[str, Any], run: Mapping[str, Any]) -> dic
     return pretrained | {"clean": clean | cleaning_set}
 
 
-DETECTION_SETTINGS = ("batch_size", "reference_pairs", "reference_fpr", "bootstrap_resamples", "seed")
+DETECTION_SETTINGS = {
+    TRAINING: ("batch_size", "reference_pairs", "reference_fpr", "bootstrap_resamples", "seed"),
+    TEST: ("reference_images", "triggered_share", "reference_fpr", "bootstrap_resamples", "seed"),
+}
 
 
 def detection_settings(config: Mapping[str, Any], detector: str) -> dict:
-    """What makes a detector's scores and measures besides the pretrained model: its options and
-    how it scores and is judged."""
+    """What makes a detector's scores and measures besides the model: its options and, of the
+    detection section, the settings of its level."""
     detection = config["detection"]
-    return {"options": detection["options"].get(detector, {})} | {key: detection[key] for key in DETECTION_SETTINGS}
+    keys = DETECTION_SETTINGS[get_detector(detector).level]
+    return {"options": detection["options"].get(detector, {})} | {key: detection[key] for key in keys}
 
 
 def detection_digest(config: Mapping[str, Any], detector: str) -> str:

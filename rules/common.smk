@@ -9,6 +9,7 @@ from snakemake.utils import Paramspace
 from cleanclip_core import study
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.defenses import CLEAN_SET, get_defense
+from cleanclip_core.detectors import detectors_of
 
 DATASET = config["dataset"]["name"]
 STUDY = config["study"]
@@ -302,6 +303,11 @@ def study_train_logs(wildcards):
 def run_folder(wildcards, output):
     """Where a training run writes: the folder of its step log."""
     return str(Path(output.step_log).parent)
+
+
+def detectors_of_level(level):
+    """A wildcard constraint: the study's detectors of one level (none: a pattern matching nothing)."""
+    return _one_of(detectors_of(STUDY["detectors"], level)) or "(?!)"
 
 
 def study_detection_points():

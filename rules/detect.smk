@@ -1,5 +1,6 @@
-# Detection: every detector of the study scores the training pairs of every pretrained model
-# (its embeddings computed once), and the study's table and ROC curves compare them.
+# Detection: every detector of the study scores every pretrained model's training pairs (their
+# embeddings computed once) or its evaluation images, and the study's table and ROC curves
+# compare them. The detector's level picks its rule.
 
 
 rule embed_training:
@@ -33,6 +34,8 @@ rule embed_training:
 rule detect_training:
     input:
         TRAINING_EMBEDDINGS,
+    wildcard_constraints:
+        detector=detectors_of_level("training"),
     output:
         scores=f"{DETECTION}/scores.parquet",
         quality=f"{DETECTION}/quality.parquet",
@@ -46,6 +49,35 @@ rule detect_training:
         "../envs/results.yaml"
     script:
         "../workflow_scripts/detect_training.py"
+
+
+rule detect_test:
+    input:
+        unpack(attack_preparation),
+        weights=f"{PRETRAIN_RUN}/model.pt",
+        images=evaluation_images,
+    wildcard_constraints:
+        detector=detectors_of_level("test"),
+    output:
+        scores=f"{DETECTION}/scores.parquet",
+        quality=f"{DETECTION}/quality.parquet",
+    params:
+        model=STUDY["model"],
+        attack=attack_config,
+        classnames=config["evaluation"]["classnames"],
+        settings=lambda wildcards: study.detection_settings(config, wildcards.detector),
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+        evaluation_batch_size=config["execution"]["evaluation_batch_size"],
+    log:
+        f"results/logs/detect_test/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.log",
+    benchmark:
+        f"results/benchmarks/detect_test/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/detect_test.py"
 
 
 rule detection_summary:

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cleanclip_core.detection import (
-    detect_training, quality, reference_rows, reference_threshold, scoring_batches, tpr_at_fpr,
+    detect_training, quality, reference_rows, reference_threshold, scoring_batches, evaluation_items, tpr_at_fpr,
 )
 from cleanclip_core.detectors import DETECTORS
 from cleanclip_core.detectors.training_set import (
@@ -125,7 +125,7 @@ def test_the_stage_writes_every_pairs_score_and_the_quality_with_its_interval(tm
     scores = pq.read_table(tmp_path / "s.parquet").to_pandas()
     assert len(scores) == 300 and scores.reference.sum() == 50 and not scores[scores.reference].is_poison.any()
     row = pq.read_table(tmp_path / "q.parquet").to_pylist()[0]
-    assert row["n_pairs"] == 250 and row["n_poisons"] == 20
+    assert row["n_scored"] == 250 and row["n_poisons"] == 20
     assert row["auroc"] > 0.95 and row["auroc_low"] <= row["auroc"] <= row["auroc_high"]
     assert row["fpr_low"] <= row["fpr"] <= row["fpr_high"]
 
@@ -160,3 +160,37 @@ def test_a_plugin_adds_a_detector_with_its_options(tmp_path):
     result = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "{'scale': 2.0} [10.  2.]"
+
+
+def test_bdetclip_omega_sums_the_benign_minus_the_malignant_similarities():
+    import torch
+
+    from cleanclip_core.detectors.test_time import bdetclip_omega
+
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    benign = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    malignant = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    # image 1: (1 + 0) - (0.6 + 0); image 2: (0 + 1) - (0.8 + 1)
+    assert bdetclip_omega(image, benign, malignant).tolist() == pytest.approx([0.4, -0.8])
+
+
+def test_strip_overlays_saturate_and_its_score_is_the_mean_entropy():
+    import torch
+
+    from cleanclip_core.detectors.test_time import mean_entropy, superimposed
+
+    images = torch.tensor([[[[200, 10]]]], dtype=torch.uint8)  # one 1 x 1 x 2 image
+    overlays = torch.tensor([[[[100, 20]]], [[[0, 0]]]], dtype=torch.uint8)
+    blended = superimposed(images, overlays, alpha=0.5)
+    assert blended.shape == (1, 2, 1, 1, 2) and blended[0, 0].flatten().tolist() == [250, 20]
+    assert superimposed(images, overlays, alpha=1.0)[0, 0].flatten().tolist() == [255, 30]
+    probabilities = torch.tensor([[[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]])
+    assert mean_entropy(probabilities).item() == pytest.approx(math.log(4) / 2)
+
+
+def test_the_evaluation_items_hold_out_clean_references_and_trigger_a_share_of_the_other_classes():
+    labels = np.arange(100) % 10
+    reference, triggered = evaluation_items(labels, target_index=3, reference_images=20, triggered_share=0.3, seed=0)
+    assert reference.sum() == 20 and not (reference & triggered).any()
+    assert not triggered[labels == 3].any()
+    assert triggered.sum() == round(0.3 * ((~reference) & (labels != 3)).sum())

@@ -15,6 +15,7 @@ import yaml
 
 from cleanclip_core import study
 from cleanclip_core.config import validate_config
+from cleanclip_core.detectors import get_detector
 from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query, run_id
 from cleanclip_core.tables import table_provenance
 from workflow import ONE_THREAD, ROOT, attack_folder, job_counts, run_snakemake
@@ -24,6 +25,7 @@ STUDY_DIR = "results/studies/smoke"
 EPOCHS = SMOKE["clean"]["epochs"]
 LIGHT = {"results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1}
 DETECTORS = len(SMOKE["study"]["detectors"])
+LEVELS = [get_detector(name).level for name in SMOKE["study"]["detectors"]]
 
 
 def jobs_run(snakemake_stderr: str) -> dict[str, int]:
@@ -157,7 +159,10 @@ def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
     """The jobs of `pretrained` new pretrained models (their detection too) and `runs` new
     cleaning runs, and the study's database and figures after them."""
     jobs = {"pretrain": pretrained, "evaluate_pretrained": pretrained, "clean": runs, "evaluate_cleaned": runs}
-    jobs |= {"embed_training": pretrained, "detect_training": pretrained * DETECTORS, "detection_summary": min(pretrained, 1)}
+    jobs |= {
+        "embed_training": pretrained, "detect_training": pretrained * LEVELS.count("training"),
+        "detect_test": pretrained * LEVELS.count("test"), "detection_summary": min(pretrained, 1),
+    }
     return {name: count for name, count in (jobs | (data or {})).items() if count} | LIGHT
 
 
@@ -185,25 +190,32 @@ def test_changing_one_value_of_a_dimension_reruns_exactly_what_depends_on_it(smo
 
 
 @pytest.mark.parametrize(
-    "change",
+    "change, stage",
     [
-        changed(detection=SMOKE["detection"] | {"options": {"dao": {"k": 12}}}),  # a detector's option
-        changed(study={"detectors": [*SMOKE["study"]["detectors"], "k_distance"]}),  # one more detector
+        (changed(detection=SMOKE["detection"] | {"options": {"dao": {"k": 12}}}), "detect_training"),  # an option
+        (changed(study={"detectors": [*SMOKE["study"]["detectors"], "k_distance"]}), "detect_training"),  # one more
+        # a setting of the test-time level only: the training-set detectors keep their scores
+        (changed(detection=SMOKE["detection"] | {"triggered_share": 0.4}), "detect_test"),
     ],
 )
-def test_a_detector_change_rescores_every_pretrained_model_with_that_detector_only(smoke_run, change):
-    assert planned(smoke_run, change) == {"detect_training": 4, "detection_summary": 1, "overview": 1, "all": 1}
+def test_a_detector_change_rescores_every_pretrained_model_with_that_detector_only(smoke_run, change, stage):
+    assert planned(smoke_run, change) == {stage: 4, "detection_summary": 1, "overview": 1, "all": 1}
 
 
 def test_the_detection_table_gives_each_detector_per_attack_and_objective_and_the_control_its_fpr(smoke_run):
     table = pd.read_csv(smoke_run / f"{STUDY_DIR}/tables/detection.csv")
     assert len(table) == DETECTORS * 2 * 2  # attacks x pretraining objectives
-    control, poisoned = table[table.attack == "control"], table[table.attack == "badnet"]
-    assert control.auroc.isna().all() and control.fpr.between(0, 1).all()
+    assert sorted(table.level.unique()) == ["test", "training"]
+    training = table[table.level == "training"]
+    control, poisoned = training[training.attack == "control"], training[training.attack == "badnet"]
+    assert control.auroc.isna().all() and control.fpr.between(0, 1).all()  # a clean model: no poison to find
     assert (poisoned.n_poisons == SMOKE["attacks"]["badnet"]["n_poisons"]).all()
     assert ((poisoned.auroc_low <= poisoned.auroc) & (poisoned.auroc <= poisoned.auroc_high)).all()
     scores = pq.read_table(next((smoke_run / "results/runs").rglob("detector=dao/*/scores.parquet"))).to_pandas()
     assert len(scores) == SMOKE["dataset"]["corpus"]["n_train"] and scores.reference.sum() == SMOKE["detection"]["reference_pairs"]
+    test_time = table[table.level == "test"]  # the images not held out, half of those not of the target triggered
+    assert (test_time.n_scored == SMOKE["dataset"]["corpus"]["n_eval"] - SMOKE["detection"]["reference_images"]).all()
+    assert (test_time.n_poisons > 0).all() and test_time.auroc.between(0, 1).all()
     assert (smoke_run / f"{STUDY_DIR}/figures/roc.png").stat().st_size > 10_000
 
 

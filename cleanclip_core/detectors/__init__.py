@@ -3,40 +3,46 @@ poisoned (or, for a model, backdoored).
 
 Levels: `training` scores every training pair of a pretrained model from the pair's image and
 text embeddings (Huang et al., ICLR'25: the poisons are where the embedding space is locally
-unlike its neighbours). A registry entry names its score function by import path, so the DAG
+unlike its neighbours); `test` scores evaluation images, clean or triggered, under the model
+(BDetCLIP, STRIP). A registry entry names its score function by import path, so the DAG
 reads this registry without torch, and a plugin adds a detector with a `Detector` in ENTRIES.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cleanclip_core.registry import Registry
 
 TRAINING = "training"
-LEVELS = (TRAINING,)
+TEST = "test"
+LEVELS = (TRAINING, TEST)
 
 
 @dataclass(frozen=True)
 class Detector:
     name: str
     score: str
-    """`module:function` (TrainingFeatures, options) -> one score per pair, higher is more
-    suspicious; called once per scoring batch."""
+    """`module:function`, higher is more suspicious. Level training: (TrainingFeatures, options)
+    -> one score per pair of a scoring batch (numpy). Level test: (TestTimeInputs, options) ->
+    one score per image (a torch tensor)."""
     level: str = TRAINING
     options: Mapping[str, Any] | None = None
     """JSON schema of its options, defaults included; None: it has none."""
     description: str = ""
 
 
-def _k(default: int) -> dict:
-    return {
-        "type": "object", "default": {}, "additionalProperties": False,
-        "properties": {"k": {"type": "integer", "minimum": 2, "default": default, "description": "Neighbours (non-self distances)."}},
-    }
-
-
 _SCORES = "cleanclip_core.detectors.training_set"
+_TEST_SCORES = "cleanclip_core.detectors.test_time"
+
+
+def _options(**properties: dict) -> dict:
+    return {"type": "object", "default": {}, "additionalProperties": False, "properties": properties}
+
+
+def _k(default: int) -> dict:
+    return _options(k={"type": "integer", "minimum": 2, "default": default, "description": "Neighbours (non-self distances)."})
+
 
 DETECTORS = Registry("detector", Detector, (
     Detector("k_distance", f"{_SCORES}:k_distance_scores", options=_k(16),
@@ -47,19 +53,30 @@ DETECTORS = Registry("detector", Detector, (
              description="the simplified local outlier factor: the k-distance against the neighbours' own"),
     Detector("dao", f"{_SCORES}:dao_scores", options=_k(16),
              description="the dimensionality-aware outlier score: SLOF's ratios weighted by the neighbours' LID"),
-    Detector("isolation_forest", f"{_SCORES}:isolation_forest_scores", options={
-        "type": "object", "default": {}, "additionalProperties": False,
-        "properties": {"trees": {"type": "integer", "minimum": 1, "default": 100, "description": "Trees of the forest."}},
-    }, description="scikit-learn's Isolation Forest fit on the batch's embeddings"),
+    Detector("isolation_forest", f"{_SCORES}:isolation_forest_scores", options=_options(
+        trees={"type": "integer", "minimum": 1, "default": 100, "description": "Trees of the forest."},
+    ), description="scikit-learn's Isolation Forest fit on the batch's embeddings"),
     Detector("clip_score", f"{_SCORES}:clip_score_scores",
              description="Huang et al.'s CLIPScore baseline: the pair's image-caption cosine, negated (a poor match is suspicious)"),
     Detector("ubt_similarity", f"{_SCORES}:pair_similarity_scores",
              description="UBT's selection: the pair's image-caption cosine (a poison's caption matches its trigger unusually well)"),
+    Detector("bdetclip", f"{_TEST_SCORES}:bdetclip_scores", TEST, _options(
+        templates={"type": "integer", "minimum": 1, "maximum": 7, "default": 7, "description": "Appearance templates per class (the paper: 7 descriptions)."},
+    ), description="BDetCLIP: how little an image's similarity to its class prompts drops when an unrelated sentence spoils them"),
+    Detector("strip", f"{_TEST_SCORES}:strip_scores", TEST, _options(
+        overlays={"type": "integer", "minimum": 1, "default": 100, "description": "Clean reference images overlaid on each image."},
+        alpha={"type": "number", "exclusiveMinimum": 0, "default": 1.0, "description": "Weight of an overlay in the pixel sum."},
+    ), description="STRIP: the low entropy of the zero-shot prediction of an image overlaid with clean ones"),
 ))
 
 
 def get_detector(name: str) -> Detector:
     return DETECTORS.entry(name)
+
+
+def detectors_of(names: Sequence[str], level: str) -> list[str]:
+    """The detectors among `names` of one level."""
+    return [name for name in names if get_detector(name).level == level]
 
 
 def detector_options(config: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -12,10 +12,13 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from cleanclip_core.detection import LOW_FPR, detection_summary
+from cleanclip_core.detectors import TRAINING, get_detector
 from cleanclip_core.plots.cleaning import PANEL_INCHES, objective_title, save_figure
 from cleanclip_core.tables import write_csv
 
-CELL = ("dataset", "attack", "model", "start", "pretrain_objective", "pretrain_settings", "detector", "detection_settings")
+CELL = (
+    "dataset", "attack", "model", "start", "pretrain_objective", "pretrain_settings", "level", "detector", "detection_settings",
+)
 
 
 def roc_points(scores: Path) -> pd.DataFrame:
@@ -27,8 +30,9 @@ def roc_points(scores: Path) -> pd.DataFrame:
 
 
 def plot_roc(curves: pd.DataFrame, attacks: Sequence[str], objectives: Sequence[str]) -> Figure:
-    """A panel per attack (rows) and pretraining objective (columns); a colour per detector, a
-    line per replicate; the chance diagonal and the 1% false-positive rate dotted."""
+    """A panel per attack (rows) and pretraining objective (columns); a colour per detector (solid:
+    over the training pairs, dashed: over the test images), a line per replicate; the chance
+    diagonal and the 1% false-positive rate dotted."""
     detectors = list(dict.fromkeys(curves.detector))
     colours = dict(zip(detectors, colormaps["tab10"].colors))
     figure = Figure(figsize=(PANEL_INCHES * len(objectives), PANEL_INCHES * len(attacks) + 0.6), layout="constrained")
@@ -41,17 +45,18 @@ def plot_roc(curves: pd.DataFrame, attacks: Sequence[str], objectives: Sequence[
             panel = curves[(curves.attack == attack) & (curves.pretrain_objective == objective)]
             for (detector, seed), curve in panel.groupby(["detector", "pretrain_seed"], sort=False):
                 first = seed == panel[panel.detector == detector].pretrain_seed.min()
-                ax.plot(curve.fpr, curve.tpr, color=colours[detector], linewidth=1.2, label=detector if first else None)
+                style = "-" if get_detector(detector).level == TRAINING else "--"
+                ax.plot(curve.fpr, curve.tpr, style, color=colours[detector], linewidth=1.2, label=detector if first else None)
             ax.set_title(f"{attack}, {objective_title(objective)}")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.01)
             ax.grid(alpha=0.3)
     for ax in axes[-1]:
-        ax.set_xlabel("false-positive rate\n(clean pairs flagged)")
+        ax.set_xlabel("false-positive rate\n(clean pairs or images flagged)")
     for ax in axes[:, 0]:
-        ax.set_ylabel("true-positive rate (poisons found)")
+        ax.set_ylabel("true-positive rate (poisons or triggers found)")
     axes[0, -1].legend(fontsize="small", loc="lower right")
-    figure.suptitle("Training-set detectors: ROC over the training pairs\n(a line per replicate)")
+    figure.suptitle("Detectors: ROC over the training pairs (solid) or the test images (dashed)\n(a line per replicate)")
     return figure
 
 
@@ -64,7 +69,8 @@ def write_detection_study(
     replicates' table, the study's detection table (returned) and the ROC figure at each path of
     `figures` (the attacks that poison: a clean control has no poison to find)."""
     replicates = pd.DataFrame([
-        dict(identity) | pq.read_table(path).to_pylist()[0] for identity, path in zip(identities, qualities, strict=True)
+        dict(identity) | {"level": get_detector(identity["detector"]).level} | pq.read_table(path).to_pylist()[0]
+        for identity, path in zip(identities, qualities, strict=True)
     ])
     summary = detection_summary(replicates, CELL)
     write_csv(replicates, replicates_table)
