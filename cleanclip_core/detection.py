@@ -169,7 +169,9 @@ def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataF
     more, else the one replicate's bootstrap interval."""
     rows = []
     for key, group in replicates.groupby(list(cell), sort=True, dropna=False):
-        row = dict(zip(cell, key)) | {"n_replicates": len(group), "n_poisons": int(group["n_poisons"].max())}
+        row = dict(zip(cell, key)) | {
+            "n_replicates": len(group), "n_scored": int(group["n_scored"].max()), "n_poisons": int(group["n_poisons"].max()),
+        }
         for name in QUALITY:
             values = group[name].dropna()
             if len(values) >= 2:

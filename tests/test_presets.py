@@ -22,7 +22,7 @@ from cleanclip_core.defenses import get_defense
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import check_pretrained
-from workflow import ROOT, job_counts
+from workflow import ROOT, job_counts, run_snakemake
 
 BASE = "verma"
 OVERLAYS = ["cc6m", "vit_b32", "contamination", "ssl_weights", "finetune_poisoning", "defenses_cc3m"]
@@ -101,7 +101,17 @@ class Timed:
 
 def test_the_presets_are_all_here():
     presets = {path.stem for path in (ROOT / "configs").glob("*.yaml")}
-    assert presets == {BASE, *OVERLAYS, "smoke", "defenses"}  # defenses: an overlay on config.yaml
+    assert presets == {BASE, *OVERLAYS, "smoke", "defenses", "detection"}  # overlays on config.yaml, and on defenses
+
+
+def test_the_detection_overlay_scores_every_model_of_the_defense_study_with_every_training_set_detector(tmp_path):
+    files = [yaml.safe_load((ROOT / name).read_text()) for name in ("config.yaml", "configs/defenses.yaml", "configs/detection.yaml")]
+    config = merged(merged(files[0], files[1]), files[2])
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    models = 3 * 2  # attacks x pretraining objectives
+    assert (counts["embed_training"], counts["detect_training"], counts["detection_summary"]) == (models, models * 7, 1)
 
 
 def test_the_base_states_verma_et_al_s_study():
