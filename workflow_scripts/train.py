@@ -1,10 +1,17 @@
-from cleanclip_core.launch import launch_from_snakemake, run_stages, training_pairs_from_snakemake
+from cleanclip_core.data.shard_listing import verify_shards
+from cleanclip_core.launch import launch_from_snakemake, run_stages
 from cleanclip_core.reporting import reported_step
 
 with reported_step(snakemake.log[0]):
+    verify_shards(snakemake.input.shards, snakemake.input.shard_listing)  # sizes: cheap
     call = {
         "settings": snakemake.params.settings,
-        "data": training_pairs_from_snakemake(snakemake),
+        "data": {
+            "manifest": snakemake.input.manifest,
+            "shard_index": snakemake.input.shard_index,
+            "shards_dir": snakemake.input.shards,
+            "attack": snakemake.params.attack,
+        },
         "out_dir": snakemake.params.out_dir,
         "init_weights": snakemake.input.get("start_weights"),
         "pretrained": snakemake.params.pretrained,
