@@ -1,12 +1,13 @@
-"""Detection of poisoned training pairs: a detector's scores of every pair of a pretrained model,
-and how well they find the poisons.
+"""Detection: a detector's scores of every training pair (or evaluation image) under a
+pretrained model, and how well they find the poisons (or the triggered images).
 
 A score ranks (AUROC, AUPRC, the TPR at 1% FPR); a defender also needs a threshold, and has only
 clean data to set it: `reference_pairs` unpoisoned pairs drawn from the training data (the clean
-subset a defender verified, as CleanCLIP assumes one) set it at the score that flags
-`reference_fpr` of them. Precision, recall, F1 and the false-positive rate are those of that
-threshold on the other pairs, which are the ones evaluated. Intervals are a bootstrap over the
-evaluated pairs (the threshold held), for a study with one replicate of each model.
+subset a defender verified, as CleanCLIP assumes one), or `reference_images` clean evaluation
+images, set it at the score that flags `reference_fpr` of them. Precision, recall, F1 and the
+false-positive rate are those of that threshold on the other items, which are the ones evaluated.
+Intervals are a bootstrap over the evaluated items (the threshold held), for a study with one
+replicate of each model.
 """
 
 import logging
