@@ -305,6 +305,10 @@ def run_folder(wildcards, output):
     return str(Path(output.step_log).parent)
 
 
+def detection_settings(wildcards):
+    return study.detection_settings(config, wildcards.detector)
+
+
 def detectors_of_level(level):
     """A wildcard constraint: the study's detectors of one level (none: a pattern matching nothing)."""
     return _one_of(detectors_of(STUDY["detectors"], level)) or "(?!)"

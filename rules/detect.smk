@@ -40,7 +40,7 @@ rule detect_training:
         scores=f"{DETECTION}/scores.parquet",
         quality=f"{DETECTION}/quality.parquet",
     params:
-        settings=lambda wildcards: study.detection_settings(config, wildcards.detector),
+        settings=detection_settings,
     log:
         f"results/logs/detect_training/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.log",
     benchmark:
@@ -65,7 +65,7 @@ rule detect_test:
         model=STUDY["model"],
         attack=attack_config,
         classnames=config["evaluation"]["classnames"],
-        settings=lambda wildcards: study.detection_settings(config, wildcards.detector),
+        settings=detection_settings,
     resources:
         gpu=1,
         num_workers=config["execution"]["num_workers"],
