@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, precision_recall_fscore_sup
 
 from cleanclip_core.detectors import get_detector
 from cleanclip_core.detectors.training_set import TrainingFeatures
-from cleanclip_core.intervals import t_interval
+from cleanclip_core.intervals import proportion_t_interval
 from cleanclip_core.registry import resolve
 from cleanclip_core.tables import files_sha256, write_table
 
@@ -176,8 +176,7 @@ def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataF
         for name in QUALITY:
             values = group[name].dropna()
             if len(values) >= 2:
-                mean, low, high = t_interval(values)
-                row |= {name: mean, f"{name}_low": max(low, 0.0), f"{name}_high": min(high, 1.0)}
+                row |= dict(zip((name, f"{name}_low", f"{name}_high"), proportion_t_interval(values)))
             else:
                 row |= {column: group[column].iloc[0] for column in (name, f"{name}_low", f"{name}_high")}
         rows.append(row)

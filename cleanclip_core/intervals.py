@@ -46,12 +46,17 @@ def newcombe_interval(p: float, n_p: int, q: float, n_q: int, level: float = LEV
     )
 
 
+def proportion_t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of a proportion over two or more replicates: Student's t, within [0, 1]."""
+    mean, low, high = t_interval(values)
+    return mean, max(low, 0.0), min(high, 1.0)
+
+
 def _cell_interval(values: pd.Series, n_evaluated: int) -> tuple[float, float, float]:
     """A cell's (mean, low, high) of one proportion over its replicates (NaN ones left out)."""
     values = values.dropna()
     if len(values) >= 2:
-        mean, low, high = t_interval(values)
-        return mean, max(low, 0.0), min(high, 1.0)
+        return proportion_t_interval(values)
     if len(values) == 1:
         return (float(values.iloc[0]), *wilson_interval(float(values.iloc[0]), n_evaluated))
     return (np.nan, np.nan, np.nan)

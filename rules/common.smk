@@ -247,9 +247,14 @@ def evaluation_images(wildcards):
     return config["evaluation"]["images"] or f"results/{wildcards.dataset}/corpus/eval"
 
 
+def _plain(point):
+    """A grid point's values as plain Python values (Paramspace and pandas give numpy's)."""
+    return {name: getattr(value, "item", lambda: value)() for name, value in point.items()}
+
+
 def _identity(space, wildcards):
-    """A grid point's dimension values as plain Python values (Paramspace gives numpy's)."""
-    return {name: getattr(value, "item", lambda: value)() for name, value in space.instance(wildcards).items()}
+    """A grid point's dimension values as plain Python values."""
+    return _plain(space.instance(wildcards))
 
 
 def pretrained_checkpoints(wildcards):
@@ -320,8 +325,7 @@ def study_detection_points():
     points = []
     for model in PRETRAINED.dataframe.to_dict("records"):
         for detector in STUDY["detectors"]:
-            identity = {key: getattr(value, "item", lambda: value)() for key, value in model.items()}
-            identity |= {"detector": detector, "detection_settings": study.detection_digest(config, detector)}
+            identity = _plain(model) | {"detector": detector, "detection_settings": study.detection_digest(config, detector)}
             points.append((identity, _filled(DETECTION, identity)))
     return points
 

@@ -26,7 +26,7 @@ from cleanclip_core.classes import read_classnames, target_class_index
 from cleanclip_core.detection import evaluation_items, write_judged
 from cleanclip_core.detectors import get_detector
 from cleanclip_core.devices import on_device, stage_device
-from cleanclip_core.evaluation import EvaluationImages, ZeroShotModel, zero_shot_logits
+from cleanclip_core.evaluation import EvaluationImages, ZeroShotModel, zero_shot_classifier, zero_shot_logits
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
 from cleanclip_core.registry import resolve
 from cleanclip_core.tables import files_sha256
@@ -66,14 +66,9 @@ def bdetclip_omega(image: torch.Tensor, benign: torch.Tensor, malignant: torch.T
 
 
 def _class_prompts(inputs: TestTimeInputs, templates: Sequence[str]) -> torch.Tensor:
-    """Per class, the renormalized mean of its prompts' normalized text embeddings [C, D]."""
-    model = inputs.checkpoint.model
-    means = []
-    for name in inputs.classnames:
-        tokens = inputs.tokenizer([template.format(name) for template in templates]).to(inputs.device)
-        embeddings = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-        means.append(torch.nn.functional.normalize(embeddings.mean(dim=0), dim=-1))
-    return torch.stack(means)
+    """Per class, the renormalized mean of its prompts' normalized text embeddings [C, D]: the
+    zero-shot classifier of these templates."""
+    return zero_shot_classifier(inputs.checkpoint.model, inputs.tokenizer, inputs.classnames, templates, inputs.device).T.float()
 
 
 def _image_features(inputs: TestTimeInputs, images: torch.Tensor) -> torch.Tensor:
