@@ -16,7 +16,7 @@ import yaml
 
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
-from cleanclip_core.defenses import CLEAN_SET, DEFENSES, get_defense
+from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, get_defense
 from cleanclip_core.detectors import DETECTORS
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
@@ -153,6 +153,7 @@ def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
     for name in study["pretrain_objectives"]:
         if config["objectives"].get(name, {}).get("supervised"):
             yield f"config: study.pretrain_objectives: {name!r} has a supervised term, which only cleaning supports"
+    yield from _stage_problems(config)
     detection = config["detection"]
     for name in study["detectors"]:
         k = detection["options"].get(name, {}).get("k", 0)
@@ -167,6 +168,28 @@ def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
             f"config: clean.labels: cleaning method {supervised_methods[0]!r} is supervised and needs a "
             "labels table (url, classname) for the downloaded dataset"
         )
+
+
+def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
+    """Methods named on the other training stage's axis, and a SafeCLIP schedule without a split."""
+    study = config["study"]
+    for location, names, stage in (
+        ("study.pretrain_objectives", study["pretrain_objectives"], CLEAN),
+        ("study.clean_methods", study["clean_methods"], PRETRAIN),
+    ):
+        for name in names:
+            if name in DEFENSES and DEFENSES[name].stage == stage:
+                other = "study.clean_methods" if stage == CLEAN else "study.pretrain_objectives"
+                yield f"config: {location}: {name!r} is a {stage} method; name it in {other}"
+    if "safeclip" in study["pretrain_objectives"]:
+        options = config["defenses"]["safeclip"]
+        epochs = {**config["pretrain"], **config["pretrain"]["per_objective"].get("safeclip", {})}["epochs"]
+        warmup = options["inmodal_epochs"] + options["clip_epochs"]
+        if epochs <= warmup:
+            yield (
+                f"config: pretrain.epochs: SafeCLIP's {epochs} epochs leave none after its {warmup} warm-up epochs "
+                "(defenses.safeclip.inmodal_epochs + clip_epochs): raise the epochs or shorten the warm-ups"
+            )
 
 
 def _model_config_folders() -> list[Path]:

@@ -45,8 +45,9 @@ def gathered_flags(flags: Tensor, world_size: int) -> Tensor:
     return torch.cat(every_rank).bool()
 
 
-def _self_supervised_loss(features: Tensor, augmented_features: Tensor, logit_scale: Tensor) -> Tensor:
-    logits = logit_scale * features @ augmented_features.T
+def matching_loss(features: Tensor, matches: Tensor, logit_scale: Tensor) -> Tensor:
+    """InfoNCE of each row of `features` against every row of `matches`, its own as the target."""
+    logits = logit_scale * features @ matches.T
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
@@ -65,8 +66,8 @@ def inmodal_loss(
         image_features, augmented_image_features, text_features, augmented_text_features, world_size=world_size
     )
     return (
-        _self_supervised_loss(image_features, augmented_image_features, logit_scale)
-        + _self_supervised_loss(text_features, augmented_text_features, logit_scale)
+        matching_loss(image_features, augmented_image_features, logit_scale)
+        + matching_loss(text_features, augmented_text_features, logit_scale)
     ) / 2
 
 

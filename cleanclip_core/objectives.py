@@ -23,8 +23,9 @@ class TermInputs:
     """What a term sees of one step: the normalized features of every view (`image`, `text` and
     each extra view's fields), the reference copy's features of `image` and `text` (when a term
     needs them), the logit scale, the batch itself (labels, flags), the supervised head's logits,
-    the defense's options, and the CLIP model being trained and its frozen reference copy (for a
-    term of their parameters, e.g. a penalty on the distance between them)."""
+    the defense's options, the CLIP model being trained and its frozen reference copy (for a
+    term of their parameters, e.g. a penalty on the distance between them), the epoch (from 1)
+    and the method's state (a module whose buffers a term may update, e.g. RoCLIP's pool)."""
 
     features: Mapping[str, torch.Tensor]
     logit_scale: torch.Tensor
@@ -36,6 +37,8 @@ class TermInputs:
     world_size: int = 1
     model: nn.Module | None = None
     reference_model: nn.Module | None = None
+    epoch: int = 1
+    state: nn.Module | None = None
 
 
 def active_terms(weights: Mapping[str, float]) -> list[Term]:
@@ -76,13 +79,15 @@ def supervised_term(inputs: TermInputs) -> torch.Tensor:
 
 class ObjectiveNetwork(nn.Module):
     """What one training step runs: the CLIP model and, for the supervised term, a linear head
-    over its image embeddings (CleanCLIP's supervised variant). Only the CLIP model is kept as
-    the run's weights; the head is part of the resume state."""
+    over its image embeddings (CleanCLIP's supervised variant), and the method's `state`, if it
+    keeps one across steps. Only the CLIP model is kept as the run's weights; the head and the
+    state are part of the resume state."""
 
-    def __init__(self, clip: nn.Module, n_classes: int | None = None) -> None:
+    def __init__(self, clip: nn.Module, n_classes: int | None = None, state: nn.Module | None = None) -> None:
         super().__init__()
         self.clip = clip
         self.head = nn.Linear(clip.visual.output_dim, n_classes) if n_classes else None
+        self.state = state
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         image_features, text_features, logit_scale = self.clip(images, texts)[:3]
@@ -107,15 +112,18 @@ def objective_losses(
     reference: nn.Module | None = None,
     rank: int = 0,
     world_size: int = 1,
+    epoch: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """The weighted loss terms with a non-zero weight, on this rank's part of the batch.
+    """The weighted loss terms with a non-zero weight, on this rank's part of the batch, in
+    `epoch` (from 1).
 
     `network` is an ObjectiveNetwork (or its DistributedDataParallel wrapper). The batch's
     `image` and `text` and its extra views (`image_fields`, `text_fields`) go through one call
     of it, so gradients are synchronized once per step. `reference`, a frozen CLIP model, embeds
     `image` and `text` for the terms that compare against it.
     """
-    model = getattr(network, "module", network).clip
+    objective_network = getattr(network, "module", network)
+    model = objective_network.clip
     images = ["image", *image_fields]
     texts = ["text", *text_fields]
     outputs = network(torch.cat([batch[name] for name in images]), torch.cat([batch[name] for name in texts]))
@@ -132,6 +140,8 @@ def objective_losses(
         world_size,
         model,
         reference,
+        epoch,
+        objective_network.state,
     )
     return {term.name: weights[term.name] * resolve(term.loss)(inputs) for term in active_terms(weights)}
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense
+from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense, pretraining_method
 from cleanclip_core.detectors import TEST, TRAINING, get_detector
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256
@@ -181,6 +181,9 @@ def _train_settings(config: Mapping[str, Any], stage: str, objective: str, overr
 
 def pretrain_settings(config: Mapping[str, Any], objective: str, seed: int) -> dict:
     overrides = config["pretrain"]["per_objective"].get(objective, {}) | {"seed": seed}
+    method = pretraining_method(objective)
+    if method:
+        overrides |= {"method": method, "options": defense_options(config, method)}
     return _train_settings(config, "pretrain", objective, overrides)
 
 

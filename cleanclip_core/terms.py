@@ -50,6 +50,14 @@ TERMS = Registry("loss term", Term, (
         "repulsion", "cleanclip_core.defenses.par:repulsion_term", needs_reference=True,
         description="PAR: minus the thresholded distance of the embeddings from the frozen start's.",
     ),
+    Term(
+        "roclip", "cleanclip_core.defenses.roclip:roclip_term",
+        description="RoCLIP: the CLIP loss, or on matching epochs each image against its nearest caption of a pool.",
+    ),
+    Term(
+        "safeclip", "cleanclip_core.defenses.safeclip:safeclip_term", views=("augmented",),
+        description="SafeCLIP: in-modal warm-up, cross-augmented CLIP warm-up, then CLIP loss on the safe pairs and in-modal on the risky.",
+    ),
     Term("retain", "cleanclip_core.defenses.ubt:retain_loss", description="UBT: image-text InfoNCE on the pairs outside the unlearning set."),
     Term("unlearn", "cleanclip_core.defenses.ubt:unlearn_loss", description="UBT: image-text cosine of the unlearning set's pairs, pushed down."),
 ))

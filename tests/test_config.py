@@ -146,6 +146,10 @@ def test_missing_url_list_is_a_user_error(tmp_path):
         ({"study": {"start": "weights/missing.pt"}}, "study.start: weights/missing.pt does not exist"),
         ({"clean": {"per_method": {"mmcl_onlyy": {"lrs": [0.01]}}}}, "clean.per_method: 'mmcl_onlyy' is not one of objectives"),
         ({"pretrain": {"per_objective": {"mmcl-ssl": {"batch_size": 8}}}}, "pretrain.per_objective: 'mmcl-ssl' is not one of objectives"),
+        ({"study": {"clean_methods": ["roclip"]}}, "study.clean_methods: 'roclip' is a pretrain method; name it in study.pretrain_objectives"),
+        ({"study": {"pretrain_objectives": ["ubt"]}}, "study.pretrain_objectives: 'ubt' is a clean method; name it in study.clean_methods"),
+        ({"study": {"pretrain_objectives": ["safeclip"]}, "pretrain": {"epochs": 6}},
+         "pretrain.epochs: SafeCLIP's 6 epochs leave none after its 6 warm-up epochs"),
         ({"study": {"model": "tiny-rn-w8"}}, "study.model: 'tiny-rn-w8' is not a model of open_clip or cleanclip_core/model_configs; e.g. tiny-rn-w16"),
     ],
 )

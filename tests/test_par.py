@@ -92,7 +92,7 @@ def test_the_erased_square_covers_half_a_percent_to_one_percent_of_the_image():
 def test_par_schedule_falls_linearly_to_a_tenth_over_the_first_half_then_on_a_cosine():
     model = torch.nn.Linear(2, 2)
     optimizer = adamw(model, 3e-5, 1e-4)
-    lr_at = par_schedule(optimizer, 3e-5, 0, 10)
+    lr_at = par_schedule(optimizer, 3e-5, 0, steps_per_epoch=5, epochs=2, options={})
     assert lr_at(0) == pytest.approx(3e-5)
     assert optimizer.param_groups[1]["lr"] == pytest.approx(3e-5)
     assert lr_at(2) == pytest.approx(1.65e-5)  # half way from 3e-5 to 3e-6

@@ -1,12 +1,15 @@
-"""Cleaning methods (defenses): a registry of what each needs beyond its loss terms.
+"""Defenses: a registry of what a training method needs beyond its loss terms.
 
-A cleaning method is an objective of the config (its loss terms' weights; the terms declare the
-views, labels and reference model they need, see cleanclip_core.objectives) and, when it needs
-more, an entry here: where it cleans, a stage of its own before training, which parameters it
-updates, a fixed temperature, its optimizer and schedule, views beyond its terms', the schema of
-its options (the config's `defenses.{name}`). The registry imports no torch (the workflow reads
-it to build its DAG); functions are named by import path. A method without an entry is plain
-finetuning of every parameter on the cleaning set.
+A method is an objective of the config (its loss terms' weights; the terms declare the views,
+labels and reference model they need, see cleanclip_core.objectives) and, when it needs more, an
+entry here. A cleaning method (stage `clean`) may declare where it cleans, a stage of its own
+before training, which parameters it updates, a fixed temperature, its optimizer and schedule,
+views beyond its terms'. A robust pretraining method (stage `pretrain`: RoCLIP, SafeCLIP) is a
+value of the pretraining axis; it may keep a state across steps (a pool of captions) and split
+the data anew at the start of every epoch. Either has the schema of its options (the config's
+`defenses.{name}`). The registry imports no torch (the workflow reads it to build its DAG);
+functions are named by import path. A method without an entry is plain training of every
+parameter (finetuning on the cleaning set, or pretraining).
 """
 
 from collections.abc import Mapping
@@ -16,11 +19,15 @@ from typing import Any
 from cleanclip_core.registry import Registry
 
 CLEAN_SET, POISONED_DATA = "clean_set", "poisoned_data"
+CLEAN, PRETRAIN = "clean", "pretrain"
 
 
 @dataclass(frozen=True)
 class Defense:
     name: str
+    stage: str = CLEAN
+    """`clean`: a cleaning method (a value of study.clean_methods); `pretrain`: a robust
+    pretraining method (a value of study.pretrain_objectives)."""
     data: str = CLEAN_SET
     """`clean_set`: the study's cleaning set (clean pairs plus `cleaning_poisons` poisoned
     ones); `poisoned_data`: the poisoned training data itself, as its preparation stage gives it.
@@ -40,8 +47,14 @@ class Defense:
     learns_logit_scale: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str | None = None
-    """`module:function` (optimizer, lr, warmup_steps, total_steps) -> (step -> lr, set on the
-    optimizer); None: linear warmup then cosine."""
+    """`module:function` (optimizer, lr, warmup_steps, steps_per_epoch, epochs, options) ->
+    (step -> lr, set on the optimizer); None: linear warmup then cosine."""
+    state: str | None = None
+    """`module:function` (options, embed_dim, seed) -> a torch module whose buffers its terms
+    read and update across steps (part of the resume state); None: it keeps none."""
+    epoch_start: str | None = None
+    """`module:function` (EpochStart) -> {flag: a boolean per training pair}, called before every
+    epoch: flags that reach the terms with each batch for that epoch (SafeCLIP's safe pairs)."""
     options: Mapping[str, Any] | None = None
     """JSON schema of its options, defaults included (a `$ref` into the config schema's `$defs`
     for the built-in methods); None: it has none."""
@@ -60,12 +73,26 @@ DEFENSES = Registry("cleaning method", Defense, (
         "par", views=("perturbed",), learns_logit_scale=False, betas=(0.9, 0.98),
         schedule="cleanclip_core.defenses.par:par_schedule", options={"$ref": "#/$defs/par_options"},
     ),
+    Defense(
+        "roclip", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool",
+        options={"$ref": "#/$defs/roclip_options"},
+    ),
+    Defense(
+        "safeclip", PRETRAIN, schedule="cleanclip_core.defenses.safeclip:safeclip_schedule",
+        state="cleanclip_core.defenses.safeclip:safe_ratio", epoch_start="cleanclip_core.defenses.safeclip:split_pairs",
+        options={"$ref": "#/$defs/safeclip_options"},
+    ),
 ))
 
 
 def get_defense(method: str | None) -> Defense:
-    """The entry of a cleaning method, PLAIN for one without (and for pretraining)."""
+    """The entry of a method, PLAIN for one without (and for plain pretraining)."""
     return DEFENSES.get(method, PLAIN) if method else PLAIN
+
+
+def pretraining_method(objective: str) -> str | None:
+    """The robust pretraining method a pretraining objective names, or None (plain training)."""
+    return objective if get_defense(objective).stage == PRETRAIN else None
 
 
 def defense_options(config: Mapping[str, Any], method: str) -> dict[str, Any]:

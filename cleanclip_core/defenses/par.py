@@ -137,7 +137,9 @@ def par_lr(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
 
 
 def par_schedule(
-    optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, steps_per_epoch: int, epochs: int,
+    options: Mapping[str, Any],
 ) -> Callable[[int], float]:
     """Sets (and returns) PAR's learning rate of a step (see par_lr); `lr` is the peak."""
+    total_steps = steps_per_epoch * epochs
     return stepwise(optimizer, lambda step: par_lr(step, lr, warmup_steps, total_steps))

@@ -16,8 +16,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cleanclip_core.defenses import get_defense
 from cleanclip_core.devices import on_device
 from cleanclip_core.models import create_model, normalization_for
+from cleanclip_core.registry import resolve
 from cleanclip_core.objectives import ObjectiveNetwork, needs_labels, needs_reference
 from cleanclip_core.training.loop import Recipe, distributed_network, global_values, training_step
 from cleanclip_core.training.optim import adamw
@@ -29,11 +31,14 @@ OBJECTIVES = {
     "ta_cleaner": {"mmcl": 1.0, "inmodal": 1.0, "subcaption": 1.0},
     "par": {"mmcl": 1.0, "repulsion": 0.5},
     "ubt": {"unlearn": 1.0, "retain": 1.0},
+    "roclip": {"roclip": 1.0},
+    "safeclip": {"safeclip": 1.0},
 }
 """Every registered term of the built-in methods, in the objectives that use them."""
-OPTIONS = {"form": "batch", "tau": 10.0}
+OPTIONS = {"form": "batch", "tau": 10.0, "pool_size": 6, "break_epoch": 1, "inmodal_epochs": 0, "clip_epochs": 0}
 """TA-Cleaner's batch form (its rows compare across the batch); PAR's threshold above any
-distance of normalized embeddings (4), so that its term is never switched off."""
+distance of normalized embeddings (4), so that its term is never switched off; RoCLIP matching
+(into a pool smaller than the batch) and SafeCLIP splitting on the first epoch."""
 IMAGE_FIELDS = ("augmented_image",)
 TEXT_FIELDS = ("augmented_text", "positive_text", "negative_text")
 FLAGGED = [True, True, True, False, False, True, False, False]
@@ -61,24 +66,32 @@ def equivalence_batch(size: int = len(FLAGGED), image_size: int = 32, context_le
     }
     texts = {name: torch.randint(1, 49407, (size, context_length), generator=generator) for name in ("text", *TEXT_FIELDS)}
     labels = torch.randint(0, N_CLASSES, (size,), generator=generator)
-    return images | texts | {"label": labels, "subcaption": flags, "unlearn": flags}
+    return images | texts | {"label": labels, "subcaption": flags, "unlearn": flags, "safe": flags}
 
 
 def one_step(
-    model_name: str, objective: dict[str, float], batch: dict[str, torch.Tensor], device: torch.device, world_size: int = 1
+    model_name: str, method: str, batch: dict[str, torch.Tensor], device: torch.device, world_size: int = 1
 ) -> tuple[dict[str, float], torch.Tensor]:
     """The loss terms (means over the processes) and the flattened gradients of one training step
-    of a fresh model on this process's `batch`."""
+    of a fresh model on this process's `batch`, with the objective of OBJECTIVES[method] (and the
+    method's state, if it keeps one)."""
+    objective = OBJECTIVES[method]
     model = on_device(create_model(model_name, seed=0), model_name, device)
     reference = create_model(model_name, seed=1).to(device).eval().requires_grad_(False) if needs_reference(objective) else None
     torch.manual_seed(0)  # the supervised head
-    trained = ObjectiveNetwork(model, N_CLASSES if needs_labels(objective) else None).to(device)
+    trained = ObjectiveNetwork(model, N_CLASSES if needs_labels(objective) else None, _state(method, model)).to(device)
     network = distributed_network(trained, model_name, objective, world_size, device)
     recipe = Recipe(objective, normalization_for(model), IMAGE_FIELDS, TEXT_FIELDS, OPTIONS, reference)
     optimizer = adamw(trained, LEARNING_RATE, weight_decay=0.1)
     terms = training_step(network, model, optimizer, batch, recipe, device)
     gradients = [p.grad.flatten() for p in trained.parameters() if p.grad is not None]
     return global_values([terms])[0], torch.cat(gradients).cpu()
+
+
+def _state(method: str, model: torch.nn.Module) -> torch.nn.Module | None:
+    """A fresh state of the method (RoCLIP's pool), or None for one without."""
+    defense = get_defense(method)
+    return resolve(defense.state)(OPTIONS, model.visual.output_dim, 0) if defense.state else None
 
 
 def _rank_steps(rank: int, world_size: int, model_name: str, batch: dict, device_type: str, folder: str) -> None:
@@ -88,7 +101,7 @@ def _rank_steps(rank: int, world_size: int, model_name: str, batch: dict, device
     if device_type == "cuda":
         torch.cuda.set_device(device)
     part = {name: tensor.chunk(world_size)[rank] for name, tensor in batch.items()}
-    steps = {name: one_step(model_name, objective, part, device, world_size) for name, objective in OBJECTIVES.items()}
+    steps = {name: one_step(model_name, name, part, device, world_size) for name in OBJECTIVES}
     if rank == 0:
         torch.save(steps, f"{folder}/steps.pt")
     dist.destroy_process_group()
@@ -107,8 +120,8 @@ def differences(model_name: str, device_type: str = "cpu", world_size: int = 2, 
         distributed = torch.load(Path(folder) / "steps.pt", weights_only=True)
     device = torch.device(device_type)
     result = {}
-    for name, objective in OBJECTIVES.items():
-        (terms, gradients), (expected_terms, expected_gradients) = distributed[name], one_step(model_name, objective, batch, device)
+    for name in OBJECTIVES:
+        (terms, gradients), (expected_terms, expected_gradients) = distributed[name], one_step(model_name, name, batch, device)
         loss = max(_relative(terms[term], expected_terms[term]) for term in expected_terms if term.startswith("loss"))
         result[name] = Difference(loss, _relative(gradients, expected_gradients))
     return result

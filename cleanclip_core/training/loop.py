@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -101,6 +102,23 @@ class TrainingData:
         )
 
 
+@dataclass(frozen=True)
+class EpochStart:
+    """What a method's hook before each epoch sees: the epoch (from 1), the method's options and
+    state, the run's seed, the model being trained and its training pairs as they are (no
+    views), with how to score them (device, pairs per batch, loader processes)."""
+
+    epoch: int
+    options: dict[str, Any]
+    state: torch.nn.Module | None
+    seed: int
+    model: torch.nn.Module
+    pairs: TrainingViews
+    device: torch.device
+    batch_size: int
+    num_workers: int
+
+
 def epoch_weights(out_dir: Path, epoch: int) -> Path:
     """Where the weights after `epoch` epochs are kept (when every epoch is kept)."""
     return Path(out_dir) / f"epoch_{epoch:03d}.pt"
@@ -136,7 +154,8 @@ def train(
     reference = _frozen_copy(model) if needs_reference(settings.objective) else None
     _limit_training(model, defense, settings.options)
     pairs = data.pairs(image_size_of(model), defense.flags)
-    trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective)).to(device)
+    state = resolve(defense.state)(settings.options, model.visual.output_dim, settings.seed) if defense.state else None
+    trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective), state).to(device)
     optimizer = adamw(trained, settings.lr, settings.weight_decay, defense.betas)
     # A resume state is only valid for the same settings, starting weights and kept files.
     run_settings = asdict(settings) | {
@@ -154,7 +173,9 @@ def train(
 
     context = ViewContext(pairs.captions, settings.seed, settings.synonyms, settings.options)
     sources = build_views(needed_views(settings.objective) + defense.views, context)
-    views = TrainingViews(pairs, tokenizer_for(settings.model), sources, settings.seed)
+    tokenizer = tokenizer_for(settings.model)
+    views = TrainingViews(pairs, tokenizer, sources, settings.seed)
+    plain_pairs = TrainingViews(pairs, tokenizer, [], settings.seed)
     recipe = Recipe(settings.objective, normalization_for(model), *view_fields(sources), settings.options, reference)
     sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
     loader = DataLoader(
@@ -164,7 +185,7 @@ def train(
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
     schedule = resolve(defense.schedule) if defense.schedule else warmup_cosine
-    lr_at = schedule(optimizer, settings.lr, settings.warmup_steps, len(loader) * settings.epochs)
+    lr_at = schedule(optimizer, settings.lr, settings.warmup_steps, len(loader), settings.epochs, settings.options)
     network = distributed_network(trained, settings.model, settings.objective, world_size, device)
     network = torch.compile(network) if torch_compile else network
     rows = _earlier_log_rows(partial / STEP_LOG, epochs_done)
@@ -174,11 +195,15 @@ def train(
     for epoch in range(epochs_done, settings.epochs):
         sampler.set_epoch(epoch)
         views.epoch = epoch
+        if defense.epoch_start:
+            start = EpochStart(epoch + 1, settings.options, state, settings.seed, model, plain_pairs, device,
+                               settings.batch_size, num_workers)
+            views.epoch_flags = _rank_zero_flags(resolve(defense.epoch_start)(start), world_size)
         progress = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=rank != 0 or None, leave=False)
         last_step_end = time.perf_counter()
         for batch in progress:
             lr = lr_at(step)
-            terms = training_step(network, model, optimizer, batch, recipe, device)
+            terms = training_step(network, model, optimizer, batch, recipe, device, epoch + 1)
             seconds, last_step_end = time.perf_counter() - last_step_end, time.perf_counter()
             pending.append({"epoch": epoch + 1, "step": step, "lr": lr, "samples_per_s": settings.batch_size / seconds} | terms)
             step += 1
@@ -230,8 +255,10 @@ def training_step(
     batch: dict[str, Any],
     recipe: Recipe,
     device: torch.device,
+    epoch: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """One optimizer step on this process's part of the batch; returns the detached loss terms.
+    """One optimizer step of `epoch` (from 1) on this process's part of the batch; returns the
+    detached loss terms.
 
     `network` is the ObjectiveNetwork over `model`, or its DistributedDataParallel wrapper. The terms stay tensors (no
     device sync per step); the loop checks them for NaN every LOG_EVERY_STEPS steps.
@@ -243,7 +270,7 @@ def training_step(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             terms = objective_losses(
                 network, batch, recipe.objective, image_fields=recipe.image_fields, text_fields=recipe.text_fields,
-                options=recipe.options, reference=recipe.reference, rank=rank, world_size=world_size,
+                options=recipe.options, reference=recipe.reference, rank=rank, world_size=world_size, epoch=epoch,
             )
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
@@ -335,6 +362,16 @@ def _resume_state(partial: Path, run_settings: dict[str, Any], rank: int, world_
             f"from those of an uninterrupted run"
         )
     return state
+
+
+def _rank_zero_flags(flags: dict[str, np.ndarray], world_size: int) -> dict[str, np.ndarray]:
+    """The epoch's flags as the first process computed them: a fit on slightly different sums
+    must not split the data differently on another process."""
+    if world_size > 1:
+        shared = [flags]
+        dist.broadcast_object_list(shared, src=0)
+        flags = shared[0]
+    return flags
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

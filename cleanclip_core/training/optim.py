@@ -2,7 +2,8 @@
 open_clip's warmup-then-cosine schedule."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -53,11 +54,12 @@ def stepwise(optimizer: torch.optim.Optimizer, lr_of_step: Callable[[int], float
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int, steps_per_epoch: int, epochs: int,
+    options: Mapping[str, Any] | None = None,
 ) -> Callable[[int], float]:
     """Sets (and returns) the learning rate of a step: linear warmup (at least one step), then
-    cosine to 0, as open_clip_train's cosine_lr."""
-    warmup_steps = max(1, warmup_steps)
+    cosine to 0 at the last of `epochs` x `steps_per_epoch` steps, as open_clip_train's cosine_lr."""
+    warmup_steps, total_steps = max(1, warmup_steps), steps_per_epoch * epochs
     return stepwise(optimizer, lambda step: warmup_cosine_lr(step, lr, warmup_steps, total_steps))
 
 

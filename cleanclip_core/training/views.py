@@ -116,7 +116,9 @@ def collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class TrainingViews(Dataset):
-    """Item i: image (uint8) and text (tokens) of pair i, and the fields of the view sources."""
+    """Item i: image (uint8) and text (tokens) of pair i, the fields of the view sources, and
+    its value of each of the epoch's flags (`epoch_flags`: a boolean per pair, set before the
+    epoch by a method that splits its data anew every epoch)."""
 
     def __init__(self, pairs: PoisonedTrainingSet, tokenizer: Tokenizer, sources: list[ViewSource], seed: int) -> None:
         self.pairs = pairs
@@ -124,6 +126,7 @@ class TrainingViews(Dataset):
         self.sources = sources
         self.seed = seed
         self.epoch = 0
+        self.epoch_flags: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -136,4 +139,4 @@ class TrainingViews(Dataset):
             fields |= source(pair | {"image": fields["image"]}, seed, self.epoch)
         item = {name: self.tokens(value) if isinstance(value, str) else value for name, value in fields.items()}
         item |= {name: value for name, value in pair.items() if name not in ("image", "caption")}
-        return item
+        return item | {name: bool(flags[index]) for name, flags in self.epoch_flags.items()}

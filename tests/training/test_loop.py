@@ -117,6 +117,33 @@ def test_a_run_resumes_with_another_number_of_data_loader_processes(training_dat
     assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "run/model.pt"))
 
 
+ROBUST_PRETRAINING = {
+    "roclip": replace(SETTINGS, objective={"roclip": 1.0}, method="roclip", options={"pool_size": 6, "break_epoch": 1}),
+    "safeclip": replace(
+        SETTINGS, objective={"safeclip": 1.0}, method="safeclip", epochs=4,
+        options={"inmodal_epochs": 1, "clip_epochs": 1, "warmup_lr": 5e-6, "safe_posterior": 0.9, "ratio_step": 0.1, "ratio_cap": 0.85},
+    ),
+}
+
+
+@pytest.mark.parametrize("method", sorted(ROBUST_PRETRAINING))
+def test_a_robust_pretraining_run_resumes_with_its_state_to_the_same_weights(method, training_data, tmp_path, monkeypatch, caplog):
+    """RoCLIP's pool (matching every epoch) and SafeCLIP's safe share (split from epoch 3)
+    survive the resume: stopped after the last epoch but one, the run ends as a straight one."""
+    settings = ROBUST_PRETRAINING[method]
+    with caplog.at_level(logging.INFO):
+        train(settings, training_data, tmp_path / "straight")
+    with monkeypatch.context() as patch, pytest.raises(Stopped):
+        stop_after_epoch(patch, settings.epochs - 1)
+        train(settings, training_data, tmp_path / "run")
+    train(settings, training_data, tmp_path / "run")
+    assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "run/model.pt"))
+    if method == "safeclip":
+        splits = [m for m in caplog.messages if m.startswith("SafeCLIP epoch")]
+        assert [m.split(":")[0] for m in splits] == ["SafeCLIP epoch 3", "SafeCLIP epoch 4"]
+        assert re.search(r"\d+ of \d+ pairs safe \(.*%\), \d+ of 6 poisons among them", splits[0])
+
+
 def test_a_run_resumed_with_another_number_of_processes_says_what_that_changes(training_data, tmp_path, monkeypatch, caplog):
     with monkeypatch.context() as patch, pytest.raises(Stopped):
         stop_after_epoch(patch, 1)

@@ -10,7 +10,7 @@ from cleanclip_core.training.optim import MAX_LOGIT_SCALE, adamw, clamp_logit_sc
 def schedule(warmup=10, total=100, lr=1e-3):
     model = torch.nn.Linear(2, 2)
     optimizer = adamw(model, lr, 0.1)
-    return optimizer, warmup_cosine(optimizer, lr, warmup, total)
+    return optimizer, warmup_cosine(optimizer, lr, warmup, steps_per_epoch=total, epochs=1)
 
 
 def test_lr_ramps_up_linearly_during_warmup():

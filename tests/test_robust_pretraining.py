@@ -1,0 +1,154 @@
+"""Robust pretraining: RoCLIP's pool and loss and SafeCLIP's phases, split and schedule, each on
+a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume),
+tests/training/test_distributed.py (several processes), tests/test_study.py (a study)."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cleanclip_core import study
+from cleanclip_core.config import validate_config
+from cleanclip_core.defenses import safeclip
+from cleanclip_core.defenses.roclip import CaptionPool, roclip_term
+from cleanclip_core.defenses.safeclip import SafeRatio, cross_modal_loss, safeclip_lr, safeclip_term, split_pairs
+from cleanclip_core.losses import inmodal_loss, mmcl_loss
+from cleanclip_core.objectives import TermInputs
+
+SAFECLIP = {"inmodal_epochs": 1, "clip_epochs": 1, "warmup_lr": 5e-6, "safe_posterior": 0.9, "ratio_step": 0.1, "ratio_cap": 0.65}
+
+
+def diagonal_cross_entropy(logits: list[list[float]]) -> float:
+    """The mean over rows of -log softmax(row)[own index], by hand."""
+    return sum(math.log(sum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(logits)) / len(logits)
+
+
+def close(tensor: torch.Tensor, rows: list[list[float]]) -> bool:
+    return torch.allclose(tensor, torch.tensor(rows))
+
+
+def transposed(rows: list[list[float]]) -> list[list[float]]:
+    return [list(column) for column in zip(*rows)]
+
+
+def test_the_pool_replaces_its_oldest_captions_and_returns_each_image_its_nearest():
+    pool = CaptionPool(3, 2, seed=0)
+    assert torch.allclose(pool.captions.norm(dim=1), torch.ones(3))  # random unit vectors
+    pool.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    pool.push(torch.tensor([[0.6, 0.8], [0.0, -1.0]]))  # the second wraps to the first row
+    assert close(pool.captions, [[0.0, -1.0], [0.0, 1.0], [0.6, 0.8]])
+    assert int(pool.position) == 1
+    nearest = pool.nearest(torch.tensor([[2.0, 0.1], [0.0, -3.0]]))  # cosines, not dot products
+    assert close(nearest, [[0.6, 0.8], [0.0, -1.0]])
+    pool.push(torch.eye(2).repeat(3, 1)[:5])  # more than it holds: the last three
+    assert close(pool.captions, [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # rows 1, 2, 0, 1, 2 written
+    assert int(pool.position) == 0
+
+
+def roclip_inputs(epoch: int, pool: CaptionPool) -> TermInputs:
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    text = torch.tensor([[0.0, 1.0], [1.0, 0.0]], requires_grad=True)
+    return TermInputs({"image": image, "text": text}, torch.tensor(1.0), {}, {"break_epoch": 2}, epoch=epoch, state=pool)
+
+
+def test_on_a_matching_epoch_roclip_contrasts_each_image_with_its_nearest_pool_caption():
+    pool = CaptionPool(3, 2, seed=0)
+    pool.captions.copy_(torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]]))
+    inputs = roclip_inputs(epoch=2, pool=pool)
+    loss = roclip_term(inputs)
+    # Nearest: [1, 0] for image 1 (cosine 1), [0.6, 0.8] for image 2 (0.8 against 0 and -1).
+    image_logits = [[1.0, 0.6], [0.0, 0.8]]  # image i . matched caption j
+    expected = (diagonal_cross_entropy(image_logits) + diagonal_cross_entropy(transposed(image_logits))) / 2
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert inputs.features["text"].grad is not None and not inputs.features["text"].grad.any()
+    assert inputs.features["image"].grad.any()
+    # The batch's captions entered the pool after the lookup.
+    assert close(pool.captions, [[0.0, 1.0], [1.0, 0.0], [0.0, -1.0]])
+
+
+def test_other_epochs_train_roclip_with_the_clip_loss_and_leave_the_pool():
+    pool = CaptionPool(3, 2, seed=0)
+    before = pool.captions.clone()
+    inputs = roclip_inputs(epoch=3, pool=pool)
+    clip = mmcl_loss(inputs.features["image"], inputs.features["text"], inputs.logit_scale)
+    assert roclip_term(inputs).item() == pytest.approx(clip.item())
+    assert torch.equal(pool.captions, before)
+
+
+FEATURES = {
+    "image": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
+    "augmented_image": torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]),
+    "text": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.8, 0.6]]),
+    "augmented_text": torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]),
+}
+
+
+def dot_rows(a: torch.Tensor, b: torch.Tensor) -> list[list[float]]:
+    return [[float(x @ y) for y in b] for x in a]
+
+
+def test_the_cross_augmented_clip_loss_pairs_each_view_with_the_other_modality_s_other_view():
+    f = FEATURES
+    expected = (
+        diagonal_cross_entropy(dot_rows(f["image"], f["augmented_text"]))
+        + diagonal_cross_entropy(dot_rows(f["text"], f["augmented_image"]))
+    ) / 2
+    assert float(cross_modal_loss(f["image"], f["augmented_image"], f["text"], f["augmented_text"], torch.tensor(1.0))) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("epoch, phase", [(1, "inmodal"), (2, "clip_warmup"), (3, "split")])
+def test_safeclip_s_term_is_its_phase_s_loss(epoch, phase):
+    f, scale = FEATURES, torch.tensor(1.0)
+    safe = torch.tensor([True, False, True])
+    term = float(safeclip_term(TermInputs(f, scale, {"safe": safe}, SAFECLIP, epoch=epoch)))
+    inmodal = inmodal_loss(f["image"], f["augmented_image"], f["text"], f["augmented_text"], scale)
+    cross = cross_modal_loss(f["image"], f["augmented_image"], f["text"], f["augmented_text"], scale)
+    views = [f[name] for name in ("image", "augmented_image", "text", "augmented_text")]
+    split = 2 / 3 * cross_modal_loss(*(v[safe] for v in views), scale) + 1 / 3 * inmodal_loss(*(v[~safe] for v in views), scale)
+    assert term == pytest.approx(float({"inmodal": inmodal, "clip_warmup": cross, "split": split}[phase]))
+
+
+def test_a_split_batch_without_risky_pairs_is_the_cross_augmented_loss_of_all():
+    f, scale = FEATURES, torch.tensor(1.0)
+    term = safeclip_term(TermInputs(f, scale, {"safe": torch.ones(3, dtype=torch.bool)}, SAFECLIP, epoch=3))
+    assert float(term) == pytest.approx(float(cross_modal_loss(*f.values(), scale)))
+
+
+def test_the_first_split_keeps_the_confident_pairs_and_later_ones_a_growing_capped_share(monkeypatch):
+    rng = np.random.default_rng(0)
+    similarities = np.concatenate([rng.normal(0.1, 0.02, 60), rng.normal(0.6, 0.02, 40)])
+    monkeypatch.setattr(safeclip, "_similarities", lambda start: similarities)
+    is_poison = np.zeros(100, bool)
+    is_poison[[0, 70]] = True
+    state = SafeRatio()
+    start = SimpleNamespace(options=SAFECLIP, state=state, seed=0, pairs=SimpleNamespace(pairs=SimpleNamespace(is_poison=is_poison)))
+
+    assert split_pairs(SimpleNamespace(**vars(start), epoch=2)) == {}  # a warm-up epoch
+    first = split_pairs(SimpleNamespace(**vars(start), epoch=3))["safe"]
+    assert first.tolist() == [False] * 60 + [True] * 40  # the high-similarity component
+    assert float(state.ratio) == pytest.approx(0.5)
+    second = split_pairs(SimpleNamespace(**vars(start), epoch=4))["safe"]
+    assert second.sum() == 50 and second[60:].all()  # the top half by posterior
+    split_pairs(SimpleNamespace(**vars(start), epoch=5))
+    assert float(state.ratio) == pytest.approx(0.65)  # capped
+
+
+def test_safeclip_s_schedule_warms_up_twice_around_a_constant_clip_warm_up():
+    options = SAFECLIP | {"inmodal_epochs": 1, "clip_epochs": 1}
+    lr = [safeclip_lr(step, 1.0, 2, steps_per_epoch=10, epochs=5, options=options) for step in range(50)]
+    assert lr[0] == pytest.approx(0.5) and lr[1] == pytest.approx(1.0)
+    assert lr[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 18)))  # cosine over both warm-ups' 20 steps
+    assert lr[10:20] == pytest.approx([5e-6] * 10)
+    assert lr[20] == pytest.approx(0.5) and lr[21] == pytest.approx(1.0)  # the split's own warmup
+    assert lr[49] == pytest.approx(0.5 * (1 + math.cos(math.pi * 27 / 28)))
+
+
+def test_a_robust_objective_pretrains_with_its_method_and_options_and_the_plain_ones_without():
+    config = validate_config({"attacks": {"badnet": {"type": "badnet"}}, "defenses": {"roclip": {"pool_size": 512}}})
+    settings = study.pretrain_settings(config, "roclip", seed=0)
+    assert settings["method"] == "roclip" and settings["objective"] == {"roclip": 1}
+    assert settings["options"] == {"pool_size": 512, "break_epoch": 2}
+    assert "method" not in study.pretrain_settings(config, "mmcl", seed=0)  # its run identity is unchanged
