@@ -92,7 +92,7 @@ def ours(model_name: str, objective: tuple, steps: int, device: torch.device, co
     recipe = Recipe(weights, normalization_for(model), image_fields, text_fields)
     network = ObjectiveNetwork(model)
     optimizer = adamw(network, LR, WEIGHT_DECAY)
-    schedule = warmup_cosine(optimizer, LR, WARMUP, steps)
+    schedule = warmup_cosine(optimizer, LR, WARMUP, steps_per_epoch=steps, epochs=1)
     stepped = torch.compile(network) if compiled else network
 
     def run(batches: list[dict[str, torch.Tensor]]) -> None:

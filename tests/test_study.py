@@ -119,6 +119,14 @@ def test_fig2_per_attack_and_cleaning_poisons_and_the_headline_is_the_first(smok
     assert (smoke_run / f"{STUDY_DIR}/figures/contamination.pdf").stat().st_size > 10_000
 
 
+def test_safeclip_pretraining_logs_its_split_and_its_models_are_cleaned_and_evaluated(smoke_run, wide):
+    logs = [p for p in (smoke_run / "results/logs/pretrain").rglob("*.log") if "pretrain_objective=safeclip" in str(p)]
+    assert len(logs) == len(SMOKE["study"]["attacks"])
+    assert all(re.search(r"SafeCLIP epoch 3: \d+ of 60 pairs safe", log.read_text()) for log in logs)
+    assert set(wide.pretrain_objective) == set(SMOKE["study"]["pretrain_objectives"])
+    assert wide[wide.pretrain_objective == "safeclip"].clean_method.notna().any()
+
+
 def test_report_holds_every_figure_and_the_summary(smoke_run):
     result = run_snakemake(smoke_run, SMOKE, "--report", "results/report.html")
     assert result.returncode == 0, result.stderr[-3000:]
