@@ -19,13 +19,14 @@ import yaml
 from cleanclip_core import study
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.defenses import get_defense
+from cleanclip_core.detectors import TEST, TRAINING, detectors_of
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import check_pretrained
 from workflow import ROOT, job_counts, run_snakemake
 
 BASE = "verma"
-OVERLAYS = ["cc6m", "vit_b32", "contamination", "ssl_weights", "finetune_poisoning", "defenses_cc3m"]
+OVERLAYS = ["cc6m", "vit_b32", "contamination", "ssl_weights", "finetune_poisoning", "defenses_cc3m", "robust_cc3m", "detection_cc3m"]
 LARGEST = [BASE, "contamination"]  # Verma's full grid with the contamination ablation
 DRY_RUN_CPU_LIMIT_S = 15  # the target is 10 s; CPU time still varies with the machine's load
 
@@ -80,8 +81,17 @@ def expected_job_counts(config: dict) -> dict[str, int]:
         "pretrain": len(pretrained), "evaluate_pretrained": len(pretrained),
         "clean": len(cleaning), "evaluate_cleaned": len(cleaning),  # one job evaluates all epochs of a run
         "results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1,
-    }
+    } | detection_job_counts(config, len(pretrained))
     return counts | {"total": sum(counts.values())}
+
+
+def detection_job_counts(config: dict, models: int) -> dict[str, int]:
+    """The detection jobs of a grid: its detectors of each level on every pretrained model."""
+    detectors = config["study"]["detectors"]
+    training, test = (len(detectors_of(detectors, level)) for level in (TRAINING, TEST))
+    counts = {"embed_training": models * bool(training), "detect_training": models * training, "detect_test": models * test,
+              "detection_summary": int(bool(detectors))}
+    return {name: count for name, count in counts.items() if count}
 
 
 class Timed:
@@ -101,7 +111,7 @@ class Timed:
 
 def test_the_presets_are_all_here():
     presets = {path.stem for path in (ROOT / "configs").glob("*.yaml")}
-    assert presets == {BASE, *OVERLAYS, "smoke", "defenses", "detection"}  # overlays on config.yaml, and on defenses
+    assert presets == {BASE, *OVERLAYS, "smoke", "defenses", "detection", "robust"}  # overlays on config.yaml, and on defenses
 
 
 def test_the_detection_overlay_scores_every_model_of_the_defense_study_with_every_training_set_detector(tmp_path):
@@ -161,6 +171,14 @@ def test_each_overlay_changes_what_it_names():
     assert {(a["target_label"], a["n_poisons"]) for a in defenses["attacks"].values()} == {("banana", 1500)}
     par = study.clean_settings(defenses, "par", 3e-5, seed=0)
     assert (par["batch_size"], par["weight_decay"], par["method"]) == (2048, 1e-4, "par")
+    robust = preset(BASE, "robust_cc3m")
+    roclip, safeclip = (study.pretrain_settings(robust, name, seed=0) for name in ("roclip", "safeclip"))
+    assert (roclip["epochs"], roclip["batch_size"], roclip["lr"], roclip["warmup_steps"]) == (24, 512, 5e-5, 10_000)
+    assert roclip["options"] == {"pool_size": 21845, "break_epoch": 2}
+    assert (safeclip["epochs"], safeclip["batch_size"], safeclip["lr"], safeclip["weight_decay"]) == (32, 128, 5e-4, 0.1)
+    assert safeclip["options"] == {"inmodal_epochs": 5, "clip_epochs": 1, "warmup_lr": 5e-6, "safe_posterior": 0.9, "ratio_step": 0.01, "ratio_cap": 0.85}
+    detection = preset(BASE, "detection_cc3m")["detection"]
+    assert (detection["batch_size"], detection["reference_pairs"], detection["triggered_share"]) == (512, 200, 0.3)
 
 
 @pytest.mark.parametrize("overlay", [None, *OVERLAYS])
