@@ -191,18 +191,18 @@ def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataF
 
 def model_level_summary(models: pd.DataFrame, cell: Sequence[str], resamples: int, seed: int) -> pd.DataFrame:
     """One row per cell of the model-level detectors' scores (`models`: a row per model, with
-    is_backdoored and score), over the study's attacks together (`attack`: their names joined
-    by +): the ranking of the backdoored models against the clean ones (NaN with models of one
+    is_backdoored and score), over the study's attacks together (`attack` and the attack-specific
+    `pretrain_settings`: their values joined by +): the ranking of the backdoored models against the clean ones (NaN with models of one
     class only), with bootstrap intervals over the models; no threshold, so the other measures
     are NaN. `n_scored` counts the models, `n_poisons` the backdoored ones, `n_replicates` the
     pretraining seeds."""
     rows = []
-    by = [name for name in cell if name != "attack"]
+    joined = ("attack", "pretrain_settings")
+    by = [name for name in cell if name not in joined]
     for key, group in models.groupby(by, sort=True, dropna=False):
         is_backdoored, scores = group["is_backdoored"].to_numpy(dtype=bool), group["score"].to_numpy(dtype=float)
-        row = dict(zip(by, key)) | {
-            "attack": "+".join(dict.fromkeys(group["attack"])), "n_replicates": group["pretrain_seed"].nunique(),
-            "n_scored": len(group), "n_poisons": int(is_backdoored.sum()),
+        row = dict(zip(by, key)) | {name: "+".join(dict.fromkeys(group[name])) for name in joined} | {
+            "n_replicates": group["pretrain_seed"].nunique(), "n_scored": len(group), "n_poisons": int(is_backdoored.sum()),
         }
         if not 0 < row["n_poisons"] < len(group):
             kind = "backdoored" if row["n_poisons"] else "clean"

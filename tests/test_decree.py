@@ -70,6 +70,15 @@ def test_it_is_deterministic_given_the_seed_and_leaves_the_encoder_frozen():
     assert not encoder.projection.requires_grad and not encoder.training
 
 
+def test_an_encoder_that_maps_every_image_together_is_called_collapsed(caplog):
+    class Collapsed(nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return 1 + 1e-3 * images.flatten(1)[:, :4]  # every embedding about (1, 1, 1, 1)
+
+    pl1(Collapsed(), shadow(8))
+    assert "maps the clean shadow images together already" in caplog.text
+
+
 def test_fewer_than_two_shadow_images_are_refused():
     with pytest.raises(UserError, match="at least 2 shadow images"):
         pl1(PatchEncoder(False), shadow(1))
@@ -113,7 +122,7 @@ def models(scores: dict[str, list[float]]) -> pd.DataFrame:
     """One scores row per model: the attacks' scores, badnet's backdoored, control's clean."""
     return pd.DataFrame([
         {"dataset": "smoke", "attack": attack, "model": "tiny-rn", "start": "scratch", "pretrain_objective": "mmcl",
-         "pretrain_seed": seed, "pretrain_settings": "x", "level": MODEL, "detector": "decree", "detection_settings": "y",
+         "pretrain_seed": seed, "pretrain_settings": attack[:3], "level": MODEL, "detector": "decree", "detection_settings": "y",
          "is_backdoored": attack == "badnet", "score": score}
         for attack, values in scores.items() for seed, score in enumerate(values)
     ])
@@ -121,7 +130,7 @@ def models(scores: dict[str, list[float]]) -> pd.DataFrame:
 
 def test_the_summary_ranks_the_backdoored_models_against_the_clean_ones():
     row = model_level_summary(models({"badnet": [-0.1, -0.3], "control": [-0.2, -0.5]}), CELL, 100, 0).iloc[0]
-    assert row.level == MODEL and row.attack == "badnet+control"
+    assert row.level == MODEL and (row.attack, row.pretrain_settings) == ("badnet+control", "bad+con")
     assert (row.n_scored, row.n_poisons, row.n_replicates) == (4, 2, 2)
     assert row.auroc == pytest.approx(3 / 4)  # -0.3 is below -0.2: 3 of the 4 pairs ordered right
     assert row.auroc_low <= row.auroc <= row.auroc_high

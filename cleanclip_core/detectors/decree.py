@@ -13,11 +13,14 @@ the score is -PL1.
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+import logging
 from typing import Any
 
 import torch
 
 from cleanclip_core.detectors.model_level import ModelInputs, shadow_images
+
+log = logging.getLogger(__name__)
 
 INITIAL_LAMBDA = 1e-3
 LAMBDA_FACTOR = 5.0
@@ -68,10 +71,20 @@ def milestone_lr(lr: float, milestones: list[int], epoch: int) -> float:
     return lr * LR_FACTORS[sum(epoch >= milestone for milestone in milestones)]
 
 
+def warn_if_collapsed(inputs: ModelInputs, images: torch.Tensor, threshold: float) -> None:
+    """Log a warning when the encoder already maps the unstamped `images` together."""
+    with torch.no_grad():
+        agreement = mean_off_diagonal_cosine(inputs.encoder(inputs.normalize(images))).abs().item()
+    if agreement > threshold:
+        log.warning(f"decree: the encoder maps the clean shadow images together already (mean |cosine| {agreement:.3f}): "
+                    "any stamp succeeds, and PL1 tells nothing (an undertrained or collapsed encoder)")
+
+
 def decree_pl1(inputs: ModelInputs, options: Mapping[str, Any]) -> float:
     """PL1 of the encoder over the shadow images (see the module's docstring)."""
     encoder = inputs.encoder.eval().requires_grad_(False)
     shadow = shadow_images(inputs, options["shadow_images"])
+    warn_if_collapsed(inputs, shadow[: options["batch_size"]], options["threshold"])
     height, width = shadow.shape[-2:]
     generator = torch.Generator().manual_seed(inputs.seed)
     raw_mask = unbounded(torch.rand(height, width, generator=generator)).to(inputs.device).requires_grad_()
@@ -102,7 +115,10 @@ def decree_pl1(inputs: ModelInputs, options: Mapping[str, Any]) -> float:
         if sum(agreements) / len(agreements) > options["threshold"] and stale > options["early_stop_patience"]:
             break
     l1 = best if best is not None else 3 * bounded(raw_mask).sum().item()
-    return l1 / (3 * height * width)
+    pl1 = l1 / (3 * height * width)
+    log.info(f"decree: PL1 {pl1:.4g} after {epoch + 1} epochs, of the "
+             f"{'smallest successful' if best is not None else 'final (no step succeeded)'} mask")
+    return pl1
 
 
 def decree_scores(inputs: ModelInputs, options: Mapping[str, Any]) -> float:
