@@ -1,5 +1,6 @@
-"""The study's detection results: the table of each detector's measures per attack and
-pretraining objective (with intervals), the table per replicate, and the ROC curves."""
+"""The study's detection results: the table of each detector's measures per attack (a
+model-level detector's: over the attacks) and pretraining objective (with intervals), the table
+per replicate, and the ROC curves."""
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
