@@ -12,7 +12,7 @@ replicate of each model.
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,36 +76,41 @@ def tpr_at_fpr(is_poison: np.ndarray, scores: np.ndarray, fpr: float = LOW_FPR) 
     return float(true_positive[false_positive <= fpr].max())
 
 
-def quality(is_poison: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """The ranking measures (NaN without both poisoned and clean pairs) and those of flagging
-    the pairs scored above `threshold`."""
-    flagged = scores > threshold
-    both = 0 < is_poison.sum() < len(is_poison)
-    ranking = {
-        "auroc": roc_auc_score(is_poison, scores) if both else math.nan,
-        "auprc": average_precision_score(is_poison, scores) if both else math.nan,
-        "tpr_at_1fpr": tpr_at_fpr(is_poison, scores) if both else math.nan,
+def ranking(is_poison: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """The ranking measures, NaN without both poisoned and clean items."""
+    if not 0 < is_poison.sum() < len(is_poison):
+        return dict.fromkeys(RANKING, math.nan)
+    return {
+        "auroc": float(roc_auc_score(is_poison, scores)),
+        "auprc": float(average_precision_score(is_poison, scores)),
+        "tpr_at_1fpr": tpr_at_fpr(is_poison, scores),
     }
+
+
+def quality(is_poison: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The ranking measures and those of flagging the pairs scored above `threshold`."""
+    flagged = scores > threshold
     precision, recall, f1, _ = precision_recall_fscore_support(
         is_poison, flagged, average="binary", zero_division=0.0
     ) if is_poison.any() else (math.nan, math.nan, math.nan, None)
     clean = ~is_poison
     fpr = float(flagged[clean].mean()) if clean.any() else math.nan
-    return {**{k: float(v) for k, v in ranking.items()}, "precision": float(precision), "recall": float(recall),
-            "f1": float(f1), "fpr": fpr}
+    return ranking(is_poison, scores) | {"precision": float(precision), "recall": float(recall), "f1": float(f1), "fpr": fpr}
 
 
 def bootstrap_intervals(
-    is_poison: np.ndarray, scores: np.ndarray, threshold: float, resamples: int, seed: int,
+    is_poison: np.ndarray, scores: np.ndarray, measure: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    resamples: int, seed: int,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile 95% intervals of each measure over resamples of the pairs (with replacement)."""
+    """Percentile 95% intervals of each of `measure`'s values over resamples of the items (with
+    replacement)."""
     rng = np.random.default_rng(seed)
-    draws = [quality(is_poison[rows], scores[rows], threshold)
+    draws = [measure(is_poison[rows], scores[rows])
              for rows in (rng.integers(0, len(scores), len(scores)) for _ in range(resamples))]
     return {
         name: tuple(float(bound) for bound in np.nanpercentile([draw[name] for draw in draws], [2.5, 97.5]))
         if not all(math.isnan(draw[name]) for draw in draws) else (math.nan, math.nan)
-        for name in QUALITY
+        for name in draws[0]
     }
 
 
@@ -138,7 +143,8 @@ def write_judged(
     evaluated = ~reference
     measured = quality(is_poison[evaluated], scores[evaluated], threshold)
     intervals = bootstrap_intervals(
-        is_poison[evaluated], scores[evaluated], threshold, settings["bootstrap_resamples"], settings["seed"]
+        is_poison[evaluated], scores[evaluated], lambda poisoned, scored: quality(poisoned, scored, threshold),
+        settings["bootstrap_resamples"], settings["seed"],
     )
     columns = {name: items[name] for name in items.column_names}
     write_table(pa.table(columns | {"is_poison": is_poison, "reference": reference, "score": scores}), Path(scores_table), **provenance)
@@ -181,3 +187,30 @@ def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataF
                 row |= {column: group[column].iloc[0] for column in (name, f"{name}_low", f"{name}_high")}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def model_level_summary(models: pd.DataFrame, cell: Sequence[str], resamples: int, seed: int) -> pd.DataFrame:
+    """One row per cell of the model-level detectors' scores (`models`: a row per model, with
+    is_backdoored and score), over the study's attacks together (`attack` and the attack-specific
+    `pretrain_settings`: their values joined by +): the ranking of the backdoored models against the clean ones (NaN with models of one
+    class only), with bootstrap intervals over the models; no threshold, so the other measures
+    are NaN. `n_scored` counts the models, `n_poisons` the backdoored ones, `n_replicates` the
+    pretraining seeds."""
+    rows = []
+    joined = ("attack", "pretrain_settings")
+    by = [name for name in cell if name not in joined]
+    for key, group in models.groupby(by, sort=True, dropna=False):
+        is_backdoored, scores = group["is_backdoored"].to_numpy(dtype=bool), group["score"].to_numpy(dtype=float)
+        row = dict(zip(by, key)) | {name: "+".join(dict.fromkeys(group[name])) for name in joined} | {
+            "n_replicates": group["pretrain_seed"].nunique(), "n_scored": len(group), "n_poisons": int(is_backdoored.sum()),
+        }
+        if not 0 < row["n_poisons"] < len(group):
+            kind = "backdoored" if row["n_poisons"] else "clean"
+            log.warning(f"{row['detector']}, {row['pretrain_objective']}: only {kind} models, so no AUROC (add a control or an attack)")
+        measured, intervals = ranking(is_backdoored, scores), bootstrap_intervals(is_backdoored, scores, ranking, resamples, seed)
+        for name in QUALITY:
+            low, high = intervals.get(name, (math.nan, math.nan))
+            row |= {name: measured.get(name, math.nan), f"{name}_low": low, f"{name}_high": high}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*cell, "n_replicates", "n_scored", "n_poisons", *(
+        column for name in QUALITY for column in (name, f"{name}_low", f"{name}_high"))])

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense, pretraining_method
-from cleanclip_core.detectors import TEST, TRAINING, get_detector
+from cleanclip_core.detectors import MODEL, TEST, TRAINING, get_detector
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256
 
@@ -271,6 +271,7 @@ def cleaned_provenance(config: Mapping[str, Any], run: Mapping[str, Any]) -> dic
 DETECTION_SETTINGS = {
     TRAINING: ("batch_size", "reference_pairs", "reference_fpr", "bootstrap_resamples", "seed"),
     TEST: ("reference_images", "triggered_share", "reference_fpr", "bootstrap_resamples", "seed"),
+    MODEL: ("seed",),  # the study's summary judges the models' scores together
 }
 
 

@@ -9,7 +9,7 @@ from snakemake.utils import Paramspace
 from cleanclip_core import study
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.defenses import CLEAN_SET, get_defense
-from cleanclip_core.detectors import detectors_of
+from cleanclip_core.detectors import LEVELS, MODEL, detectors_of, get_detector
 
 DATASET = config["dataset"]["name"]
 STUDY = config["study"]
@@ -330,6 +330,16 @@ def study_detection_points():
     return points
 
 
-def study_detections(name):
-    """The file `name` of every pretrained model x detector of the study."""
-    return [f"{folder}/{name}" for _, folder in study_detection_points()]
+def study_detections(name, levels=LEVELS):
+    """The file `name` of every pretrained model x detector of the study, of the detectors of `levels`."""
+    return [f"{folder}/{name}" for identity, folder in study_detection_points() if get_detector(identity["detector"]).level in levels]
+
+
+def detection_identity(wildcards):
+    """A detection's identity, as study_detection_points gives it."""
+    return _identity(PRETRAINED, wildcards) | {"detector": wildcards.detector, "detection_settings": wildcards.detection_settings}
+
+
+def is_backdoored(wildcards):
+    """Whether the pretrained model's attack poisons: what a model-level detector should find."""
+    return attack_entry(wildcards)["n_poisons"] > 0

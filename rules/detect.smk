@@ -1,6 +1,6 @@
 # Detection: every detector of the study scores every pretrained model's training pairs (their
-# embeddings computed once) or its evaluation images, and the study's table and ROC curves
-# compare them. The detector's level picks its rule.
+# embeddings computed once), its evaluation images or its image encoder, and the study's table
+# and ROC curves compare them. The detector's level picks its rule.
 
 
 rule embed_training:
@@ -80,9 +80,37 @@ rule detect_test:
         "../workflow_scripts/detect_test.py"
 
 
+rule detect_model:
+    input:
+        weights=f"{PRETRAIN_RUN}/model.pt",
+        images=evaluation_images,
+    wildcard_constraints:
+        detector=detectors_of_level("model"),
+    output:
+        scores=f"{DETECTION}/scores.parquet",
+    params:
+        model=STUDY["model"],
+        classnames=config["evaluation"]["classnames"],
+        identity=detection_identity,
+        is_backdoored=is_backdoored,
+        settings=detection_settings,
+    resources:
+        gpu=1,
+        num_workers=config["execution"]["num_workers"],
+    log:
+        f"results/logs/detect_model/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.log",
+    benchmark:
+        f"results/benchmarks/detect_model/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/detect_model.py"
+
+
+# A model-level detector has no quality table of its own: the summary ranks the study's models.
 rule detection_summary:
     input:
-        qualities=study_detections("quality.parquet"),
+        qualities=study_detections("quality.parquet", levels=[level for level in LEVELS if level != MODEL]),
         scores=study_detections("scores.parquet"),
     output:
         table=report(f"{STUDY_DIR}/tables/detection.csv", caption="../report/detection.rst", category="Tables"),
@@ -93,6 +121,8 @@ rule detection_summary:
         identities=[point for point, _ in study_detection_points()],
         objectives=STUDY["pretrain_objectives"],
         poisoning_attacks=poisoning_attacks(),
+        resamples=config["detection"]["bootstrap_resamples"],
+        seed=config["detection"]["seed"],
     log:
         f"{STUDY_DIR}/logs/detection_summary.log",
     benchmark:

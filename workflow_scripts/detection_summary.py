@@ -9,5 +9,6 @@ with reported_step(snakemake.log[0]):
         snakemake.params.objectives, snakemake.params.poisoning_attacks,
         table=snakemake.output.table, replicates_table=snakemake.output.replicates,
         figures=[snakemake.output.roc, snakemake.output.roc_png],
+        resamples=snakemake.params.resamples, seed=snakemake.params.seed,
     )
     logging.info(f"detection:\n{summary.to_string(index=False)}")

@@ -4,7 +4,8 @@ poisoned (or, for a model, backdoored).
 Levels: `training` scores every training pair of a pretrained model from the pair's image and
 text embeddings (Huang et al., ICLR'25: the poisons are where the embedding space is locally
 unlike its neighbours); `test` scores evaluation images, clean or triggered, under the model
-(BDetCLIP, STRIP). A registry entry names its score function by import path, so the DAG
+(BDetCLIP, STRIP); `model` scores the pretrained model's image encoder once, from clean shadow
+images (DECREE), and the study ranks its models. A registry entry names its score function by import path, so the DAG
 reads this registry without torch, and a plugin adds a detector with a `Detector` in ENTRIES.
 """
 
@@ -16,7 +17,8 @@ from cleanclip_core.registry import Registry
 
 TRAINING = "training"
 TEST = "test"
-LEVELS = (TRAINING, TEST)
+MODEL = "model"
+LEVELS = (TRAINING, TEST, MODEL)
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ class Detector:
     score: str
     """`module:function`, higher is more suspicious. Level training: (TrainingFeatures, options)
     -> one score per pair of a scoring batch (numpy). Level test: (TestTimeInputs, options) ->
-    one score per image (a torch tensor)."""
+    one score per image (a torch tensor). Level model: (ModelInputs, options) -> the model's
+    one score (a float)."""
     level: str = TRAINING
     options: Mapping[str, Any] | None = None
     """JSON schema of its options, defaults included; None: it has none."""
@@ -34,6 +37,7 @@ class Detector:
 
 _SCORES = "cleanclip_core.detectors.training_set"
 _TEST_SCORES = "cleanclip_core.detectors.test_time"
+_MODEL_SCORES = "cleanclip_core.detectors.decree"
 
 
 def _options(**properties: dict) -> dict:
@@ -67,6 +71,20 @@ DETECTORS = Registry("detector", Detector, (
         overlays={"type": "integer", "minimum": 1, "default": 100, "description": "Clean reference images overlaid on each image."},
         alpha={"type": "number", "exclusiveMinimum": 0, "default": 1.0, "description": "Weight of an overlay in the pixel sum."},
     ), description="STRIP: the low entropy of the zero-shot prediction of an image overlaid with clean ones"),
+    # The defaults are DECREE's 32 px settings (CIFAR-10 encoders) at a budget of seconds on a CPU
+    # for our tiny models; at CC3M scale (224 px) DECREE runs epochs 1000, batch_size 32,
+    # lr_milestones [200, 500], early_stop_patience 35, lambda_floor 1e-7.
+    Detector("decree", f"{_MODEL_SCORES}:decree_scores", MODEL, _options(
+        shadow_images={"type": "integer", "minimum": 2, "default": 1000, "description": "Clean evaluation images drawn as the shadow set (DECREE: 1,000 at 32 px)."},
+        batch_size={"type": "integer", "minimum": 2, "default": 128, "description": "Shadow images per step (a step's cosine is over its batch)."},
+        epochs={"type": "integer", "minimum": 1, "default": 60, "description": "Most passes over the shadow images (it stops early once the smallest mask stops shrinking)."},
+        lr={"type": "number", "exclusiveMinimum": 0, "default": 0.5, "description": "Adam's learning rate on the mask and pattern, x0.2 from the first milestone, x0.1 from the second."},
+        lr_milestones={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2, "default": [30, 50], "description": "The epochs at which the learning rate drops (DECREE at 32 px: 30, 50; at 224 px: 200, 500)."},
+        threshold={"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.99, "description": "The mean |cosine| of a successful step's stamped embeddings."},
+        patience={"type": "integer", "minimum": 1, "default": 5, "description": "Successes (failures) in a row beyond which lambda grows (shrinks) x5."},
+        lambda_floor={"type": "number", "exclusiveMinimum": 0, "default": 1e-5, "description": "The least lambda (the mask's L1 weight; it starts at 1e-3)."},
+        early_stop_patience={"type": "integer", "minimum": 0, "default": 10, "description": "Stop after an epoch of successes once the smallest mask has not shrunk for more than this many steps."},
+    ), description="DECREE: the smallest stamp (mask L1 over 3 H W, negated) that makes the encoder map clean shadow images to one embedding"),
 ))
 
 

@@ -1,5 +1,6 @@
-"""The study's detection results: the table of each detector's measures per attack and
-pretraining objective (with intervals), the table per replicate, and the ROC curves."""
+"""The study's detection results: the table of each detector's measures per attack (a
+model-level detector's: over the attacks) and pretraining objective (with intervals), the table
+per replicate, and the ROC curves."""
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,8 +12,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from cleanclip_core.detection import LOW_FPR, detection_summary
-from cleanclip_core.detectors import TRAINING, get_detector
+from cleanclip_core.detection import LOW_FPR, detection_summary, model_level_summary
+from cleanclip_core.detectors import MODEL, TRAINING, get_detector
 from cleanclip_core.plots.cleaning import PANEL_INCHES, objective_title, save_figure
 from cleanclip_core.tables import write_csv
 
@@ -63,22 +64,31 @@ def plot_roc(curves: pd.DataFrame, attacks: Sequence[str], objectives: Sequence[
 def write_detection_study(
     qualities: Sequence[Path], scores: Sequence[Path], identities: Sequence[Mapping[str, Any]],
     objectives: Sequence[str], poisoning_attacks: Sequence[str], *, table: Path, replicates_table: Path,
-    figures: Sequence[Path],
+    figures: Sequence[Path], resamples: int, seed: int,
 ) -> pd.DataFrame:
-    """From each pretrained model x detector (its quality and scores tables, its identity): the
-    replicates' table, the study's detection table (returned) and the ROC figure at each path of
-    `figures` (the attacks that poison: a clean control has no poison to find)."""
+    """From each pretrained model x detector (its identity, its scores table and, but for a
+    model-level detector, its quality table): the replicates' table, the study's detection table
+    (returned; a model-level detector's rows rank the study's models, model_level_summary) and
+    the ROC figure at each path of `figures` (the attacks that poison: a clean control has no
+    poison to find)."""
+    points = [dict(identity) | {"level": get_detector(identity["detector"]).level} for identity in identities]
+    judged = [(point, path) for point, path in zip(points, scores, strict=True) if point["level"] != MODEL]
     replicates = pd.DataFrame([
-        dict(identity) | {"level": get_detector(identity["detector"]).level} | pq.read_table(path).to_pylist()[0]
-        for identity, path in zip(identities, qualities, strict=True)
+        point | pq.read_table(path).to_pylist()[0] for (point, _), path in zip(judged, qualities, strict=True)
     ])
-    summary = detection_summary(replicates, CELL)
+    models = pd.DataFrame([
+        point | pq.read_table(path).select(["is_backdoored", "score"]).to_pylist()[0]
+        for point, path in zip(points, scores, strict=True) if point["level"] == MODEL
+    ])
+    summary = pd.concat([
+        detection_summary(replicates, CELL) if len(replicates) else None,
+        model_level_summary(models, CELL, resamples, seed) if len(models) else None,
+    ], ignore_index=True)
     write_csv(replicates, replicates_table)
     write_csv(summary, table)
     curves = pd.concat([
-        roc_points(path).assign(**identity) for identity, path in zip(identities, scores, strict=True)
-        if identity["attack"] in poisoning_attacks
-    ])
+        roc_points(path).assign(**point) for point, path in judged if point["attack"] in poisoning_attacks
+    ] or [pd.DataFrame(columns=["fpr", "tpr", "attack", "pretrain_objective", "detector", "pretrain_seed"])])
     for path in figures:
         save_figure(plot_roc(curves, poisoning_attacks, objectives), path)
     return summary
