@@ -17,7 +17,7 @@ import yaml
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, get_defense
-from cleanclip_core.detectors import DETECTORS
+from cleanclip_core.detectors import DETECTORS, TRAINING
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import use_plugins
@@ -181,6 +181,8 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
             if name in DEFENSES and DEFENSES[name].stage == stage:
                 other = "study.clean_methods" if stage == CLEAN else "study.pretrain_objectives"
                 yield f"config: {location}: {name!r} is a {stage} method; name it in {other}"
+    if "filtered" in study["pretrain_objectives"]:
+        yield from _filter_problems(config)
     if "safeclip" in study["pretrain_objectives"]:
         options = config["defenses"]["safeclip"]
         epochs = {**config["pretrain"], **config["pretrain"]["per_objective"].get("safeclip", {})}["epochs"]
@@ -190,6 +192,19 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
                 f"config: pretrain.epochs: SafeCLIP's {epochs} epochs leave none after its {warmup} warm-up epochs "
                 "(defenses.safeclip.inmodal_epochs + clip_epochs): raise the epochs or shorten the warm-ups"
             )
+
+
+def _filter_problems(config: dict[str, Any]) -> Iterator[str]:
+    """A filtered pretraining's base model must be one of the study's, its detector one of the
+    training pairs."""
+    options = config["defenses"]["filtered"]
+    others = [name for name in config["study"]["pretrain_objectives"] if name != "filtered"]
+    if options["base"] not in others:
+        yield (f"config: defenses.filtered.base: {options['base']!r} is not one of the study's other pretraining "
+               f"objectives ({', '.join(others) or 'none'}); the filter scores that model's training pairs")
+    if options["detector"] not in DETECTORS or DETECTORS[options["detector"]].level != TRAINING:
+        training = ", ".join(name for name, detector in DETECTORS.items() if detector.level == TRAINING)
+        yield f"config: defenses.filtered.detector: {options['detector']!r} is not a training-set detector ({training})"
 
 
 def _model_config_folders() -> list[Path]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from cleanclip_core.defenses import POISONED_DATA, defense_options, get_defense, pretraining_method
+from cleanclip_core.defenses import FILTERED_DATA, POISONED_DATA, defense_options, get_defense, pretraining_method
 from cleanclip_core.detectors import MODEL, TEST, TRAINING, get_detector
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256
@@ -204,9 +204,33 @@ def _without_seed(settings: Mapping[str, Any]) -> dict:
 
 def pretrain_digest(config: Mapping[str, Any], attack: str, objective: str) -> str:
     """The digest of what makes a pretrained model besides its dimensions: the dataset, the
-    attack's settings and the pretraining settings."""
+    attack's settings and the pretraining settings (a filtered pretraining's filter too)."""
     settings = _without_seed(pretrain_settings(config, objective, seed=0))
-    return digest({"dataset": dataset_settings(config), "attack": config["attacks"][attack], "pretrain": settings})
+    return digest({"dataset": dataset_settings(config), "attack": config["attacks"][attack], "pretrain": settings}
+                  | filter_identity(config, attack, objective))
+
+
+def filtering_options(config: Mapping[str, Any], objective: str) -> dict | None:
+    """The filter of a pretraining objective that trains on filtered data (base, detector,
+    fraction), else None."""
+    method = pretraining_method(objective)
+    return defense_options(config, method) if method and get_defense(method).data == FILTERED_DATA else None
+
+
+def filter_identity(config: Mapping[str, Any], attack: str, objective: str) -> dict:
+    """What makes a filtered pretraining's data: its base model's digest and its detector's
+    (nothing for any other objective, whose digest stays as it was)."""
+    options = filtering_options(config, objective)
+    if options is None:
+        return {}
+    return {"filter": {"base": pretrain_digest(config, attack, options["base"]),
+                       "detection": detection_digest(config, options["detector"])}}
+
+
+def used_detectors(config: Mapping[str, Any]) -> list[str]:
+    """The study's detectors and those its filtered pretraining objectives score with."""
+    filters = [filtering_options(config, name) for name in config["study"]["pretrain_objectives"]]
+    return list(dict.fromkeys([*config["study"]["detectors"], *(f["detector"] for f in filters if f)]))
 
 
 def poisoning_digest(config: Mapping[str, Any], attack: str) -> str:
@@ -252,7 +276,7 @@ def pretrained_provenance(config: Mapping[str, Any], attack: str, objective: str
         "start": config["study"]["start"],
         "pretrain": pretrain_settings(config, objective, seed),
         "evaluation": evaluation_settings(config),
-    }
+    } | filter_identity(config, attack, objective)
 
 
 def cleaning_set_settings(config: Mapping[str, Any], poisons: int, seed: int) -> dict:

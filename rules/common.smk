@@ -38,6 +38,8 @@ PREPARED = f"{PRETRAIN_RUN}/clean_method={{clean_method}}/clean_seed={{clean_see
 # detector's scores and measures, per the digest of its options and of how it is judged.
 TRAINING_EMBEDDINGS = f"{PRETRAIN_RUN}/detection/training_embeddings.parquet"
 DETECTION = f"{PRETRAIN_RUN}/detection/detector={{detector}}/detection_settings={{detection_settings}}"
+# The poisoned data less the pairs a detector scored highest, for a filtered pretraining.
+FILTERED_PAIRS = f"{DETECTION}/kept_{{fraction}}/manifest.parquet"
 
 
 # The pretraining curve's epochs: none unless the study keeps every pretraining epoch.
@@ -97,8 +99,8 @@ wildcard_constraints:
     cleaning_set=study.cleaning_set_digest(config),
     poisoning=_one_of(study.poisoning_digest(config, attack) for attack in config["attacks"]),
     preparation=_one_of(study.preparation_digest(config, method) for method in STUDY["clean_methods"]),
-    detector=_one_of(STUDY["detectors"]),
-    detection_settings=_one_of(study.detection_digest(config, name) for name in STUDY["detectors"]),
+    detector=_one_of(study.used_detectors(config)),
+    detection_settings=_one_of(study.detection_digest(config, name) for name in study.used_detectors(config)),
 
 
 # The figures' facets: one fig2 and one trajectories figure per attack x poisons in the cleaning
@@ -151,6 +153,19 @@ def _filled(pattern, wildcards):
 
 def poisoned_manifest(wildcards):
     return _filled(f"{ATTACK_DIR}/poisoned_manifest.parquet", wildcards)
+
+
+def pretraining_data(wildcards):
+    """What a model pretrains on: the poisoned data or, for a filtered pretraining, the pairs
+    its detector left of it under the base objective's model (of the same seed)."""
+    options = study.filtering_options(config, wildcards.pretrain_objective)
+    if options is None:
+        return poisoned_manifest(wildcards)
+    base, detector = options["base"], options["detector"]
+    return _filled(FILTERED_PAIRS, dict(wildcards.items()) | {
+        "pretrain_objective": base, "pretrain_settings": study.pretrain_digest(config, wildcards.attack, base),
+        "detector": detector, "detection_settings": study.detection_digest(config, detector), "fraction": options["fraction"],
+    })
 
 
 def attack_folders(name):
@@ -316,7 +331,7 @@ def detection_settings(wildcards):
 
 def detectors_of_level(level):
     """A wildcard constraint: the study's detectors of one level (none: a pattern matching nothing)."""
-    return _one_of(detectors_of(STUDY["detectors"], level)) or "(?!)"
+    return _one_of(detectors_of(study.used_detectors(config), level)) or "(?!)"
 
 
 def study_detection_points():

@@ -80,6 +80,22 @@ rule detect_test:
         "../workflow_scripts/detect_test.py"
 
 
+rule filter_pairs:
+    input:
+        scores=f"{DETECTION}/scores.parquet",
+        manifest=poisoned_manifest,
+    output:
+        FILTERED_PAIRS,
+    log:
+        f"results/logs/filter_pairs/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}_{{fraction}}.log",
+    benchmark:
+        f"results/benchmarks/filter_pairs/{PRETRAINED.wildcard_pattern}/{{detector}}_{{detection_settings}}_{{fraction}}.tsv"
+    conda:
+        "../envs/results.yaml"
+    script:
+        "../workflow_scripts/filter_pairs.py"
+
+
 rule detect_model:
     input:
         weights=f"{PRETRAIN_RUN}/model.pt",

@@ -8,7 +8,7 @@ rule pretrain:
     input:
         unpack(attack_preparation),
         unpack(start_weights),
-        manifest=poisoned_manifest,
+        manifest=pretraining_data,
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",

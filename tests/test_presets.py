@@ -19,7 +19,7 @@ import yaml
 from cleanclip_core import study
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.defenses import get_defense
-from cleanclip_core.detectors import TEST, TRAINING, detectors_of
+from cleanclip_core.detectors import MODEL, TEST, TRAINING, detectors_of
 from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import check_pretrained
@@ -88,9 +88,9 @@ def expected_job_counts(config: dict) -> dict[str, int]:
 def detection_job_counts(config: dict, models: int) -> dict[str, int]:
     """The detection jobs of a grid: its detectors of each level on every pretrained model."""
     detectors = config["study"]["detectors"]
-    training, test = (len(detectors_of(detectors, level)) for level in (TRAINING, TEST))
+    training, test, model = (len(detectors_of(detectors, level)) for level in (TRAINING, TEST, MODEL))
     counts = {"embed_training": models * bool(training), "detect_training": models * training, "detect_test": models * test,
-              "detection_summary": int(bool(detectors))}
+              "detect_model": models * model, "detection_summary": int(bool(detectors))}
     return {name: count for name, count in counts.items() if count}
 
 

@@ -1,22 +1,32 @@
-"""Robust pretraining: RoCLIP's pool and loss and SafeCLIP's phases, split and schedule, each on
-a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume),
+"""Robust pretraining: RoCLIP's pool and loss, SafeCLIP's phases, split and schedule, and the
+filter of detect-then-pretrain, each on a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume),
 tests/training/test_distributed.py (several processes), tests/test_study.py (a study)."""
 
+import logging
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from cleanclip_core import study
-from cleanclip_core.config import validate_config
+from cleanclip_core.config import check_config, validate_config
+from cleanclip_core.defenses.filtering import filter_pairs, kept_rows
+from cleanclip_core.errors import UserError
 from cleanclip_core.defenses import safeclip
 from cleanclip_core.defenses.roclip import CaptionPool, roclip_term
 from cleanclip_core.defenses.safeclip import SafeRatio, cross_modal_loss, safeclip_lr, safeclip_term, split_pairs
 from cleanclip_core.losses import inmodal_loss, mmcl_loss
 from cleanclip_core.objectives import TermInputs
+from test_presets import merged
+from workflow import ROOT, job_counts, run_snakemake
 
+SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 SAFECLIP = {"inmodal_epochs": 1, "clip_epochs": 1, "warmup_lr": 5e-6, "safe_posterior": 0.9, "ratio_step": 0.1, "ratio_cap": 0.65}
 
 
@@ -152,3 +162,58 @@ def test_a_robust_objective_pretrains_with_its_method_and_options_and_the_plain_
     assert settings["method"] == "roclip" and settings["objective"] == {"roclip": 1}
     assert settings["options"] == {"pool_size": 512, "break_epoch": 2}
     assert "method" not in study.pretrain_settings(config, "mmcl", seed=0)  # its run identity is unchanged
+
+
+def test_the_filter_keeps_every_pair_outside_the_top_fraction_in_order():
+    scores = np.array([0.1, 0.9, 0.3, 0.9, 0.2, 0.8, 0.0, 0.4, 0.5, 0.6])
+    assert kept_rows(scores, 0.3).tolist() == [0, 2, 4, 6, 7, 8, 9]  # 0.9, 0.9 and 0.8 go
+    assert kept_rows(scores, 0.1).tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9]  # a tie: the earlier goes
+
+
+def test_the_filtered_manifest_is_the_poisoned_one_less_its_top_scored_pairs(tmp_path, caplog):
+    manifest = pa.table({"key": ["a", "b", "c", "d"], "is_poison": [False, True, False, True], "caption": list("wxyz")})
+    pq.write_table(manifest, tmp_path / "poisoned.parquet")
+    pq.write_table(pa.table({"key": ["a", "b", "c", "d"], "score": [0.1, 0.9, 0.95, 0.2]}), tmp_path / "scores.parquet")
+    with caplog.at_level(logging.INFO):
+        filter_pairs(str(tmp_path / "scores.parquet"), str(tmp_path / "poisoned.parquet"), 0.5, str(tmp_path / "kept.parquet"))
+    assert pq.read_table(tmp_path / "kept.parquet").select(manifest.column_names).equals(manifest.take([0, 3]))
+    assert "removed 2 of 4 pairs (50.0%), 1 of 2 poisons among them; 1 poisons left" in caplog.text
+    pq.write_table(pa.table({"key": ["b", "a", "c", "d"], "score": [0.0] * 4}), tmp_path / "scores.parquet")
+    with pytest.raises(UserError, match="scores.parquet: its pairs are not those of .*poisoned.parquet, row for row"):
+        filter_pairs(str(tmp_path / "scores.parquet"), str(tmp_path / "poisoned.parquet"), 0.5, str(tmp_path / "kept.parquet"))
+
+
+def filtered_config(**sections) -> dict:
+    return validate_config({"attacks": {"badnet": {"type": "badnet"}}, "study": {"pretrain_objectives": ["mmcl", "filtered"]}} | sections)
+
+
+def test_a_filtered_model_s_identity_holds_its_filter_and_the_others_do_not():
+    config = filtered_config()
+    other_k = filtered_config(detection={"options": {"dao": {"k": 8}}})
+    other_fraction = filtered_config(defenses={"filtered": {"fraction": 0.01}})
+    digests = [study.pretrain_digest(c, "badnet", "filtered") for c in (config, other_k, other_fraction)]
+    assert len(set(digests)) == 3
+    assert study.pretrain_digest(config, "badnet", "mmcl") == study.pretrain_digest(other_k, "badnet", "mmcl")
+    assert study.used_detectors(config) == ["dao"]  # the filter's detector scores though the study names none
+
+
+@pytest.mark.parametrize("filtered, message", [
+    ({"base": "mmcl_ssl"}, "defenses.filtered.base: 'mmcl_ssl' is not one of the study's other pretraining objectives (mmcl)"),
+    ({"detector": "strip"}, "defenses.filtered.detector: 'strip' is not a training-set detector (k_distance, lid"),
+])
+def test_a_filter_needs_a_base_model_of_the_study_and_a_training_set_detector(filtered, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(filtered_config(defenses={"filtered": filtered}, clean={"n_clean": 1000}))
+
+
+def test_a_filtered_model_pretrains_on_the_pairs_its_base_model_s_detector_left(tmp_path):
+    config = merged(SMOKE, {"study": {"pretrain_objectives": ["mmcl", "filtered"], "detectors": []}})
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    attacks = len(SMOKE["study"]["attacks"])
+    assert (counts["embed_training"], counts["detect_training"], counts["filter_pairs"]) == (attacks, attacks, attacks)
+    assert "detection_summary" not in counts  # the study itself names no detector
+    kept = re.findall(r"pretrain_objective=mmcl/pretrain_seed=0/pretrain_settings=\w+/detection/detector=dao/"
+                      r"detection_settings=\w+/kept_0\.1/manifest\.parquet", result.stdout)
+    assert kept

@@ -18,7 +18,7 @@ from typing import Any
 
 from cleanclip_core.registry import Registry
 
-CLEAN_SET, POISONED_DATA = "clean_set", "poisoned_data"
+CLEAN_SET, POISONED_DATA, FILTERED_DATA = "clean_set", "poisoned_data", "filtered_data"
 CLEAN, PRETRAIN = "clean", "pretrain"
 
 
@@ -29,9 +29,11 @@ class Defense:
     """`clean`: a cleaning method (a value of study.clean_methods); `pretrain`: a robust
     pretraining method (a value of study.pretrain_objectives)."""
     data: str = CLEAN_SET
-    """`clean_set`: the study's cleaning set (clean pairs plus `cleaning_poisons` poisoned
-    ones); `poisoned_data`: the poisoned training data itself, as its preparation stage gives it.
-    A method of the second kind has no separate set: its runs record cleaning_poisons 0."""
+    """Cleaning: `clean_set`, the study's cleaning set (clean pairs plus `cleaning_poisons`
+    poisoned ones), or `poisoned_data`, the poisoned training data itself, as its preparation
+    stage gives it (no separate set: its runs record cleaning_poisons 0). Pretraining:
+    `poisoned_data`, or `filtered_data`, the poisoned data less the pairs a training-set detector
+    flagged under a model pretrained on all of it (its options: `base`, `detector`, `fraction`)."""
     preparation: str | None = None
     """`module:function` of a stage run on the pretrained model and the poisoned data before
     cleaning. It writes a table (reported) and the manifest of the pairs the run trains on."""
@@ -77,6 +79,7 @@ DEFENSES = Registry("cleaning method", Defense, (
         "roclip", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool",
         options={"$ref": "#/$defs/roclip_options"},
     ),
+    Defense("filtered", PRETRAIN, data=FILTERED_DATA, options={"$ref": "#/$defs/filtered_options"}),
     Defense(
         "safeclip", PRETRAIN, schedule="cleanclip_core.defenses.safeclip:safeclip_schedule",
         state="cleanclip_core.defenses.safeclip:safe_ratio", epoch_start="cleanclip_core.defenses.safeclip:split_pairs",

@@ -5,8 +5,9 @@ Levels: `training` scores every training pair of a pretrained model from the pai
 text embeddings (Huang et al., ICLR'25: the poisons are where the embedding space is locally
 unlike its neighbours); `test` scores evaluation images, clean or triggered, under the model
 (BDetCLIP, STRIP); `model` scores the pretrained model's image encoder once, from clean shadow
-images (DECREE), and the study ranks its models. A registry entry names its score function by import path, so the DAG
-reads this registry without torch, and a plugin adds a detector with a `Detector` in ENTRIES.
+images (DECREE), and the study ranks its models. A registry entry names its score function by
+import path, so the DAG reads this registry without torch, and a plugin adds a detector with a
+`Detector` in ENTRIES.
 """
 
 from collections.abc import Mapping, Sequence

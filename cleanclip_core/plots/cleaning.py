@@ -30,7 +30,7 @@ from cleanclip_core.results import Criteria, query
 from cleanclip_core.stopping import STOPPING_RULES
 from cleanclip_core.tables import atomic_output, write_csv
 
-OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL", "roclip": "RoCLIP", "safeclip": "SafeCLIP"}
+OBJECTIVE_TITLES = {"mmcl": "MMCL", "mmcl_ssl": "MMCL+SSL", "roclip": "RoCLIP", "safeclip": "SafeCLIP", "filtered": "filtered"}
 METHOD_MARKERS = "osD^vP*X"
 # Successful cleaning: the backdoor gone (ASR@1 at most the success threshold of the summary and
 # the stopping rules) and at least 80% of the start's clean top-1 kept.
