@@ -124,6 +124,18 @@ def test_the_detection_overlay_scores_every_model_of_the_defense_study_with_ever
     assert (counts["embed_training"], counts["detect_training"], counts["detection_summary"]) == (models, models * 7, 1)
 
 
+def test_the_robust_overlay_pretrains_every_objective_on_both_attacks_three_times_and_runs_every_detector(tmp_path):
+    files = [yaml.safe_load((ROOT / name).read_text()) for name in ("config.yaml", "configs/robust.yaml")]
+    config = validate_config(merged(*files))
+    check_config(config)
+    result = run_snakemake(tmp_path, merged(*files), "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    models = 2 * 4 * 3  # attacks x pretraining objectives x seeds
+    assert (counts["pretrain"], counts["clean"], counts["filter_pairs"]) == (models, models, 2 * 3)
+    assert counts | detection_job_counts(config, models) == counts  # every level's detectors on every model
+
+
 def test_the_base_states_verma_et_al_s_study():
     config = preset(BASE)
     assert config["dataset"]["name"] == "cc3m" and config["dataset"]["download"]["image_size"] == 224
