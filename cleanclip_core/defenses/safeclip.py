@@ -118,12 +118,15 @@ def split_pairs(start: EpochStart) -> dict[str, np.ndarray]:
 
 
 def _similarities(start: EpochStart) -> np.ndarray:
-    """Each pair's image-caption cosine under the model as it is, in eval mode."""
+    """Each pair's image-caption cosine under the model as it is, in eval mode (each module's
+    mode restored after)."""
     loader = DataLoader(start.pairs, start.batch_size, num_workers=start.num_workers)
+    modes = {module: module.training for module in start.model.modules()}
     try:
         return pair_similarity(start.model, loader, start.device)
     finally:
-        start.model.train()
+        for module, training in modes.items():
+            module.train(training)
 
 
 def _clean_posterior(similarities: np.ndarray, seed: int) -> np.ndarray:
