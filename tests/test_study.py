@@ -187,7 +187,7 @@ def training(pretrained: int, runs: int, data: dict | None = None) -> dict:
         ("clean_method", changed(study={"clean_methods": ["cleanclip", "ssl_only"]}), training(0, 12)),
         ("cleaning_poisons", changed(study={"cleaning_poisons": [0, 3]}), training(0, 8, {"cleaning_set": 2})),
         ("lr", changed(clean={"per_method": {"cleanclip": {"lrs": [0.002]}, "mmcl_only": {"batch_size": 20}}}), training(0, 12)),
-        ("an experiment setting", changed(pretrain={"per_objective": {"mmcl": {"lr": 0.002}}}), training(2, 12)),
+        ("an experiment setting", changed(pretrain={"per_objective": SMOKE["pretrain"]["per_objective"] | {"mmcl": {"lr": 0.002}}}), training(2, 12)),
         # a trigger parameter: the attack poisons anew beside the first, and all that follows
         ("a trigger parameter", changed(attacks=SMOKE["attacks"] | {"badnet": SMOKE["attacks"]["badnet"] | {"trigger": {"patch_size": 48, "pattern": "fixed", "location": "fixed"}}}),
          training(2, 16, {"poison": 1, "trigger_grid": 1, "cleaning_set": 4})),
