@@ -17,11 +17,11 @@ import yaml
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, get_defense
-from cleanclip_core.detectors import DETECTORS, TRAINING
+from cleanclip_core.detectors import DETECTORS, TRAINING, detectors_of
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import use_plugins
-from cleanclip_core.study import start_kind
+from cleanclip_core.study import filtering_options, start_kind
 from cleanclip_core.terms import TERMS
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
@@ -181,8 +181,10 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
             if name in DEFENSES and DEFENSES[name].stage == stage:
                 other = "study.clean_methods" if stage == CLEAN else "study.pretrain_objectives"
                 yield f"config: {location}: {name!r} is a {stage} method; name it in {other}"
-    if "filtered" in study["pretrain_objectives"]:
-        yield from _filter_problems(config)
+    for name in study["pretrain_objectives"]:
+        filtering = filtering_options(config, name)
+        if filtering is not None:
+            yield from _filter_problems(config, name, filtering)
     if "safeclip" in study["pretrain_objectives"]:
         options = config["defenses"]["safeclip"]
         epochs = {**config["pretrain"], **config["pretrain"]["per_objective"].get("safeclip", {})}["epochs"]
@@ -194,17 +196,16 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
             )
 
 
-def _filter_problems(config: dict[str, Any]) -> Iterator[str]:
+def _filter_problems(config: dict[str, Any], method: str, options: dict[str, Any]) -> Iterator[str]:
     """A filtered pretraining's base model must be one of the study's, its detector one of the
     training pairs."""
-    options = config["defenses"]["filtered"]
-    others = [name for name in config["study"]["pretrain_objectives"] if name != "filtered"]
+    others = [name for name in config["study"]["pretrain_objectives"] if name != method]
     if options["base"] not in others:
-        yield (f"config: defenses.filtered.base: {options['base']!r} is not one of the study's other pretraining "
+        yield (f"config: defenses.{method}.base: {options['base']!r} is not one of the study's other pretraining "
                f"objectives ({', '.join(others) or 'none'}); the filter scores that model's training pairs")
-    if options["detector"] not in DETECTORS or DETECTORS[options["detector"]].level != TRAINING:
-        training = ", ".join(name for name, detector in DETECTORS.items() if detector.level == TRAINING)
-        yield f"config: defenses.filtered.detector: {options['detector']!r} is not a training-set detector ({training})"
+    training = detectors_of(list(DETECTORS), TRAINING)
+    if options["detector"] not in training:
+        yield f"config: defenses.{method}.detector: {options['detector']!r} is not a training-set detector ({', '.join(training)})"
 
 
 def _model_config_folders() -> list[Path]:

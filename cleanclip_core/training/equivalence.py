@@ -19,9 +19,8 @@ import torch.multiprocessing as mp
 from cleanclip_core.defenses import get_defense
 from cleanclip_core.devices import on_device
 from cleanclip_core.models import create_model, normalization_for
-from cleanclip_core.registry import resolve
 from cleanclip_core.objectives import ObjectiveNetwork, needs_labels, needs_reference
-from cleanclip_core.training.loop import Recipe, distributed_network, global_values, training_step
+from cleanclip_core.training.loop import Recipe, distributed_network, global_values, method_state, training_step
 from cleanclip_core.training.optim import adamw
 
 OBJECTIVES = {
@@ -79,19 +78,14 @@ def one_step(
     model = on_device(create_model(model_name, seed=0), model_name, device)
     reference = create_model(model_name, seed=1).to(device).eval().requires_grad_(False) if needs_reference(objective) else None
     torch.manual_seed(0)  # the supervised head
-    trained = ObjectiveNetwork(model, N_CLASSES if needs_labels(objective) else None, _state(method, model)).to(device)
+    state = method_state(get_defense(method), OPTIONS, model, seed=0)
+    trained = ObjectiveNetwork(model, N_CLASSES if needs_labels(objective) else None, state).to(device)
     network = distributed_network(trained, model_name, objective, world_size, device)
     recipe = Recipe(objective, normalization_for(model), IMAGE_FIELDS, TEXT_FIELDS, OPTIONS, reference)
     optimizer = adamw(trained, LEARNING_RATE, weight_decay=0.1)
     terms = training_step(network, model, optimizer, batch, recipe, device)
     gradients = [p.grad.flatten() for p in trained.parameters() if p.grad is not None]
     return global_values([terms])[0], torch.cat(gradients).cpu()
-
-
-def _state(method: str, model: torch.nn.Module) -> torch.nn.Module | None:
-    """A fresh state of the method (RoCLIP's pool), or None for one without."""
-    defense = get_defense(method)
-    return resolve(defense.state)(OPTIONS, model.visual.output_dim, 0) if defense.state else None
 
 
 def _rank_steps(rank: int, world_size: int, model_name: str, batch: dict, device_type: str, folder: str) -> None:

@@ -154,7 +154,7 @@ def train(
     reference = _frozen_copy(model) if needs_reference(settings.objective) else None
     _limit_training(model, defense, settings.options)
     pairs = data.pairs(image_size_of(model), defense.flags)
-    state = resolve(defense.state)(settings.options, model.visual.output_dim, settings.seed) if defense.state else None
+    state = method_state(defense, settings.options, model, settings.seed)
     trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective), state).to(device)
     optimizer = adamw(trained, settings.lr, settings.weight_decay, defense.betas)
     # A resume state is only valid for the same settings, starting weights and kept files.
@@ -362,6 +362,11 @@ def _resume_state(partial: Path, run_settings: dict[str, Any], rank: int, world_
             f"from those of an uninterrupted run"
         )
     return state
+
+
+def method_state(defense: Defense, options: dict[str, Any], model: torch.nn.Module, seed: int) -> torch.nn.Module | None:
+    """A fresh state of the method (RoCLIP's pool), or None for one that keeps none."""
+    return resolve(defense.state)(options, model.visual.output_dim, seed) if defense.state else None
 
 
 def _rank_zero_flags(flags: dict[str, np.ndarray], world_size: int) -> dict[str, np.ndarray]:
