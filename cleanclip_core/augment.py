@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nltk
 import numpy as np
@@ -40,6 +41,16 @@ def image_augmentation() -> v2.Transform:
     return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
 
 
+def seeded(transform: Callable[[Any], Any], image: Any, seed: int) -> Any:
+    """`transform(image)` with torch's global CPU generator, which torchvision draws from, seeded
+    by `seed`, and left as it was."""
+    # A forked copy of the generator. Not torch.manual_seed: it would also reseed (and not
+    # restore) the GPUs', at ~100 µs a call.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(image)
+
+
 def augment_image(image: Tensor, seed: int) -> Tensor:
     """The augmented view of `image` (uint8 [3, H, W]; a float one in [0, 1] is taken to 8 bits
     first) drawn with `seed`, uint8; the global RNG is left as it was.
@@ -50,11 +61,7 @@ def augment_image(image: Tensor, seed: int) -> Tensor:
     quarter of torchvision's to_pil_image and pil_to_tensor.
     """
     pixels = F.to_dtype(image, torch.uint8, scale=True).permute(1, 2, 0)
-    # torchvision draws from torch's global CPU generator, so seed a forked copy of it. Not
-    # torch.manual_seed: it would also reseed (and not restore) the GPUs', at ~100 µs a call.
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        augmented = image_augmentation()(Image.fromarray(pixels.numpy()))
+    augmented = seeded(image_augmentation(), Image.fromarray(pixels.numpy()), seed)
     return torch.from_numpy(np.array(augmented)).permute(2, 0, 1)
 
 

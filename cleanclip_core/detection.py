@@ -189,24 +189,44 @@ def detection_summary(replicates: pd.DataFrame, cell: Sequence[str]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+# A model-level row ranks backdoored models against clean ones, so the settings that differ
+# between an attack and its control are not part of its cell: their values are joined by +.
+JOINED = ("attack", "pretrain_settings", "clean_settings")
+
+
+def _joined(values: pd.Series) -> str | None:
+    return "+".join(map(str, dict.fromkeys(values.dropna()))) or None
+
+
+def _model_cells(models: pd.DataFrame, by: Sequence[str]):
+    """The models of each value of `by`, the backdoored ones apart per count of poisons in their
+    cleaning sets, each count with all the clean models (a control's cleaning sets have none)."""
+    for key, group in models.groupby(list(by), sort=True, dropna=False):
+        backdoored, clean = group[group.is_backdoored], group[~group.is_backdoored]
+        for poisons, part in (backdoored if len(backdoored) else clean).groupby("cleaning_poisons", sort=True, dropna=False):
+            yield dict(zip(by, key)) | {"cleaning_poisons": poisons}, pd.concat([part, clean]) if len(backdoored) else part
+
+
 def model_level_summary(models: pd.DataFrame, cell: Sequence[str], resamples: int, seed: int) -> pd.DataFrame:
     """One row per cell of the model-level detectors' scores (`models`: a row per model, with
-    is_backdoored and score), over the study's attacks together (`attack` and the attack-specific
-    `pretrain_settings`: their values joined by +): the ranking of the backdoored models against the clean ones (NaN with models of one
-    class only), with bootstrap intervals over the models; no threshold, so the other measures
-    are NaN. `n_scored` counts the models, `n_poisons` the backdoored ones, `n_replicates` the
-    pretraining seeds."""
+    is_backdoored and score; a cleaned model has its cleaning run's dimensions too, a pretrained
+    one none), over the study's attacks together (the JOINED columns; _model_cells): the ranking
+    of the backdoored models against the clean ones (NaN with models of one class only), with bootstrap
+    intervals over the models; no threshold, so the other measures are NaN. `n_scored` counts the
+    models, `n_poisons` the backdoored ones, `n_replicates` the pretraining seeds."""
+    models = models.reindex(columns=list(dict.fromkeys([*cell, *models.columns, "cleaning_poisons"])))
+    models = models.astype({"cleaning_poisons": "Int64", "is_backdoored": bool})
+    by = [name for name in cell if name not in (*JOINED, "cleaning_poisons")]
     rows = []
-    joined = ("attack", "pretrain_settings")
-    by = [name for name in cell if name not in joined]
-    for key, group in models.groupby(by, sort=True, dropna=False):
+    for values, group in _model_cells(models, by):
         is_backdoored, scores = group["is_backdoored"].to_numpy(dtype=bool), group["score"].to_numpy(dtype=float)
-        row = dict(zip(by, key)) | {name: "+".join(dict.fromkeys(group[name])) for name in joined} | {
+        row = values | {name: _joined(group[name]) for name in JOINED if name in cell} | {
             "n_replicates": group["pretrain_seed"].nunique(), "n_scored": len(group), "n_poisons": int(is_backdoored.sum()),
         }
         if not 0 < row["n_poisons"] < len(group):
             kind = "backdoored" if row["n_poisons"] else "clean"
-            log.warning(f"{row['detector']}, {row['pretrain_objective']}: only {kind} models, so no AUROC (add a control or an attack)")
+            cleaned = f" cleaned by {row['clean_method']}" if isinstance(row.get("clean_method"), str) else ""
+            log.warning(f"{row['detector']}, {row['pretrain_objective']}{cleaned}: only {kind} models, so no AUROC (add a control or an attack)")
         measured, intervals = ranking(is_backdoored, scores), bootstrap_intervals(is_backdoored, scores, ranking, resamples, seed)
         for name in QUALITY:
             low, high = intervals.get(name, (math.nan, math.nan))

@@ -87,8 +87,9 @@ TABLE_NOTES = {
         "Training-set detection",
         "Per detector, attack and pretraining objective: AUROC, AUPRC and the TPR at 1% FPR, then "
         "precision, recall, F1 and the FPR of the threshold set on clean reference pairs alone, in "
-        "percent with 95% intervals; a clean control has only its FPR. A model-level detector's row "
-        "(DECREE) ranks the study's backdoored models against the clean ones, per objective.",
+        "percent with 95% intervals; a clean control has only its FPR. A model-level detector's rows "
+        "(DECREE) rank the study's backdoored models against the clean ones, per objective: the "
+        "pretrained models, then the cleaned ones per cleaning method and learning rate.",
     ),
     "stopping_rule_intervals": (
         "Stopping rules",

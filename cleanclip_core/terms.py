@@ -66,4 +66,5 @@ VIEWS = Registry("view", View, (
     View("augmented", "cleanclip_core.training.views:augmented_views"),
     View("subcaptions", "cleanclip_core.defenses.ta_cleaner:subcaption_views"),
     View("perturbed", "cleanclip_core.defenses.par:perturbed_views"),
+    View("roclip_augmented", "cleanclip_core.defenses.roclip:augmented_pairs"),
 ))

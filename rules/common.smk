@@ -38,6 +38,8 @@ PREPARED = f"{PRETRAIN_RUN}/clean_method={{clean_method}}/clean_seed={{clean_see
 # detector's scores and measures, per the digest of its options and of how it is judged.
 TRAINING_EMBEDDINGS = f"{PRETRAIN_RUN}/detection/training_embeddings.parquet"
 DETECTION = f"{PRETRAIN_RUN}/detection/detector={{detector}}/detection_settings={{detection_settings}}"
+# A model-level detector's scores of a cleaning run's last epoch, the cleaned model.
+CLEANED_DETECTION = f"{CLEAN_RUN}/detection/detector={{detector}}/detection_settings={{detection_settings}}"
 # The poisoned data less the pairs a detector scored highest, for a filtered pretraining.
 FILTERED_PAIRS = f"{DETECTION}/kept_{{fraction}}/manifest.parquet"
 
@@ -334,15 +336,21 @@ def detectors_of_level(level):
     return _one_of(detectors_of(study.used_detectors(config), level)) or "(?!)"
 
 
-def study_detection_points():
-    """Every pretrained model x detector of the study: its identity (the pretraining dimensions,
-    the detector and the digest of its settings) and its folder."""
+def _detection_points(space, detectors, folder):
     points = []
-    for model in PRETRAINED.dataframe.to_dict("records"):
-        for detector in STUDY["detectors"]:
+    for model in space.dataframe.to_dict("records"):
+        for detector in detectors:
             identity = _plain(model) | {"detector": detector, "detection_settings": study.detection_digest(config, detector)}
-            points.append((identity, _filled(DETECTION, identity)))
+            points.append((identity, _filled(folder, identity)))
     return points
+
+
+def study_detection_points():
+    """Every pretrained model x detector of the study, then every cleaned model x model-level
+    detector: its identity (the model's dimensions, the detector and the digest of its settings)
+    and its folder."""
+    return _detection_points(PRETRAINED, STUDY["detectors"], DETECTION) + _detection_points(
+        CLEANING, detectors_of(STUDY["detectors"], MODEL), CLEANED_DETECTION)
 
 
 def study_detections(name, levels=LEVELS):
@@ -350,11 +358,20 @@ def study_detections(name, levels=LEVELS):
     return [f"{folder}/{name}" for identity, folder in study_detection_points() if get_detector(identity["detector"]).level in levels]
 
 
-def detection_identity(wildcards):
+def _detection_identity(space, wildcards):
     """A detection's identity, as study_detection_points gives it."""
-    return _identity(PRETRAINED, wildcards) | {"detector": wildcards.detector, "detection_settings": wildcards.detection_settings}
+    return _identity(space, wildcards) | {"detector": wildcards.detector, "detection_settings": wildcards.detection_settings}
+
+
+def detection_identity(wildcards):
+    return _detection_identity(PRETRAINED, wildcards)
+
+
+def cleaned_detection_identity(wildcards):
+    return _detection_identity(CLEANING, wildcards)
 
 
 def is_backdoored(wildcards):
-    """Whether the pretrained model's attack poisons: what a model-level detector should find."""
+    """Whether the model's pretraining data was poisoned (its attack poisons): what a model-level
+    detector should find, in a pretrained model or in what cleaning made of it."""
     return attack_entry(wildcards)["n_poisons"] > 0

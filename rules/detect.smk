@@ -1,6 +1,6 @@
 # Detection: every detector of the study scores every pretrained model's training pairs (their
-# embeddings computed once), its evaluation images or its image encoder, and the study's table
-# and ROC curves compare them. The detector's level picks its rule.
+# embeddings computed once), its evaluation images or its image encoder (a cleaned model's too),
+# and the study's table and ROC curves compare them. The detector's level picks its rule.
 
 
 rule embed_training:
@@ -121,6 +121,25 @@ rule detect_model:
         "../envs/torch.yaml"
     script:
         "../workflow_scripts/detect_model.py"
+
+
+# A cleaned model is its cleaning run's last epoch.
+use rule detect_model as detect_cleaned_model with:
+    input:
+        weights=CLEAN_EPOCH_WEIGHTS[-1],
+        images=evaluation_images,
+    output:
+        scores=f"{CLEANED_DETECTION}/scores.parquet",
+    params:
+        model=STUDY["model"],
+        classnames=config["evaluation"]["classnames"],
+        identity=cleaned_detection_identity,
+        is_backdoored=is_backdoored,
+        settings=detection_settings,
+    log:
+        f"results/logs/detect_model/{CLEANING.wildcard_pattern}/{{detector}}_{{detection_settings}}.log",
+    benchmark:
+        f"results/benchmarks/detect_model/{CLEANING.wildcard_pattern}/{{detector}}_{{detection_settings}}.tsv"
 
 
 # A model-level detector has no quality table of its own: the summary ranks the study's models.

@@ -20,7 +20,7 @@ from cleanclip_core.detectors.decree import (
 )
 from cleanclip_core.detectors.model_level import ModelInputs
 from cleanclip_core.errors import UserError
-from cleanclip_core.plots.detection import CELL
+from cleanclip_core.plots.detection import CELL, MODEL_CELL
 from workflow import ROOT, job_counts, run_snakemake
 
 SIZE, CORNER = 16, 4
@@ -118,12 +118,13 @@ def test_decree_is_the_model_level_detector():
     assert set(study.detection_settings(config, "decree")) == {"options", "seed"}
 
 
-def models(scores: dict[str, list[float]]) -> pd.DataFrame:
-    """One scores row per model: the attacks' scores, badnet's backdoored, control's clean."""
+def models(scores: dict[str, list[float]], **cleaning) -> pd.DataFrame:
+    """One scores row per model: the attacks' scores, badnet's backdoored, control's clean; with
+    `cleaning`, its dimensions' values (a cleaned model's)."""
     return pd.DataFrame([
         {"dataset": "smoke", "attack": attack, "model": "tiny-rn", "start": "scratch", "pretrain_objective": "mmcl",
          "pretrain_seed": seed, "pretrain_settings": attack[:3], "level": MODEL, "detector": "decree", "detection_settings": "y",
-         "is_backdoored": attack == "badnet", "score": score}
+         "is_backdoored": attack == "badnet", "score": score} | cleaning
         for attack, values in scores.items() for seed, score in enumerate(values)
     ])
 
@@ -137,16 +138,32 @@ def test_the_summary_ranks_the_backdoored_models_against_the_clean_ones():
     assert all(math.isnan(row[name]) for name in ("precision", "recall", "f1", "fpr"))
 
 
+def test_cleaned_models_are_ranked_per_method_and_per_count_of_cleaning_poisons_each_against_the_control():
+    cleaned = {"clean_method": "cleanclip", "lr": 0.003, "clean_seed": 0, "clean_settings": "c"}
+    table = model_level_summary(pd.concat([
+        models({"badnet": [-0.1, -0.3], "control": [-0.2, -0.5]}),
+        models({"badnet": [-0.4, -0.6], "control": [-0.2, -0.5]}, cleaning_poisons=0, **cleaned),
+        models({"badnet": [-0.05, -0.15]}, cleaning_poisons=5, **cleaned),
+    ]), MODEL_CELL, 100, 0)
+    assert table.clean_method.isna().tolist() == [False, False, True]  # the pretrained models' row last
+    by_poisons = table.iloc[:2].set_index("cleaning_poisons")
+    assert by_poisons.n_scored.to_dict() == {0: 4, 5: 4} and set(by_poisons.attack) == {"badnet+control"}
+    # after cleaning without poisons only -0.4 > -0.5 of the four pairs is ordered right; with 5 all are
+    assert by_poisons.auroc.to_dict() == pytest.approx({0: 1 / 4, 5: 1.0})
+    assert table.iloc[2].auroc == pytest.approx(3 / 4)
+
+
 def test_models_of_one_class_have_no_auroc_and_the_log_says_why(caplog):
     row = model_level_summary(models({"badnet": [-0.1, -0.3]}), CELL, 100, 0).iloc[0]
     assert np.isnan(row.auroc) and "only backdoored models" in caplog.text
 
 
-def test_a_study_naming_decree_scores_every_pretrained_model_once(tmp_path):
+def test_a_study_naming_decree_scores_every_pretrained_and_cleaned_model_once(tmp_path):
     config = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
     config["study"]["detectors"] = ["dao", "decree"]
     result = run_snakemake(tmp_path, config, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    pretrained = len(study.pretrained_models(validate_config(config)))
-    assert (counts["detect_model"], counts["detect_training"], counts["detection_summary"]) == (pretrained, pretrained, 1)
+    pretrained, cleaned = len(study.pretrained_models(validate_config(config))), len(study.cleaning_runs(validate_config(config)))
+    assert (counts["detect_model"], counts["detect_cleaned_model"], counts["detect_training"]) == (pretrained, cleaned, pretrained)
+    assert counts["detection_summary"] == 1

@@ -81,16 +81,18 @@ def expected_job_counts(config: dict) -> dict[str, int]:
         "pretrain": len(pretrained), "evaluate_pretrained": len(pretrained),
         "clean": len(cleaning), "evaluate_cleaned": len(cleaning),  # one job evaluates all epochs of a run
         "results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1,
-    } | detection_job_counts(config, len(pretrained))
+    } | detection_job_counts(config)
     return counts | {"total": sum(counts.values())}
 
 
-def detection_job_counts(config: dict, models: int) -> dict[str, int]:
-    """The detection jobs of a grid: its detectors of each level on every pretrained model."""
+def detection_job_counts(config: dict) -> dict[str, int]:
+    """The detection jobs of a grid: its detectors of each level on every pretrained model, its
+    model-level ones on every cleaned model too."""
+    models, cleaned = len(study.pretrained_models(config)), len(study.cleaning_runs(config))
     detectors = config["study"]["detectors"]
     training, test, model = (len(detectors_of(detectors, level)) for level in (TRAINING, TEST, MODEL))
     counts = {"embed_training": models * bool(training), "detect_training": models * training, "detect_test": models * test,
-              "detect_model": models * model, "detection_summary": int(bool(detectors))}
+              "detect_model": models * model, "detect_cleaned_model": cleaned * model, "detection_summary": int(bool(detectors))}
     return {name: count for name, count in counts.items() if count}
 
 
@@ -124,16 +126,20 @@ def test_the_detection_overlay_scores_every_model_of_the_defense_study_with_ever
     assert (counts["embed_training"], counts["detect_training"], counts["detection_summary"]) == (models, models * 7, 1)
 
 
-def test_the_robust_overlay_pretrains_every_objective_on_both_attacks_three_times_and_runs_every_detector(tmp_path):
-    files = [yaml.safe_load((ROOT / name).read_text()) for name in ("config.yaml", "configs/robust.yaml")]
-    config = validate_config(merged(*files))
+def test_the_robust_overlays_pretrain_every_objective_three_times_and_run_every_detector(tmp_path):
+    default, robust, control = (yaml.safe_load((ROOT / name).read_text()) for name in (
+        "config.yaml", "configs/robust.yaml", "configs/robust_control.yaml"))
+    alone = validate_config(merged(default, robust))
+    check_config(alone)
+    assert alone["study"]["attacks"] == ["badnet"] and not detectors_of(alone["study"]["detectors"], MODEL)
+    config = validate_config(merged(merged(default, robust), control))
     check_config(config)
-    result = run_snakemake(tmp_path, merged(*files), "--dry-run")
+    result = run_snakemake(tmp_path, config, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
     models = 2 * 4 * 3  # attacks x pretraining objectives x seeds
     assert (counts["pretrain"], counts["clean"], counts["filter_pairs"]) == (models, models, 2 * 3)
-    assert counts | detection_job_counts(config, models) == counts  # every level's detectors on every model
+    assert counts | detection_job_counts(config) == counts  # every level's detectors on every model
 
 
 def test_the_base_states_verma_et_al_s_study():
@@ -184,7 +190,8 @@ def test_each_overlay_changes_what_it_names():
     par = study.clean_settings(defenses, "par", 3e-5, seed=0)
     assert (par["batch_size"], par["weight_decay"], par["method"]) == (2048, 1e-4, "par")
     robust = preset(BASE, "robust_cc3m")
-    roclip, safeclip = (study.pretrain_settings(robust, name, seed=0) for name in ("roclip", "safeclip"))
+    roclip, augmented, safeclip = (study.pretrain_settings(robust, name, seed=0) for name in ("roclip", "roclip_aug", "safeclip"))
+    assert augmented == roclip | {"method": "roclip_aug"}
     assert (roclip["epochs"], roclip["batch_size"], roclip["lr"], roclip["warmup_steps"]) == (24, 512, 5e-5, 10_000)
     assert roclip["options"] == {"pool_size": 21845, "break_epoch": 2}
     assert (safeclip["epochs"], safeclip["batch_size"], safeclip["lr"], safeclip["weight_decay"]) == (32, 128, 5e-4, 0.1)

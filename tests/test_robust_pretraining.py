@@ -1,4 +1,4 @@
-"""Robust pretraining: RoCLIP's pool and loss, SafeCLIP's phases, split and schedule, and the
+"""Robust pretraining: RoCLIP's pool, loss and augmented pairs, SafeCLIP's phases, split and schedule, and the
 filter of detect-then-pretrain, each on a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume),
 tests/training/test_distributed.py (several processes), tests/test_study.py (a study)."""
 
@@ -19,10 +19,13 @@ from cleanclip_core.config import check_config, validate_config
 from cleanclip_core.defenses.filtering import filter_pairs, kept_rows
 from cleanclip_core.errors import UserError
 from cleanclip_core.defenses import safeclip
-from cleanclip_core.defenses.roclip import CaptionPool, roclip_term
+from cleanclip_core.augment import augment_caption, corpus_synonyms
+from cleanclip_core.defenses import get_defense
+from cleanclip_core.defenses.roclip import CaptionPool, image_augmentation, roclip_term
 from cleanclip_core.defenses.safeclip import SafeRatio, cross_modal_loss, safeclip_lr, safeclip_term, split_pairs
 from cleanclip_core.losses import inmodal_loss, mmcl_loss
 from cleanclip_core.objectives import TermInputs
+from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, sample_seed, view_fields
 from test_presets import merged
 from workflow import ROOT, job_counts, run_snakemake
 
@@ -55,6 +58,28 @@ def test_the_pool_replaces_its_oldest_captions_and_returns_each_image_its_neares
     pool.push(torch.eye(2).repeat(3, 1)[:5])  # more than it holds: the last three
     assert close(pool.captions, [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # rows 1, 2, 0, 1, 2 written
     assert int(pool.position) == 0
+
+
+def test_roclip_aug_trains_on_a_fresh_augmentation_of_each_image_and_one_of_each_caption():
+    generator = torch.Generator().manual_seed(0)
+    pairs = [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator),
+              "caption": "a photo of a small red star", "index": 0}]
+    sources = build_views(get_defense("roclip_aug").views, ViewContext([pairs[0]["caption"]], seed=3, synonyms="corpus"))
+    assert view_fields(sources) == ((), ())  # in place of the pair's own: no extra view to encode
+    views = TrainingViews(pairs, lambda captions: captions, sources, seed=3)
+    first = views[0]
+    views.epoch = 1
+    second = views[0]
+    assert first["image"].shape == (3, 32, 32) and first["image"].dtype == torch.uint8
+    assert not torch.equal(first["image"], pairs[0]["image"]) and not torch.equal(first["image"], second["image"])
+    caption = augment_caption(pairs[0]["caption"], sample_seed(3, 0), 0, corpus_synonyms())  # the pair's seed, epoch 0
+    assert first["text"] == second["text"] == caption != pairs[0]["caption"]
+
+
+@pytest.mark.parametrize("size, kernel, sigma", [(224, 21, (0.1, 2.0)), (32, 3, (0.1 / 7, 2 / 7)), (64, 7, (0.2 / 7, 4 / 7))])
+def test_roclip_s_blur_keeps_its_share_of_the_image_at_every_size(size, kernel, sigma):
+    blur = image_augmentation(size).transforms[-1]
+    assert list(blur.kernel_size) == [kernel, kernel] and blur.sigma == pytest.approx(sigma)
 
 
 def roclip_inputs(epoch: int, pool: CaptionPool) -> TermInputs:

@@ -227,6 +227,22 @@ def test_the_detection_table_gives_each_detector_per_attack_and_objective_and_th
     assert (smoke_run / f"{STUDY_DIR}/figures/roc.png").stat().st_size > 10_000
 
 
+def test_a_model_level_detector_scores_the_cleaned_models_too_each_in_its_cleaning_run(smoke_run):
+    config = changed(study={"detectors": [*SMOKE["study"]["detectors"], "decree"]})
+    assert planned(smoke_run, config) == {
+        "detect_model": 4, "detect_cleaned_model": 24, "detection_summary": 1, "overview": 1, "all": 1}
+    run = next((smoke_run / "results/runs").rglob(f"attack=badnet/**/clean_method=cleanclip/**/epoch_{EPOCHS:03d}.pt")).parent
+    digest = study.detection_digest(validate_config(copy.deepcopy(config)), "decree")
+    target = run / f"detection/detector=decree/detection_settings={digest}/scores.parquet"
+    result = run_snakemake(smoke_run, config, str(target.relative_to(smoke_run)), *ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert jobs_run(result.stderr) == {"detect_cleaned_model": 1, "total": 1}
+    row = pq.read_table(target).to_pylist()[0]
+    lr = float(re.search(r"/lr=([^/]+)/", str(run)).group(1))
+    assert (row["clean_method"], row["lr"], row["detector"], row["is_backdoored"]) == ("cleanclip", lr, "decree", True)
+    assert -1 <= row["score"] < 0  # -PL1: a mask's share of the image
+
+
 def test_a_pretrained_start_is_an_input_and_a_dimension(smoke_run):
     weights = next((smoke_run / "results/runs").rglob("pretrain_objective=mmcl/pretrain_seed=0/*/model.pt"))
     shutil.copy(weights, smoke_run / "my_clip.pt")

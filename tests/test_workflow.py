@@ -129,12 +129,13 @@ def test_the_slurm_profile_sizes_every_stage_that_takes_a_gpu(tmp_path):
     """Else a stage gets the launch layer's defaults on the cluster: no GPU, 24 hours."""
     config = merged(yaml.safe_load((ROOT / "config.yaml").read_text()), yaml.safe_load((ROOT / "configs/defenses.yaml").read_text()))
     config["pretrain"]["curve"] = True  # its evaluation stage too
-    config["study"]["detectors"] = ["dao", "strip"]  # and the detectors' stages that need the model
+    config["study"]["detectors"] = ["dao", "strip", "decree"]  # and the detectors' stages that need the model
     result = run_snakemake(tmp_path, config, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
     gpu_stages = {rule for rule, resources in jobs if "gpu=1" in resources.split(", ")}
-    assert {"pretrain_surrogate", "optimize_trigger", "prepare_cleaning", "evaluate_pretraining_curve", "embed_training", "detect_test"} <= gpu_stages
+    assert {"pretrain_surrogate", "optimize_trigger", "prepare_cleaning", "evaluate_pretraining_curve", "embed_training", "detect_test",
+            "detect_model", "detect_cleaned_model"} <= gpu_stages
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert gpu_stages <= set(profile["set-resources"]) and gpu_stages <= set(profile["set-threads"])
     assert all(profile["set-resources"][stage]["gpus_per_node"] >= 1 for stage in gpu_stages)

@@ -79,6 +79,10 @@ DEFENSES = Registry("cleaning method", Defense, (
         "roclip", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool",
         options={"$ref": "#/$defs/roclip_options"},
     ),
+    Defense(
+        "roclip_aug", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool", views=("roclip_augmented",),
+        options={"$ref": "#/$defs/roclip_options"},
+    ),
     Defense("filtered", PRETRAIN, data=FILTERED_DATA, options={"$ref": "#/$defs/filtered_options"}),
     Defense(
         "safeclip", PRETRAIN, schedule="cleanclip_core.defenses.safeclip:safeclip_schedule",

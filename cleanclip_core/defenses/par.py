@@ -20,6 +20,7 @@ from open_clip.transform import PreprocessCfg
 from torch import Tensor
 from torchvision.transforms import v2
 
+from cleanclip_core.augment import seeded
 from cleanclip_core.losses import gathered
 from cleanclip_core.objectives import TermInputs
 from cleanclip_core.training.optim import stepwise
@@ -98,9 +99,7 @@ def perturb_image(image: Tensor, seed: int, options: Mapping[str, Any]) -> Tenso
     transform = perturbation(
         options["noise_std"], options["noise_p"], options["erase_p"], tuple(options["erase_scale"])
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return transform(F.to_dtype(image, torch.float32, scale=True))
+    return seeded(transform, F.to_dtype(image, torch.float32, scale=True), seed)
 
 
 @dataclass(frozen=True)

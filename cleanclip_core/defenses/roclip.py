@@ -9,19 +9,30 @@ first out. Every other epoch trains with the CLIP loss. The pool starts as rando
 drawn from the run's seed and is kept in the resume state.
 
 As in RoCLIP's code, the text tower stays in the step's graph with a zero gradient on matching
-epochs, so AdamW's momentum and weight decay still move it. Not built: RoCLIP's variant with
-augmented images and captions (`--cross_aug`).
+epochs, so AdamW's momentum and weight decay still move it.
+
+`roclip_aug` is RoCLIP's `--cross_aug` variant: every pair trains on an augmentation of its image
+drawn afresh at each load (flip, random resized crop, colour jitter, grayscale, Gaussian blur:
+SimCLR's, as RoCLIP's code has it) and on one EDA augmentation of its caption drawn once. The
+blur's kernel (21 px) and sigma (0.1-2) are RoCLIP's at 224 px, scaled to the image's size.
 """
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torchvision.transforms import v2
 
+from cleanclip_core.augment import augment_caption, seeded, synonym_source
 from cleanclip_core.losses import gathered, mmcl_loss
 from cleanclip_core.objectives import TermInputs, mmcl_term
+from cleanclip_core.training.views import ViewContext, sample_seed
+
+BLUR_KERNEL, BLUR_SIGMA, AT_SIZE = 21, (0.1, 2.0), 224  # RoCLIP's blur, at its image size
 
 
 class CaptionPool(nn.Module):
@@ -65,3 +76,39 @@ def roclip_term(inputs: TermInputs) -> torch.Tensor:
     matched = pool.nearest(image.detach()).to(image.dtype)
     pool.push(text.detach())
     return mmcl_loss(image, matched, inputs.logit_scale) + 0 * text.sum()
+
+
+@functools.cache
+def image_augmentation(size: int) -> v2.Transform:
+    """RoCLIP's image augmentation for `size` px images."""
+    scale = size / AT_SIZE
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomResizedCrop(size, antialias=True),
+        v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.GaussianBlur(max(3, round(BLUR_KERNEL * scale) // 2 * 2 + 1), tuple(sigma * scale for sigma in BLUR_SIGMA)),
+    ])
+
+
+def augment_image(image: Tensor, seed: int) -> Tensor:
+    """RoCLIP's augmentation of `image` (uint8 [3, S, S]) drawn with `seed`, uint8."""
+    return seeded(image_augmentation(image.shape[-1]), image, seed)
+
+
+@dataclass(frozen=True)
+class AugmentedPairs:
+    """RoCLIP's `--cross_aug` data, in place of the pair's image and caption."""
+
+    synonyms: Callable[[str], Any]
+    image_fields: tuple[str, ...] = ("image",)
+    text_fields: tuple[str, ...] = ("text",)
+
+    def __call__(self, pair: Mapping[str, Any], seed: int, epoch: int) -> dict[str, Any]:
+        # the caption's augmentation is drawn once, as RoCLIP's code draws it when it loads the data
+        return {"image": augment_image(pair["image"], sample_seed(seed, epoch)),
+                "text": augment_caption(pair["caption"], seed, 0, self.synonyms)}
+
+
+def augmented_pairs(context: ViewContext) -> AugmentedPairs:
+    return AugmentedPairs(synonym_source(context.synonyms))

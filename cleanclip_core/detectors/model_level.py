@@ -1,6 +1,6 @@
-"""The model-level stage: a detector scores a pretrained model's image encoder once, from clean
-unlabelled shadow images (the study's evaluation images, their labels unused); higher is more
-likely backdoored. The study's detection summary ranks its models by these scores
+"""The model-level stage: a detector scores a pretrained or cleaned model's image encoder once,
+from clean unlabelled shadow images (the study's evaluation images, their labels unused); higher
+is more likely backdoored. The study's detection summary ranks its models by these scores
 (detection.model_level_summary)."""
 
 from collections.abc import Callable, Mapping

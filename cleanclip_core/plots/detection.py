@@ -20,6 +20,8 @@ from cleanclip_core.tables import write_csv
 CELL = (
     "dataset", "attack", "model", "start", "pretrain_objective", "pretrain_settings", "level", "detector", "detection_settings",
 )
+# A model-level detector scores the cleaned models too: a row per cleaning method and rate.
+MODEL_CELL = (*CELL, "clean_method", "cleaning_poisons", "lr", "clean_settings")
 
 
 def roc_points(scores: Path) -> pd.DataFrame:
@@ -66,9 +68,10 @@ def write_detection_study(
     objectives: Sequence[str], poisoning_attacks: Sequence[str], *, table: Path, replicates_table: Path,
     figures: Sequence[Path], resamples: int, seed: int,
 ) -> pd.DataFrame:
-    """From each pretrained model x detector (its identity, its scores table and, but for a
-    model-level detector, its quality table): the replicates' table, the study's detection table
-    (returned; a model-level detector's rows rank the study's models, model_level_summary) and
+    """From each pretrained model x detector and cleaned model x model-level detector (its
+    identity, its scores table and, but for a model-level detector, its quality table): the
+    replicates' table, the study's detection table (returned; a model-level detector's rows rank
+    the study's pretrained models, then its cleaned ones per method, model_level_summary) and
     the ROC figure at each path of `figures` (the attacks that poison: a clean control has no
     poison to find)."""
     points = [dict(identity) | {"level": get_detector(identity["detector"]).level} for identity in identities]
@@ -82,8 +85,10 @@ def write_detection_study(
     ])
     summary = pd.concat([
         detection_summary(replicates, CELL) if len(replicates) else None,
-        model_level_summary(models, CELL, resamples, seed) if len(models) else None,
+        model_level_summary(models, MODEL_CELL, resamples, seed) if len(models) else None,
     ], ignore_index=True)
+    cell = [name for name in MODEL_CELL if name in summary]
+    summary = summary[cell + [name for name in summary if name not in cell]]
     write_csv(replicates, replicates_table)
     write_csv(summary, table)
     curves = pd.concat([

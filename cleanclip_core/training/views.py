@@ -4,8 +4,8 @@ that the objective's terms and the defense ask for.
 A view source, named by an entry of the registry VIEWS (cleanclip_core.terms), is built once
 per run from a `ViewContext`; it returns for a pair (its image, uint8 [3, S, S], and caption) a
 dict of fields: images (uint8, or float in [0, 1]), captions (str), which are tokenized, and
-flags, passed through. A field named `image`
-replaces the pair's own image (a perturbed view); every other field is an extra view. Images
+flags, passed through. A field named `image` (or `text`)
+replaces the pair's own image (or caption): a perturbed view; every other field is an extra view. Images
 leave the loader as they are: 8-bit ones are a quarter of the bytes to collate and to copy to
 the GPU, where the training step scales and normalizes the batch.
 Views are drawn from (run seed, sample index, epoch), so every epoch differs and a resumed run
@@ -77,9 +77,9 @@ def build_views(names: tuple[str, ...], context: ViewContext) -> list[ViewSource
 
 
 def view_fields(sources: list[ViewSource]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The extra image and text fields of a batch: those of the sources, less `image`."""
+    """The extra image and text fields of a batch: those of the sources, less `image` and `text`."""
     images = tuple(f for source in sources for f in source.image_fields if f != "image")
-    texts = tuple(f for source in sources for f in source.text_fields)
+    texts = tuple(f for source in sources for f in source.text_fields if f != "text")
     return images, texts
 
 

@@ -119,6 +119,7 @@ def test_a_run_resumes_with_another_number_of_data_loader_processes(training_dat
 
 ROBUST_PRETRAINING = {
     "roclip": replace(SETTINGS, objective={"roclip": 1.0}, method="roclip", options={"pool_size": 6, "break_epoch": 1}),
+    "roclip_aug": replace(SETTINGS, objective={"roclip": 1.0}, method="roclip_aug", options={"pool_size": 6, "break_epoch": 1}),
     "safeclip": replace(
         SETTINGS, objective={"safeclip": 1.0}, method="safeclip", epochs=4,
         options={"inmodal_epochs": 1, "clip_epochs": 1, "warmup_lr": 5e-6, "safe_posterior": 0.9, "ratio_step": 0.1, "ratio_cap": 0.85},
@@ -128,8 +129,9 @@ ROBUST_PRETRAINING = {
 
 @pytest.mark.parametrize("method", sorted(ROBUST_PRETRAINING))
 def test_a_robust_pretraining_run_resumes_with_its_state_to_the_same_weights(method, training_data, tmp_path, monkeypatch, caplog):
-    """RoCLIP's pool (matching every epoch) and SafeCLIP's safe share (split from epoch 3)
-    survive the resume: stopped after the last epoch but one, the run ends as a straight one."""
+    """RoCLIP's pool (matching every epoch; on augmented pairs too) and SafeCLIP's safe share
+    (split from epoch 3) survive the resume: stopped after the last epoch but one, the run ends as
+    a straight one."""
     settings = ROBUST_PRETRAINING[method]
     with caplog.at_level(logging.INFO):
         train(settings, training_data, tmp_path / "straight")
