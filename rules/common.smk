@@ -354,7 +354,7 @@ def study_detection_points():
 
 
 def study_detections(name, levels=LEVELS):
-    """The file `name` of every pretrained model x detector of the study, of the detectors of `levels`."""
+    """The file `name` of every detection of the study (study_detection_points) by a detector of `levels`."""
     return [f"{folder}/{name}" for identity, folder in study_detection_points() if get_detector(identity["detector"]).level in levels]
 
 
