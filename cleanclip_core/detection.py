@@ -199,9 +199,11 @@ def _joined(values: pd.Series) -> str | None:
 
 
 def _model_cells(models: pd.DataFrame, by: Sequence[str]):
-    """The models of each value of `by`, the backdoored ones apart per count of poisons in their
-    cleaning sets, each count with all the clean models (a control's cleaning sets have none)."""
-    for key, group in models.groupby(list(by), sort=True, dropna=False):
+    """The models of each value of `by` (the pretrained ones, with no cleaning method, first), the
+    backdoored ones apart per count of poisons in their cleaning sets, each count with all the
+    clean models (a control's cleaning sets have none)."""
+    ordered = models.sort_values(list(by), na_position="first", kind="stable")
+    for key, group in ordered.groupby(list(by), sort=False, dropna=False):
         backdoored, clean = group[group.is_backdoored], group[~group.is_backdoored]
         for poisons, part in (backdoored if len(backdoored) else clean).groupby("cleaning_poisons", sort=True, dropna=False):
             yield dict(zip(by, key)) | {"cleaning_poisons": poisons}, pd.concat([part, clean]) if len(backdoored) else part

@@ -145,12 +145,12 @@ def test_cleaned_models_are_ranked_per_method_and_per_count_of_cleaning_poisons_
         models({"badnet": [-0.4, -0.6], "control": [-0.2, -0.5]}, cleaning_poisons=0, **cleaned),
         models({"badnet": [-0.05, -0.15]}, cleaning_poisons=5, **cleaned),
     ]), MODEL_CELL, 100, 0)
-    assert table.clean_method.isna().tolist() == [False, False, True]  # the pretrained models' row last
-    by_poisons = table.iloc[:2].set_index("cleaning_poisons")
+    assert table.clean_method.isna().tolist() == [True, False, False]  # the pretrained models' row first
+    by_poisons = table.iloc[1:].set_index("cleaning_poisons")
     assert by_poisons.n_scored.to_dict() == {0: 4, 5: 4} and set(by_poisons.attack) == {"badnet+control"}
     # after cleaning without poisons only -0.4 > -0.5 of the four pairs is ordered right; with 5 all are
     assert by_poisons.auroc.to_dict() == pytest.approx({0: 1 / 4, 5: 1.0})
-    assert table.iloc[2].auroc == pytest.approx(3 / 4)
+    assert table.iloc[0].auroc == pytest.approx(3 / 4)
 
 
 def test_models_of_one_class_have_no_auroc_and_the_log_says_why(caplog):

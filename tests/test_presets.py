@@ -113,7 +113,7 @@ class Timed:
 
 def test_the_presets_are_all_here():
     presets = {path.stem for path in (ROOT / "configs").glob("*.yaml")}
-    assert presets == {BASE, *OVERLAYS, "smoke", "defenses", "detection", "robust"}  # overlays on config.yaml, and on defenses
+    assert presets == {BASE, *OVERLAYS, "smoke", "defenses", "detection", "robust", "robust_control"}  # overlays on config.yaml, defenses and robust
 
 
 def test_the_detection_overlay_scores_every_model_of_the_defense_study_with_every_training_set_detector(tmp_path):
