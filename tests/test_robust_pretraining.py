@@ -15,12 +15,11 @@ import torch
 import yaml
 
 from cleanclip_core import study
+from cleanclip_core.augment import augment_caption, corpus_synonyms
 from cleanclip_core.config import check_config, validate_config
+from cleanclip_core.defenses import get_defense, safeclip
 from cleanclip_core.defenses.filtering import filter_pairs, kept_rows
 from cleanclip_core.errors import UserError
-from cleanclip_core.defenses import safeclip
-from cleanclip_core.augment import augment_caption, corpus_synonyms
-from cleanclip_core.defenses import get_defense
 from cleanclip_core.defenses.roclip import CaptionPool, image_augmentation, roclip_term
 from cleanclip_core.defenses.safeclip import SafeRatio, cross_modal_loss, safeclip_lr, safeclip_term, split_pairs
 from cleanclip_core.losses import inmodal_loss, mmcl_loss
