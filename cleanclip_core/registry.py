@@ -22,6 +22,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from cleanclip_core.errors import UserError, did_you_mean
@@ -67,7 +68,7 @@ def path_problem(path: Any) -> str | None:
 def _top_level_names(source: str) -> frozenset[str] | None:
     """The names a module's top level binds (in `if` and `try` blocks too), or None where they
     cannot be told from the source (a star import, a module `__getattr__`)."""
-    names = frozenset(_bound_names(ast.parse(open(source, "rb").read(), source).body))
+    names = frozenset(_bound_names(ast.parse(Path(source).read_bytes(), source).body))
     return None if names & {"*", "__getattr__"} else names
 
 
@@ -180,11 +181,9 @@ def load_plugins() -> None:
 def _plugin_entries(name: str) -> list[Any]:
     try:
         module = importlib.import_module(name)
-    except ImportError as error:
-        if error.name is None or not (name == error.name or name.startswith(f"{error.name}.")):
-            raise UserError(f"plugin {name}: {_import_failure(error)}") from error
-        raise UserError(f"plugin {name}: cannot import it ({error}); is it installed, or a module in the working directory?") from None
     except Exception as error:
+        if isinstance(error, ImportError) and error.name is not None and f"{name}.".startswith(f"{error.name}."):
+            raise UserError(f"plugin {name}: cannot import it ({error}); is it installed, or a module in the working directory?") from None
         raise UserError(f"plugin {name}: {_import_failure(error)}") from error
     entries = getattr(module, "ENTRIES", None)
     if not isinstance(entries, (list, tuple)):
