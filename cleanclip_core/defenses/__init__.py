@@ -89,7 +89,7 @@ DEFENSES = Registry("cleaning method", Defense, (
         state="cleanclip_core.defenses.safeclip:safe_ratio", epoch_start="cleanclip_core.defenses.safeclip:split_pairs",
         options={"$ref": "#/$defs/safeclip_options"},
     ),
-))
+), paths=("preparation", "summary", "trainable", "schedule", "state", "epoch_start"))
 
 
 def get_defense(method: str | None) -> Defense:

@@ -86,7 +86,7 @@ DETECTORS = Registry("detector", Detector, (
         lambda_floor={"type": "number", "exclusiveMinimum": 0, "default": 1e-5, "description": "The least lambda (the mask's L1 weight; it starts at 1e-3)."},
         early_stop_patience={"type": "integer", "minimum": 0, "default": 10, "description": "Stop after an epoch of successes once the smallest mask has not shrunk for more than this many steps."},
     ), description="DECREE: the smallest stamp (mask L1 over 3 H W, negated) that makes the encoder map clean shadow images to one embedding"),
-))
+), paths=("score",))
 
 
 def get_detector(name: str) -> Detector:
