@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cleanclip_core.attacks import attack_trigger, resolve
@@ -41,6 +41,7 @@ from cleanclip_core.models import create_model, image_size_of, normalization_for
 from cleanclip_core.defenses import Defense, get_defense
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
+from cleanclip_core.training.batches import GlobalBatchSlices
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
 from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, collate_views, view_fields
@@ -177,10 +178,9 @@ def train(
     views = TrainingViews(pairs, tokenizer, sources, settings.seed)
     plain_pairs = TrainingViews(pairs, tokenizer, [], settings.seed)
     recipe = Recipe(settings.objective, normalization_for(model), *view_fields(sources), settings.options, reference)
-    sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
+    sampler = GlobalBatchSlices(len(views), settings.batch_size, settings.seed, rank, world_size)
     loader = DataLoader(
-        views, settings.batch_size // world_size, sampler=sampler, drop_last=True,
-        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
+        views, batch_sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
     )
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
