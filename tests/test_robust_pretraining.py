@@ -1,5 +1,5 @@
 """Robust pretraining: RoCLIP's pool, loss and augmented pairs, SafeCLIP's phases, split and schedule, and the
-filter of detect-then-pretrain, each on a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume),
+filter of detect-then-pretrain, each on a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume; RoCLIP in two processes),
 tests/training/test_distributed.py (several processes), tests/test_study.py (a study)."""
 
 import logging
