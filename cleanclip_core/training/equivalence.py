@@ -110,7 +110,11 @@ def _relative(value: torch.Tensor | float, expected: torch.Tensor | float) -> fl
 
 
 def differences(
-    model_name: str, device_type: str = "cpu", world_size: int = 2, batch_size: int = 8, methods: Sequence[str] = tuple(OBJECTIVES)
+    model_name: str,
+    device_type: str = "cpu",
+    world_size: int = 2,
+    batch_size: int = 8,
+    methods: Sequence[str] = tuple(OBJECTIVES),
 ) -> dict[str, Difference]:
     """Per objective of OBJECTIVES named in `methods`, how far `world_size` processes' step is
     from one process's, on a batch of the model's image size and context length."""
