@@ -180,7 +180,7 @@ def download_shards(
     urls_parquet = partial.with_name(shards_dir.name + ".urls.parquet")
     pq.write_table(urls, urls_parquet)
     log.info(f"downloading {urls.num_rows} URLs with img2dataset into {shards_dir}")
-    log_start = _size(img2dataset_log)
+    log_start = _file_size(img2dataset_log)
     with _output_redirected(img2dataset_log):
         _run_img2dataset(urls_parquet, partial, settings, processes)
     urls_parquet.unlink()
@@ -281,7 +281,7 @@ def _failure_reasons(shards_dir: Path) -> Counter:
 IMG2DATASET_FAILURE = re.compile(r"^(?:Sample \S+ failed to download|shard \S+ failed with error):? (.+)$")
 
 
-def _size(path: Path | None) -> int:
+def _file_size(path: Path | None) -> int:
     return Path(path).stat().st_size if path is not None and Path(path).is_file() else 0
 
 
