@@ -4,7 +4,9 @@ Snakemake cannot see inside a directory() output, so the download writes this li
 output of its own, and every later stage that reads the shards takes the listing as input and
 checks the shards against it first. A shard truncated or changed since the download is then one
 error naming the file, never a traceback or a manifest that disagrees with the tars. The check
-removes the listing, so that the next run downloads the shards again rather than trusting them.
+removes the listing, so that the next run downloads the shards again rather than trusting them;
+so does a loader that finds an image it cannot decode (`distrust_shards`: the listing lies beside
+the shards folder, as `shard_listing.parquet`).
 """
 
 from collections.abc import Mapping
@@ -18,6 +20,7 @@ import pyarrow.parquet as pq
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256, write_table
 
+LISTING_NAME = "shard_listing.parquet"  # beside the shards folder
 LISTING_SCHEMA = pa.schema([("file", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
 
 
@@ -83,11 +86,20 @@ def verify_shards(
         )
     difference = _first_difference(Path(shards_dir), pq.read_table(listing_path), content, threads)
     if difference:
-        listing_path.unlink()
-        raise UserError(
-            f"{difference}: the shards changed after the download (a full disk, a killed copy?); "
-            f"removed {listing_path}, so the next run downloads them again"
-        )
+        raise _distrusted(listing_path, f"{difference}: the shards changed after the download (a full disk, a killed copy?)")
+
+
+def distrust_shards(shards_dir: Path, problem: str) -> UserError:
+    """The error for a shard of `shards_dir` found damaged while it is read (`problem` names the
+    file), after removing the listing beside the folder: the next run downloads the shards again."""
+    return _distrusted(Path(shards_dir).with_name(LISTING_NAME), problem)
+
+
+def _distrusted(listing_path: Path, problem: str) -> UserError:
+    if not Path(listing_path).is_file():
+        return UserError(f"{problem}; download the shards again")
+    Path(listing_path).unlink(missing_ok=True)  # a data-loader worker of another process may be first
+    return UserError(f"{problem}; removed {listing_path}, so the next run downloads them again")
 
 
 def _first_difference(
