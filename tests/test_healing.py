@@ -49,7 +49,7 @@ def test_a_damaged_pretrained_model_is_set_aside_and_trained_anew_by_a_plain_rer
     assert "Nothing to be done" in run_snakemake(tiny_study, CONFIG, TARGET, "--dry-run").stdout
 
 
-def test_an_image_zeroed_in_its_shard_is_named_and_a_plain_rerun_downloads_the_shards_again(tiny_study):
+def test_an_image_zeroed_in_its_shard_is_named_and_a_plain_rerun_downloads_that_shard_again(tiny_study):
     poisoned = pq.read_table(tiny_study / attack_folder(CONFIG, "badnet") / "poisoned_manifest.parquet")
     key = poisoned.filter(poisoned["is_poison"])["key"][0].as_py()  # the trigger grid's first image
     index = pq.read_table(tiny_study / DATASET / "shard_index.parquet")
@@ -58,17 +58,21 @@ def test_an_image_zeroed_in_its_shard_is_named_and_a_plain_rerun_downloads_the_s
     with open(tiny_study / shard, "r+b") as tar:  # its size unchanged: the listing's size check passes
         tar.seek(row["offset"])
         tar.write(bytes(row["size"]))
+    others = {path.name: path.stat().st_ino for path in (tiny_study / DATASET / "shards").iterdir() if not path.name.startswith(row["shard"])}
     grid = f"{attack_folder(CONFIG, 'badnet')}/trigger_grid.png"
     failed = run_snakemake(tiny_study, CONFIG, grid)
     assert failed.returncode != 0
     assert (
         f"error: shard file {shard}: the image of sample {key} cannot be decoded (Unsupported image file); "
-        f"removed {DATASET}/shard_listing.parquet, so the next run downloads them again"
+        f"removed {DATASET}/shard_listing.parquet: the next run downloads shard {row['shard']} again, "
+        f"the others are kept in {DATASET}/shards.partial"
     ) in failed.stderr
     assert "Traceback" not in failed.stderr
     rerun = run_snakemake(tiny_study, CONFIG, grid)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert jobs_run(rerun.stderr)["download"] == 1
+    shards = tiny_study / DATASET / "shards"
+    assert {name: (shards / name).stat().st_ino for name in others} == others  # not downloaded again
     with open(tiny_study / shard, "rb") as tar:
         tar.seek(row["offset"])
         assert tar.read(row["size"]) != bytes(row["size"])

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cleanclip_core.data.shard_listing import write_shard_listing
+from cleanclip_core.data.shard_listing import resume_folder, write_shard_listing
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import changed_settings
 from cleanclip_core.tables import files_sha256, write_table
@@ -351,7 +351,7 @@ def _run_img2dataset(
 def _resumable_partial_dir(shards_dir: Path, key: dict[str, Any]) -> Path:
     """The folder an earlier download of the same URL list with the same shard settings (`key`)
     left, or a fresh one: shards of other settings would be mixed with this run's."""
-    partial = shards_dir.with_name(shards_dir.name + ".partial")
+    partial = resume_folder(shards_dir)
     marker = partial / "_download.key"  # not *.json: img2dataset reads those as its shards' stats
     earlier = json.loads(marker.read_text()) if marker.is_file() else None
     if earlier != key:

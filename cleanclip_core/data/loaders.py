@@ -172,20 +172,17 @@ class PoisonedTrainingSet(Dataset):
         except RuntimeError as error:
             # torchvision's message starts with its function and source line
             reason = re.sub(r"^\w+, \S+:\d+, ", "", str(error)).split(". ")[0]
-            raise distrust_shards(
-                self.shards_dir,
-                f"shard file {self._shard_path(self._shard_codes[index])}: the image of sample "
-                f"{self._keys[index].as_py()} cannot be decoded ({reason})",
-            ) from None
+            shard = self._shard_path(self._shard_codes[index])
+            problem = f"shard file {shard}: the image of sample {self._keys[index].as_py()} cannot be decoded ({reason})"
+            raise distrust_shards(self.shards_dir, problem, shard) from None
 
     def _image_bytes(self, index: int) -> torch.Tensor:
         buffer = bytearray(int(self._sizes[index]))
         shard = self._shard_file(int(self._shard_codes[index]))
         shard.seek(int(self._offsets[index]))
         if shard.readinto(buffer) != len(buffer):
-            raise distrust_shards(
-                self.shards_dir, f"shard file {shard.name} ends before the image of sample {self._keys[index].as_py()}"
-            )
+            problem = f"shard file {shard.name} ends before the image of sample {self._keys[index].as_py()}"
+            raise distrust_shards(self.shards_dir, problem, Path(shard.name))
         return torch.frombuffer(buffer, dtype=torch.uint8)
 
     def _shard_file(self, code: int) -> BinaryIO:
@@ -196,7 +193,7 @@ class PoisonedTrainingSet(Dataset):
         if file is None:
             path = self._shard_path(code)
             if not path.is_file():
-                raise distrust_shards(self.shards_dir, f"shard file {path} does not exist")
+                raise distrust_shards(self.shards_dir, f"shard file {path} does not exist", path)
             file = self._files[code] = open(path, "rb")
         return file
 

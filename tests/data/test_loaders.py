@@ -194,7 +194,7 @@ def test_an_image_zeroed_in_its_shard_names_the_shard_and_the_sample_and_removes
         dataset[poisoned["key"].to_pylist().index(key)]
     assert str(error.value) == (
         f"shard file {shards / shard}.tar: the image of sample {key} cannot be decoded (Unsupported image file); "
-        f"removed {listing}, so the next run downloads them again"
+        f"removed {listing}: the next run downloads shard {shard} again, the others are kept in {shards}.partial"
     )
     assert not listing.exists()
 
