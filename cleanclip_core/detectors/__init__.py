@@ -45,18 +45,25 @@ def _options(**properties: dict) -> dict:
     return {"type": "object", "default": {}, "additionalProperties": False, "properties": properties}
 
 
-def _k(default: int) -> dict:
-    return _options(k={"type": "integer", "minimum": 2, "default": default, "description": "Neighbours (non-self distances)."})
+def _neighbourhood(k: int) -> dict:
+    """A neighbourhood detector's options. `neighbours` has no default, so that a config without
+    it keeps the digest of its detection stages."""
+    return _options(
+        k={"type": "integer", "minimum": 2, "default": k, "description": "Neighbours (non-self distances)."},
+        neighbours={"enum": ["paper", "authors"],
+                    "description": "paper (left out): as the method defines them; authors: as Huang et al.'s code reads them "
+                                   "(the (k+1)-th distance, 1e-4 in LID's logarithm, SLOF's and DAO's neighbour rows; docs/detection.md)"},
+    )
 
 
 DETECTORS = Registry("detector", Detector, (
-    Detector("k_distance", f"{_SCORES}:k_distance_scores", options=_k(16),
+    Detector("k_distance", f"{_SCORES}:k_distance_scores", options=_neighbourhood(16),
              description="the distance to the k-th nearest embedding"),
-    Detector("lid", f"{_SCORES}:lid_scores", options=_k(64),
+    Detector("lid", f"{_SCORES}:lid_scores", options=_neighbourhood(64),
              description="the local intrinsic dimensionality (maximum likelihood) of the k nearest distances"),
-    Detector("slof", f"{_SCORES}:slof_scores", options=_k(16),
+    Detector("slof", f"{_SCORES}:slof_scores", options=_neighbourhood(16),
              description="the simplified local outlier factor: the k-distance against the neighbours' own"),
-    Detector("dao", f"{_SCORES}:dao_scores", options=_k(16),
+    Detector("dao", f"{_SCORES}:dao_scores", options=_neighbourhood(16),
              description="the dimensionality-aware outlier score: SLOF's ratios weighted by the neighbours' LID"),
     Detector("isolation_forest", f"{_SCORES}:isolation_forest_scores", options=_options(
         trees={"type": "integer", "minimum": 1, "default": 100, "description": "Trees of the forest."},
