@@ -12,13 +12,22 @@ module's IsolationForest by one with random_state=0, as ours takes the study's s
 DECREE (github.com/GiantSeaweed/DECREE at 9c13b88): utils.compute_self_cos_sim on EMBEDDINGS,
 and main.adjust_learning_rate at lr 0.5 (run_decree.py's) for encoder_usage_info cifar10 and
 CLIP (numpy.Inf and numpy.infty, which main.py imports, aliased to numpy.inf under NumPy 2).
+
+BDetCLIP (github.com/Purshow/BDetCLIP_badCLIP at 3d457a1): src/evaluate.py's
+get_zeroshot_metrics (the second definition, the one the module keeps) with a stand-in model
+(get_text_features: LetterCounts's embedding; get_image_features: BDETCLIP_IMAGES), 10 classes,
+2 templates, 2 descriptions per class and one unrelated sentence per class, its files under
+/home/nyw/ redirected to a scratch folder, float64 as torch's default dtype, and the modules it
+imports but does not call here (tensorflow, cv2, nltk) stubbed; the Omega read back from the
+bd1.txt / bd0.txt it writes.
 """
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from cleanclip_core.detectors import get_detector
+from cleanclip_core.detectors import get_detector, test_time
 from cleanclip_core.detectors.decree import INITIAL_LAMBDA, LAMBDA_FACTOR, mean_off_diagonal_cosine, milestone_lr
 from cleanclip_core.detectors.training_set import (
     AuthorsNeighbours, Neighbourhoods, TrainingFeatures, clip_score_scores, dao_scores,
@@ -125,3 +134,40 @@ def test_decree_s_defaults_are_the_authors_32_px_settings_but_the_epochs():
     assert (INITIAL_LAMBDA, LAMBDA_FACTOR) == (1e-3, 5.0)
     differing = {name for name in DECREE_SETTINGS if defaults[name] != DECREE_SETTINGS[name]}
     assert differing == {"epochs"}  # 60 here, a CPU budget; `epochs: 1000` gives theirs
+
+
+BDETCLIP_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+BDETCLIP_IMAGES = [[0.9, 1.2, -0.3, 0.5, 2.0], [-0.4, 0.8, 1.1, 0.2, 1.5], [1.3, -0.2, 0.6, 1.0, 0.7], [0.1, 0.3, -1.2, 0.9, 1.1]]
+BDETCLIP_OMEGA = [-0.03867339396453362, 0.7928444687604241, -1.768929590609332, -0.11853681102581143]
+# the prompts their code embedded: its descriptions (their "1. " numbering dropped) and, as the
+# malignant ones, each template with its period made a comma, then the class's unrelated line
+# (lowercased, its number and line end kept)
+BENIGN = [lambda c: f"A {c} seen from the side.", lambda c: f"The {c} stands out at the centre of a photo."]
+MALIGNANT = [
+    lambda c, template=template: f"{template.format(c)[:-1]}, {BDETCLIP_CLASSES.index(c)} the train leaves the station at noon number {BDETCLIP_CLASSES.index(c)}.\n"
+    for template in ("a photo of a {}.", "a drawing of the {}.")
+]
+
+
+class LetterCounts(nn.Module):
+    """A stand-in CLIP: a text's embedding counts its letters a, e, o, t and its spaces; an
+    image's is itself."""
+
+    @staticmethod
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[float(text.count(letter)) for letter in "aeot "] for text in texts], dtype=torch.float64)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return nn.functional.normalize(tokens, dim=-1) if normalize else tokens
+
+    encode_image = encode_text
+
+
+def test_bdetclip_s_omega_is_the_authors_given_their_prompts():
+    model = LetterCounts()
+    images = torch.tensor(BDETCLIP_IMAGES, dtype=torch.float64)
+    inputs = test_time.TestTimeInputs(checkpoint=type("Checkpoint", (), {"model": model}), tokenizer=model.tokenize, classnames=BDETCLIP_CLASSES,
+                            images=images, clean_reference=images, normalize=lambda batch: batch, device=torch.device("cpu"))
+    benign, malignant = test_time._class_prompts(inputs, BENIGN), test_time._class_prompts(inputs, MALIGNANT)
+    omega = test_time.bdetclip_omega(test_time._image_features(inputs, images), benign, malignant)
+    np.testing.assert_allclose(omega.numpy(), BDETCLIP_OMEGA, atol=1e-5)  # ours in float32
