@@ -22,17 +22,23 @@ imports but does not call here (tensorflow, cv2, nltk) stubbed; the Omega read b
 bd1.txt / bd0.txt it writes.
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from cleanclip_core.config import validate_config
 from cleanclip_core.detectors import get_detector, test_time
 from cleanclip_core.detectors.decree import INITIAL_LAMBDA, LAMBDA_FACTOR, mean_off_diagonal_cosine, milestone_lr
 from cleanclip_core.detectors.training_set import (
     AuthorsNeighbours, Neighbourhoods, TrainingFeatures, clip_score_scores, dao_scores,
     isolation_forest_scores, k_distance_scores, lid_scores, slof_scores,
 )
+from cleanclip_core.errors import UserError
+from workflow import ROOT
 
 # 12 pairs in 3 dimensions; pairs 0 and 1 are planted outliers (their images moved by +3)
 IMAGE = [[1.89, 2.71, 2.74], [2.76, 4.12, 3.13], [0.36, 0.01, -0.9], [0.17, 0.73, 0.12], [-0.55, -1.22, 1.62], [-0.79, -0.79, -1.31],
@@ -109,6 +115,16 @@ def test_paper_neighbours_are_the_default_and_the_paper_s_scores(features):
         assert "default" not in get_detector(detector).options["properties"]["neighbours"]
         np.testing.assert_array_equal(score(features, {"k": K}), score(features, {"k": K, "neighbours": "paper"}))
     assert not np.allclose(slof_scores(features, {"k": K}), HUANG["slof"], rtol=0.05)
+
+
+def test_neighbours_left_out_stays_out_of_the_options_and_a_wrong_one_is_one_line():
+    """Left out, the filled options (and so the detection digest) are those of before the option."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert validate_config(dict(config))["detection"]["options"]["slof"] == {"k": 16}
+    config["detection"] = {"options": {"slof": {"neighbours": "author"}}}
+    message = "config: detection.options.slof.neighbours: 'author' is not one of ['paper', 'authors']; did you mean 'authors'?"
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        validate_config(config)
 
 
 def test_isolation_forest_is_theirs_negated_given_the_seed(features):
