@@ -25,6 +25,9 @@ from cleanclip_core.study import filtering_options, start_kind
 from cleanclip_core.terms import TERMS
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
+# A name in output paths: a folder of results/, never `.` or `..` (which would leave it).
+NAME_PATTERN = "^(?!\\.{1,2}$)[A-Za-z0-9_.-]+$"
+LARGEST_SEED = 2**32 - 1
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _problem(error: jsonschema.ValidationError) -> str:
-    return f"config: {_location(error)}: {error.message}{_did_you_mean(error)}{_yaml_number_hint(error.instance)}"
+    return f"config: {_location(error)}: {_message(error)}{_did_you_mean(error)}{_yaml_number_hint(error.instance)}"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, in words where its own would quote a regular expression or a bare number."""
+    if error.validator == "pattern" and error.validator_value == NAME_PATTERN:
+        return (f"{error.instance!r} is not a name for a folder of results/: use letters, digits, _, . and -, "
+                "and not . or .. alone")
+    if error.validator == "maximum" and error.validator_value == LARGEST_SEED:
+        return f"{error.instance} is not a seed: a seed is at least 0 and below 2^32 ({LARGEST_SEED + 1})"
+    return error.message
 
 
 def _did_you_mean(error: jsonschema.ValidationError) -> str:
@@ -277,6 +290,8 @@ def _file_problems(config: dict[str, Any]) -> Iterator[str]:
     for location, path in named_files.items():
         if path is not None and not Path(path).exists():
             yield f"config: {location}: {path} does not exist"
+        elif location == "study.start" and path is not None and Path(path).is_dir():
+            yield f"config: study.start: {path} is a folder; name the checkpoint file in it"
         elif location == "study.start" and path is not None and (problem := checkpoint_problem(path)):
             yield f"config: study.start: {problem}"
 
@@ -404,11 +419,60 @@ def _runs_settings(config: dict[str, Any], rows: int) -> Iterator[tuple[str, dic
         yield location, config[section] | own, pairs
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping of a YAML file."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML (and
+    Snakemake's --configfile) keep the second silently, so a section written twice loses the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                continue  # an unhashable key: the safe loader says so
+            if key in first_lines:
+                raise DuplicateKeyError(problem=(
+                    f"{key!r} is given twice in one section (first on line {first_lines[key]}), and the second would "
+                    "replace the first: merge them"
+                ), problem_mark=key_node.start_mark)
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _duplicate_key_problem(path: Path, error: DuplicateKeyError) -> str:
+    return f"config: {path}, line {error.problem_mark.line + 1}: {error.problem}"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML (or JSON) config file's content; a key given twice in one section is an error."""
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
+    except DuplicateKeyError as error:
+        raise UserError(_duplicate_key_problem(path, error)) from None
     except (OSError, yaml.YAMLError) as error:
         raise UserError(f"cannot read config {path}: {error}") from None
-    return check_config(validate_config(config))
+
+
+def check_config_files(paths: Iterable[Path]) -> None:
+    """The config files Snakemake has read (it keeps the second of a key given twice) have no
+    key given twice in one section: one error, a line each."""
+    problems = []
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader)
+        except DuplicateKeyError as error:
+            problems.append(_duplicate_key_problem(path, error))
+        except (OSError, yaml.YAMLError):
+            pass  # what Snakemake could not read, it has said
+    _raise_all(problems)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    return check_config(validate_config(read_config_file(path)))
 
