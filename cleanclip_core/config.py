@@ -16,11 +16,11 @@ import yaml
 
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
-from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, get_defense
+from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, MethodRun, defense_options, get_defense
 from cleanclip_core.detectors import DETECTORS, TRAINING, detectors_of
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
-from cleanclip_core.registry import use_plugins
+from cleanclip_core.registry import resolve, use_plugins
 from cleanclip_core.study import filtering_options, start_kind
 from cleanclip_core.terms import TERMS
 
@@ -184,7 +184,8 @@ def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
 
 
 def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
-    """Methods named on the other training stage's axis, and a SafeCLIP schedule without a split."""
+    """Methods named on the other training stage's axis, a filter's options, and each method's own
+    check of its options against its run (Defense.check)."""
     study = config["study"]
     for location, names, stage in (
         ("study.pretrain_objectives", study["pretrain_objectives"], CLEAN),
@@ -198,15 +199,11 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
         filtering = filtering_options(config, name)
         if filtering is not None:
             yield from _filter_problems(config, name, filtering)
-    if "safeclip" in study["pretrain_objectives"]:
-        options = config["defenses"]["safeclip"]
-        epochs = {**config["pretrain"], **config["pretrain"]["per_objective"].get("safeclip", {})}["epochs"]
-        warmup = options["inmodal_epochs"] + options["clip_epochs"]
-        if epochs <= warmup:
-            yield (
-                f"config: pretrain.epochs: SafeCLIP's {epochs} epochs leave none after its {warmup} warm-up epochs "
-                "(defenses.safeclip.inmodal_epochs + clip_epochs): raise the epochs or shorten the warm-ups"
-            )
+    for stage, per, name, pairs in _training_runs(config):
+        check = get_defense(name).check
+        if check is not None:
+            settings = config[stage] | config[stage][per].get(name, {})
+            yield from resolve(check)(MethodRun(name, defense_options(config, name), settings, pairs))
 
 
 def _filter_problems(config: dict[str, Any], method: str, options: dict[str, Any]) -> Iterator[str]:
@@ -389,10 +386,8 @@ def _warn_about_warmup(config: dict[str, Any]) -> None:
     """A run whose warmup is longer than the run never reaches its learning rate: a config that
     replaces config.yaml inherits the schema's paper-scale warmups (10,000 pretraining steps).
     Known before the download for the generated corpus only."""
-    rows, warnings = corpus_rows(config), []
-    if rows is None:
-        return
-    for location, settings, pairs in _runs_settings(config, rows):
+    warnings = []
+    for location, settings, pairs in _runs_settings(config):
         steps = -(-pairs // settings["batch_size"]) * settings["epochs"]
         if settings["warmup_steps"] > steps:
             warnings.append(
@@ -404,16 +399,26 @@ def _warn_about_warmup(config: dict[str, Any]) -> None:
         log.warning(warning)
 
 
-def _runs_settings(config: dict[str, Any], rows: int) -> Iterator[tuple[str, dict[str, Any], int]]:
-    """(config location of its warmup, training settings, pairs an epoch) of each pretraining
-    objective and cleaning method of the study."""
-    cleaning_pairs = min(config["clean"]["n_clean"], rows) + max(config["study"]["cleaning_poisons"])
+def _training_runs(config: dict[str, Any]) -> list[tuple[str, str, str, int | None]]:
+    """(stage, its per-method section, method, training pairs an epoch where the config tells) of
+    each pretraining objective and cleaning method of the study: the corpus's pairs, or the
+    cleaning set's."""
+    rows = corpus_rows(config)
+    cleaning_pairs = None if rows is None else min(config["clean"]["n_clean"], rows) + max(config["study"]["cleaning_poisons"])
     runs = [("pretrain", "per_objective", name, rows) for name in config["study"]["pretrain_objectives"]]
-    runs += [
-        ("clean", "per_method", name, cleaning_pairs)
-        for name in config["study"]["clean_methods"] if get_defense(name).data == CLEAN_SET
+    return runs + [
+        ("clean", "per_method", name, cleaning_pairs if get_defense(name).data == CLEAN_SET else rows)
+        for name in config["study"]["clean_methods"]
     ]
-    for section, per, name, pairs in runs:
+
+
+def _runs_settings(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(config location of its warmup, training settings, pairs an epoch) of each pretraining
+    objective and cleaning method of the study that trains on the corpus or the cleaning set,
+    for the generated corpus."""
+    for section, per, name, pairs in _training_runs(config):
+        if pairs is None or (section == "clean" and get_defense(name).data != CLEAN_SET):
+            continue
         own = config[section][per].get(name, {})
         location = f"{section}.{per}.{name}" if "warmup_steps" in own else section
         yield location, config[section] | own, pairs

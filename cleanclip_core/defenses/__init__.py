@@ -60,6 +60,20 @@ class Defense:
     options: Mapping[str, Any] | None = None
     """JSON schema of its options, defaults included (a `$ref` into the config schema's `$defs`
     for the built-in methods); None: it has none."""
+    check: str | None = None
+    """`module:function` (MethodRun) -> the config's problems with its options given the run, a
+    line each, found at DAG build (so without torch); None: the schema is check enough."""
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """What a method's check sees of a training run of the study."""
+    name: str
+    options: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    """The stage's settings with the method's own (epochs, batch_size, ...)."""
+    pairs: int | None
+    """Training pairs an epoch where the config tells (the generated corpus), else None."""
 
 
 PLAIN = Defense("plain")
@@ -77,17 +91,17 @@ DEFENSES = Registry("cleaning method", Defense, (
     ),
     Defense(
         "roclip", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool",
-        options={"$ref": "#/$defs/roclip_options"},
+        options={"$ref": "#/$defs/roclip_options"}, check="cleanclip_core.defenses.checks:roclip_problems",
     ),
     Defense(
         "roclip_aug", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool", views=("roclip_augmented",),
-        options={"$ref": "#/$defs/roclip_options"},
+        options={"$ref": "#/$defs/roclip_options"}, check="cleanclip_core.defenses.checks:roclip_problems",
     ),
     Defense("filtered", PRETRAIN, data=FILTERED_DATA, options={"$ref": "#/$defs/filtered_options"}),
     Defense(
         "safeclip", PRETRAIN, schedule="cleanclip_core.defenses.safeclip:safeclip_schedule",
         state="cleanclip_core.defenses.safeclip:safe_ratio", epoch_start="cleanclip_core.defenses.safeclip:split_pairs",
-        options={"$ref": "#/$defs/safeclip_options"},
+        options={"$ref": "#/$defs/safeclip_options"}, check="cleanclip_core.defenses.checks:safeclip_problems",
     ),
 ))
 
