@@ -17,7 +17,9 @@ import yaml
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
 from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, MethodRun, defense_options, get_defense
-from cleanclip_core.detectors import DETECTORS, TRAINING, detectors_of
+from cleanclip_core.detectors import (
+    DETECTORS, TEST, TRAINING, detectors_of, reference_images_problem, reference_pairs_problem,
+)
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import resolve, use_plugins
@@ -319,7 +321,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     _raise_all(chain(_reference_problems(config), _model_problems(config), _file_problems(config)))
     _raise_all(chain(
         _target_problems(config), _cleaning_poisons_problems(config), _pretraining_curve_problems(config),
-        _cleaning_set_problems(config),
+        _cleaning_set_problems(config), _reference_set_problems(config),
     ))
     _warn_about_resizing(config)
     _warn_about_warmup(config)
@@ -380,6 +382,22 @@ def _cleaning_set_problems(config: dict[str, Any]) -> Iterator[str]:
                 f"config: clean.n_clean: {n_clean} clean pairs are more than the {clean_rows} unpoisoned "
                 f"training pairs of attack {name!r} ({rows} pairs); set clean.n_clean to at most {clean_rows}"
             )
+
+
+def _reference_set_problems(config: dict[str, Any]) -> Iterator[str]:
+    """A detector's reference set (the clean items its threshold is set on, left out of its
+    evaluation) leaves clean items to evaluate: the generated corpus's unpoisoned training pairs,
+    the generated evaluation images. Else the detection stages say so, once they know the data."""
+    detection, study, rows = config["detection"], config["study"], corpus_rows(config)
+    if detectors_of(study["detectors"], TRAINING) and rows is not None:
+        for name in study["attacks"]:
+            clean_rows = rows - config["attacks"][name]["n_poisons"]
+            if 0 <= clean_rows <= detection["reference_pairs"]:  # more poisons than rows: the poisoning says so
+                yield reference_pairs_problem(detection["reference_pairs"], clean_rows, f" of attack {name!r}")
+    if detectors_of(study["detectors"], TEST) and config["evaluation"]["images"] is None:
+        n_eval = config["dataset"]["corpus"]["n_eval"]
+        if n_eval <= detection["reference_images"]:
+            yield reference_images_problem(detection["reference_images"], n_eval)
 
 
 def _warn_about_warmup(config: dict[str, Any]) -> None:
