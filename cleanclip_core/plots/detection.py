@@ -108,7 +108,7 @@ def write_detection_study(
         roc_points(path).assign(**point) for point, path in judged if point["attack"] in poisoning_attacks
     ] or [pd.DataFrame(columns=["fpr", "tpr", "attack", "pretrain_objective", "detector", "pretrain_seed"])])
     if not poisoning_attacks:
-        log.warning(f"detection: {NO_POISONS}; the table gives the detectors' false-positive rates only")
+        log.warning(f"detection: {NO_POISONS}, so the ROC figure has no curve")
     for path in figures:
         save_figure(plot_roc(curves, poisoning_attacks, objectives) if poisoning_attacks else no_poisons_figure(), path)
     return summary
