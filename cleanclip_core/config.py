@@ -16,13 +16,13 @@ import yaml
 
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
-from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, MethodRun, defense_options, get_defense
+from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, defense_options, get_defense, method_problems
 from cleanclip_core.detectors import (
     DETECTORS, TEST, TRAINING, detectors_of, reference_images_problem, reference_pairs_problem,
 )
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
-from cleanclip_core.registry import resolve, use_plugins
+from cleanclip_core.registry import use_plugins
 from cleanclip_core.study import filtering_options, start_kind
 from cleanclip_core.terms import TERMS
 
@@ -202,10 +202,7 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
         if filtering is not None:
             yield from _filter_problems(config, name, filtering)
     for stage, per, name, pairs in _training_runs(config):
-        check = get_defense(name).check
-        if check is not None:
-            settings = config[stage] | config[stage][per].get(name, {})
-            yield from resolve(check)(MethodRun(name, defense_options(config, name), settings, pairs))
+        yield from method_problems(name, defense_options(config, name), config[stage] | config[stage][per].get(name, {}), pairs)
 
 
 def _filter_problems(config: dict[str, Any], method: str, options: dict[str, Any]) -> Iterator[str]:

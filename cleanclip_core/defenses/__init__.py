@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cleanclip_core.registry import Registry
+from cleanclip_core.registry import Registry, resolve
 
 CLEAN_SET, POISONED_DATA, FILTERED_DATA = "clean_set", "poisoned_data", "filtered_data"
 CLEAN, PRETRAIN = "clean", "pretrain"
@@ -119,3 +119,10 @@ def pretraining_method(objective: str) -> str | None:
 def defense_options(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     """A method's options from the config's `defenses` section (empty for most)."""
     return dict(config.get("defenses", {}).get(method, {}))
+
+
+def method_problems(method: str | None, options: Mapping[str, Any], settings: Mapping[str, Any], pairs: int | None) -> list[str]:
+    """What a method's own check (its entry's `check`) finds wrong with a run of it, a line each:
+    at DAG build, and in the training stage, which knows a downloaded dataset's pairs."""
+    check = get_defense(method).check
+    return list(resolve(check)(MethodRun(method, options, settings, pairs))) if check else []
