@@ -23,7 +23,7 @@ from cleanclip_core.detectors import (
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import use_plugins
-from cleanclip_core.study import filtering_options, start_kind
+from cleanclip_core.study import filtering_options, start_kind, used_detectors
 from cleanclip_core.terms import TERMS
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
@@ -386,7 +386,7 @@ def _reference_set_problems(config: dict[str, Any]) -> Iterator[str]:
     evaluation) leaves clean items to evaluate: the generated corpus's unpoisoned training pairs,
     the generated evaluation images. Else the detection stages say so, once they know the data."""
     detection, study, rows = config["detection"], config["study"], corpus_rows(config)
-    if detectors_of(study["detectors"], TRAINING) and rows is not None:
+    if detectors_of(used_detectors(config), TRAINING) and rows is not None:  # a filter's detector too
         for name in study["attacks"]:
             clean_rows = rows - config["attacks"][name]["n_poisons"]
             if 0 <= clean_rows <= detection["reference_pairs"]:  # more poisons than rows: the poisoning says so

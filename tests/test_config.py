@@ -339,16 +339,19 @@ def test_roclip_within_the_data_and_the_run_passes(tmp_path):
     check_config(validate_config(robust(roclip={"pool_size": 10**6}, roclip_aug={"pool_size": 10**6}) | url_list))
 
 
-@pytest.mark.parametrize("detection, attacks, message", [
-    ({"reference_pairs": 5400}, {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 600}},
+@pytest.mark.parametrize("detection, study, message", [
+    ({"reference_pairs": 5400}, {"detectors": ["dao", "strip"]},
      "config: detection.reference_pairs: 5400 reference pairs leave none of the 5400 unpoisoned training pairs of "
      "attack 'badnet' to evaluate the detectors on; set it below 5400"),
-    ({"reference_images": 1000}, {"badnet": {"type": "badnet", "target_label": "star"}},
+    ({"reference_pairs": 6000}, {"pretrain_objectives": ["mmcl", "filtered"]},  # the filter's detector has one too
+     "config: detection.reference_pairs: 6000 reference pairs leave none of the 5400 unpoisoned training pairs"),
+    ({"reference_images": 1000}, {"detectors": ["dao", "strip"]},
      "config: detection.reference_images: 1000 reference images leave none of the 1000 evaluation images to evaluate "
      "the detectors on; set it below 1000"),
 ])
-def test_a_reference_set_as_large_as_the_generated_data_is_refused(detection, attacks, message):
-    config = {"attacks": attacks, "clean": SMALL_CLEANING, "detection": detection, "study": {"detectors": ["dao", "strip"]}}
+def test_a_reference_set_as_large_as_the_generated_data_is_refused(detection, study, message):
+    attacks = {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 600}}
+    config = {"attacks": attacks, "clean": SMALL_CLEANING, "detection": detection, "study": study}
     with pytest.raises(UserError, match=re.escape(message)):
         check_config(validate_config(config))
     check_config(validate_config(config | {"study": {"detectors": ["decree"]}}))  # a model-level detector has none
