@@ -202,7 +202,9 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
         if filtering is not None:
             yield from _filter_problems(config, name, filtering)
     for stage, per, name, pairs in _training_runs(config):
-        yield from method_problems(name, defense_options(config, name), config[stage] | config[stage][per].get(name, {}), pairs)
+        if get_defense(name).stage == stage:  # one named on the other axis is refused above
+            settings = config[stage] | config[stage][per].get(name, {})
+            yield from method_problems(name, defense_options(config, name), settings, pairs)
 
 
 def _filter_problems(config: dict[str, Any], method: str, options: dict[str, Any]) -> Iterator[str]:
@@ -453,9 +455,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys on purpose
                 continue
             key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                continue  # an unhashable key: the safe loader says so
-            if key in first_lines:
+            try:
+                repeated = key in first_lines
+            except TypeError:  # an unhashable key: the safe loader says so
+                continue
+            if repeated:
                 raise DuplicateKeyError(problem=(
                     f"{key!r} is given twice in one section (first on line {first_lines[key]}), and the second would "
                     "replace the first: merge them"
