@@ -109,3 +109,14 @@ def detectors_of(names: Sequence[str], level: str) -> list[str]:
 def detector_options(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A detector's options from the config's `detection.options` (its defaults filled in)."""
     return dict(config["detection"]["options"].get(name, {}))
+
+
+# A reference set too large for the data, in the words of the DAG build and of the stages alike.
+def reference_pairs_problem(count: int, clean_pairs: int, whose: str = "") -> str:
+    return (f"config: detection.reference_pairs: {count} reference pairs leave none of the {clean_pairs} unpoisoned "
+            f"training pairs{whose} to evaluate the detectors on; set it below {clean_pairs}")
+
+
+def reference_images_problem(count: int, images: int) -> str:
+    return (f"config: detection.reference_images: {count} reference images leave none of the {images} evaluation "
+            f"images to evaluate the detectors on; set it below {images}")
