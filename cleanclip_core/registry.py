@@ -8,15 +8,21 @@ one's own whose list `ENTRIES` holds entries of any kind (`Attack`, `Term`, `Vie
 `cleanclip_core.plugins` of an installed package; every process loads the plugins the first time
 it reads a registry, so the DAG and every job (and each of their worker processes) see the same
 entries. The config names them once: they reach jobs through the environment variable
-CLEANCLIP_PLUGINS.
+CLEANCLIP_PLUGINS. A plugin's entries are checked as they register: each import path names a
+module that exists and defines the function, found without running the module (which may import
+torch); a test checks the built-in entries alike.
 """
 
+import ast
 import functools
 import importlib
+import importlib.util
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from cleanclip_core.errors import UserError, did_you_mean
@@ -36,13 +42,56 @@ def resolve(path: str) -> Callable:
     return getattr(importlib.import_module(module), function)
 
 
+def path_problem(path: Any) -> str | None:
+    """What is wrong with an import path `module:function`, or None: no colon, no such module, or
+    no such name in it. A module not imported yet is read, not run: its top-level statements must
+    bind the name."""
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        return f"{path!r} is not module:function"
+    module, name = path.split(":")
+    if module in sys.modules:
+        names = frozenset(dir(sys.modules[module]))
+    else:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # a parent that is missing or no package
+            spec = None
+        if spec is None:
+            return f"{path!r}: there is no module {module}"
+        names = _top_level_names(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    if names is None or name in names:
+        return None
+    return f"{path!r}: module {module} defines no {name}{did_you_mean([name], names)}"
+
+
+@functools.cache
+def _top_level_names(source: str) -> frozenset[str] | None:
+    """The names a module's top level binds (in `if` and `try` blocks too), or None where they
+    cannot be told from the source (a star import, a module `__getattr__`)."""
+    names = frozenset(_bound_names(ast.parse(Path(source).read_bytes(), source).body))
+    return None if names & {"*", "__getattr__"} else names
+
+
+def _bound_names(nodes: Iterable[ast.AST]) -> Iterator[str]:
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node.name
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from (alias.asname or alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            yield node.id
+        elif not isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            yield from _bound_names(ast.iter_child_nodes(node))
+
+
 class Registry(Mapping[str, Any]):
-    """Entries of one kind by name: the built-in ones, then those of the plugins."""
+    """Entries of one kind by name: the built-in ones, then those of the plugins. `paths` are the
+    fields of an entry that hold import paths (`module:function`, or None)."""
 
     _all: list["Registry"] = []
 
-    def __init__(self, kind: str, entry_type: type, entries: Iterable[Any]) -> None:
-        self.kind, self.entry_type = kind, entry_type
+    def __init__(self, kind: str, entry_type: type, entries: Iterable[Any], paths: Sequence[str] = ()) -> None:
+        self.kind, self.entry_type, self.paths = kind, entry_type, tuple(paths)
         self._entries: dict[str, Any] = {}
         for entry in entries:
             self.register(entry, "cleanclip_core")
@@ -52,6 +101,11 @@ class Registry(Mapping[str, Any]):
         if entry.name in self._entries:
             raise UserError(f"plugin {origin}: {self.kind} {entry.name!r} is registered twice (once by cleanclip_core or another plugin)")
         self._entries[entry.name] = entry
+
+    def path_problems(self, entry: Any) -> list[str]:
+        """A line for each import path of `entry` that does not name a function."""
+        problems = ((field, path_problem(getattr(entry, field))) for field in self.paths if getattr(entry, field) is not None)
+        return [f"{self.kind} {entry.name!r}: {field}: {problem}" for field, problem in problems if problem]
 
     def _loaded(self) -> dict[str, Any]:
         load_plugins()
@@ -114,16 +168,23 @@ def load_plugins() -> None:
     _loaded_plugins.update(new)
     for module in REGISTRY_MODULES:
         importlib.import_module(module)
+    problems = []
     for name in new:
         for entry in _plugin_entries(name):
-            _registry_of(entry, name).register(entry, name)
+            registry = _registry_of(entry, name)
+            registry.register(entry, name)
+            problems += [f"plugin {name}: {problem}" for problem in registry.path_problems(entry)]
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 def _plugin_entries(name: str) -> list[Any]:
     try:
         module = importlib.import_module(name)
-    except ImportError as error:
-        raise UserError(f"plugin {name}: cannot import it ({error}); is it installed, or a module in the working directory?") from None
+    except Exception as error:
+        if isinstance(error, ImportError) and error.name is not None and f"{name}.".startswith(f"{error.name}."):
+            raise UserError(f"plugin {name}: cannot import it ({error}); is it installed, or a module in the working directory?") from None
+        raise UserError(f"plugin {name}: {_import_failure(error)}") from error
     entries = getattr(module, "ENTRIES", None)
     if not isinstance(entries, (list, tuple)):
         raise UserError(f"plugin {name}: it has no list ENTRIES of the entries it adds (Attack, Term, View, Defense, StoppingRule, Detector)")
@@ -135,3 +196,13 @@ def _registry_of(entry: Any, plugin: str) -> Registry:
         if isinstance(entry, registry.entry_type):
             return registry
     raise UserError(f"plugin {plugin}: {entry!r} in ENTRIES is not an Attack, Term, View, Defense, StoppingRule or Detector")
+
+
+def _import_failure(error: Exception) -> str:
+    """The error's type, where it was raised (a syntax error: where the source is wrong; else the
+    innermost frame outside the import machinery) and its message."""
+    if isinstance(error, SyntaxError):
+        return f"{type(error).__name__} at {error.filename}:{error.lineno}: {error.msg}"
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith("<frozen ")]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}: {next(iter(str(error).splitlines()), '')}"

@@ -60,11 +60,11 @@ TERMS = Registry("loss term", Term, (
     ),
     Term("retain", "cleanclip_core.defenses.ubt:retain_loss", description="UBT: image-text InfoNCE on the pairs outside the unlearning set."),
     Term("unlearn", "cleanclip_core.defenses.ubt:unlearn_loss", description="UBT: image-text cosine of the unlearning set's pairs, pushed down."),
-))
+), paths=("loss",))
 
 VIEWS = Registry("view", View, (
     View("augmented", "cleanclip_core.training.views:augmented_views"),
     View("subcaptions", "cleanclip_core.defenses.ta_cleaner:subcaption_views"),
     View("perturbed", "cleanclip_core.defenses.par:perturbed_views"),
     View("roclip_augmented", "cleanclip_core.defenses.roclip:augmented_pairs"),
-))
+), paths=("build",))

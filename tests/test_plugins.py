@@ -1,6 +1,7 @@
 """Plugins: the README's example module, from outside the package, through a short study; entry
 points of an installed package; and jobs that import the checkout's code, not the environment's."""
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from cleanclip_core.registry import REGISTRY_MODULES, Registry, resolve
 from test_presets import merged
 from workflow import ONE_THREAD, ROOT, TINY_CONFIG, run_snakemake
 
@@ -88,6 +90,77 @@ def test_a_plugin_that_is_not_there_is_one_line_naming_it(tmp_path):
     result = run_snakemake(tmp_path, TINY_CONFIG | {"plugins": ["not_my_plugin"]}, "-n")
     assert result.returncode == 1
     assert "error: plugin not_my_plugin: cannot import it (No module named 'not_my_plugin')" in result.stderr
+
+
+def test_a_plugin_that_fails_at_import_is_one_line_naming_it_and_where_it_failed(tmp_path):
+    (tmp_path / "my_plugin.py").write_text("import os\n\nSHARE = x + 1\n")
+    result = run_snakemake(tmp_path, TINY_CONFIG | {"plugins": ["my_plugin"]}, "-n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: plugin my_plugin: NameError at {tmp_path / 'my_plugin.py'}:3: name 'x' is not defined"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("source", "failure"), [
+    ("def f(:\n    pass\n", "SyntaxError at {plugin}:1: invalid syntax"),
+    ("ENTRIES = []\nraise RuntimeError('no GPU here')\n", "RuntimeError at {plugin}:2: no GPU here"),
+    ("import os\nimport not_installed_dependency\n", "ModuleNotFoundError at {plugin}:2: No module named 'not_installed_dependency'"),
+])
+def test_a_job_that_loads_a_failing_plugin_ends_with_the_same_line(tmp_path, source, failure):
+    # A job's process: the plugins come through the environment, loaded the first time it reads a
+    # registry, inside the stage's reporting.
+    (tmp_path / "my_plugin.py").write_text(source)
+    result = python(
+        "from cleanclip_core.attacks import ATTACKS\nfrom cleanclip_core.reporting import reported_step\n"
+        "with reported_step():\n    sorted(ATTACKS)",
+        ROOT, PYTHONPATH=str(tmp_path), CLEANCLIP_PLUGINS="my_plugin",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: plugin my_plugin: {failure.format(plugin=tmp_path / 'my_plugin.py')}"]
+
+
+def test_wrong_function_paths_of_a_plugins_entries_are_refused_by_the_dry_run(tmp_path):
+    plugin = PLUGIN.replace('"my_plugin:build_gaussian_patch"', '"my_plugin:build_gausian_patch"')
+    plugin = plugin.replace('"my_plugin:l2_sp"', '"my_plugin.l2_sp"')
+    plugin += 'ENTRIES.append(Term("l1_sp", "my_plugins:l1_sp"))\n'
+    (tmp_path / "my_plugin.py").write_text(plugin)
+    result = run_snakemake(tmp_path, TINY_CONFIG | {"plugins": ["my_plugin"]}, "-n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-3:] == [
+        "error: plugin my_plugin: attack 'gaussian_patch': trigger: 'my_plugin:build_gausian_patch': module my_plugin "
+        "defines no build_gausian_patch; did you mean 'build_gaussian_patch'?",
+        "error: plugin my_plugin: loss term 'l2_sp': loss: 'my_plugin.l2_sp' is not module:function",
+        "error: plugin my_plugin: loss term 'l1_sp': loss: 'my_plugins:l1_sp': there is no module my_plugins",
+    ]
+
+
+def test_a_function_path_into_a_module_not_imported_yet_is_checked_without_running_it(tmp_path):
+    (tmp_path / "my_losses.py").write_text(
+        "import torch\nraise RuntimeError('ran')\n\n\ndef l2_sp(inputs):\n    return 0\n\n\nif True:\n    l1_sp = l2_sp\n"
+    )
+    (tmp_path / "my_plugin.py").write_text(
+        "from cleanclip_core.terms import Term\n\n"
+        "ENTRIES = [Term(name, f'my_losses:{name}') for name in ('l2_sp', 'l1_sp', 'l0_sp')]\n"
+    )
+    result = python(
+        "import sys\nfrom cleanclip_core.config import validate_config\nfrom cleanclip_core.errors import UserError\n"
+        "try:\n    validate_config({'plugins': ['my_plugin']})\nexcept UserError as error:\n    print(error)\n"
+        "print('torch' in sys.modules, 'my_losses' in sys.modules)",
+        ROOT, PYTHONPATH=str(tmp_path),
+    )
+    assert result.stdout.splitlines() == [
+        "plugin my_plugin: loss term 'l0_sp': loss: 'my_losses:l0_sp': module my_losses defines no l0_sp; did you mean 'l2_sp'?",
+        "False False",
+    ], result.stderr
+
+
+def test_every_registered_entry_names_functions_that_exist():
+    for module in REGISTRY_MODULES:
+        importlib.import_module(module)
+    for registry in Registry._all:
+        for entry in registry.values():
+            assert registry.path_problems(entry) == [], entry
+            assert all(callable(resolve(getattr(entry, field))) for field in registry.paths if getattr(entry, field))
+    assert {registry.kind for registry in Registry._all if registry.paths} == {"attack", "loss term", "view", "cleaning method", "detector"}
 
 
 def test_two_clones_sharing_one_environment_each_run_their_own_code(tmp_path):

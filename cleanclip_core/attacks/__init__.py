@@ -60,7 +60,7 @@ ATTACKS = Registry("attack", Attack, (
         captions=NATURAL, preparation="cleanclip_core.attacks.badclip:optimize_trigger",
         trigger_schema=_defined("badclip_trigger"),
     ),
-))
+), paths=("trigger", "preparation"))
 
 
 def get_attack(name: str) -> Attack:

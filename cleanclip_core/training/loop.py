@@ -38,7 +38,7 @@ from cleanclip_core.devices import on_device, stage_device, tf32_matmuls
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import changed_settings
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.defenses import Defense, get_defense, training_options
+from cleanclip_core.defenses import Defense, get_defense, method_problems, training_options
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
 from cleanclip_core.training.batches import GlobalBatchSlices
@@ -156,6 +156,8 @@ def train(
     reference = _frozen_copy(model) if needs_reference(settings.objective) else None
     _limit_training(model, defense, options)
     pairs = data.pairs(image_size_of(model), defense.flags)
+    if problems := method_problems(settings.method, options, asdict(settings), len(pairs)):
+        raise UserError("\n".join(problems))  # a downloaded dataset's pairs are known only now
     state = method_state(defense, options, model, settings.seed)
     trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective), state).to(device)
     optimizer = adamw(trained, settings.lr, settings.weight_decay, defense.betas)

@@ -354,3 +354,15 @@ def test_supervised_cleaning_trains_a_head_on_the_labels_and_keeps_only_the_clip
 def test_supervised_cleaning_of_unlabelled_pairs_is_a_user_error(training_data, tmp_path):
     with pytest.raises(UserError, match="the supervised objective needs labelled training pairs"):
         train(replace(SETTINGS, objective={"supervised": 1.0}), training_data, tmp_path)
+
+
+def test_a_roclip_pool_larger_than_the_downloaded_pairs_is_refused_before_training(training_data, tmp_path):
+    # A URL list's pairs are known only once downloaded: the stage runs the method's check (Defense.check).
+    settings = replace(SETTINGS, objective={"roclip": 1.0}, method="roclip", options={"pool_size": 21845, "break_epoch": 2})
+    with pytest.raises(UserError) as error:
+        train(settings, training_data, tmp_path)
+    assert str(error.value) == (
+        "config: defenses.roclip.pool_size: a pool of 21845 captions is more than the 60 training pairs of an epoch, so "
+        "images are matched to the random vectors it starts with; set it to at most 60"
+    )
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "partial/train_log.parquet").exists()
