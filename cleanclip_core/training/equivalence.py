@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cleanclip_core.defenses import get_defense
+from cleanclip_core.defenses import get_defense, training_options
 from cleanclip_core.devices import on_device
 from cleanclip_core.models import create_model, image_size_for, normalization_for, tokenizer_for
 from cleanclip_core.objectives import ObjectiveNetwork, needs_labels, needs_reference
@@ -79,10 +79,12 @@ def one_step(
     model = on_device(create_model(model_name, seed=0), model_name, device)
     reference = create_model(model_name, seed=1).to(device).eval().requires_grad_(False) if needs_reference(objective) else None
     torch.manual_seed(0)  # the supervised head
-    state = method_state(get_defense(method), OPTIONS, model, seed=0)
+    defense = get_defense(method)
+    options = training_options(defense, OPTIONS)
+    state = method_state(defense, options, model, seed=0)
     trained = ObjectiveNetwork(model, N_CLASSES if needs_labels(objective) else None, state).to(device)
     network = distributed_network(trained, model_name, objective, world_size, device)
-    recipe = Recipe(objective, normalization_for(model), IMAGE_FIELDS, TEXT_FIELDS, OPTIONS, reference)
+    recipe = Recipe(objective, normalization_for(model), IMAGE_FIELDS, TEXT_FIELDS, options, reference)
     optimizer = adamw(trained, LEARNING_RATE, weight_decay=0.1)
     terms = training_step(network, model, optimizer, batch, recipe, device)
     gradients = [p.grad.flatten() for p in trained.parameters() if p.grad is not None]
