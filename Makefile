@@ -1,5 +1,6 @@
-# `make run`: the embedded default study; `make test`: the test suite.
-# Both create the environment from uv.lock when it is missing or out of date.
+# `make run`: the embedded default study; `make test`: the test suite; `make gpu-check`: on a GPU
+# machine, our training step and evaluation against open_clip_train's (docs/benchmarks.md).
+# Each creates the environment from uv.lock when it is missing or out of date.
 
 PYTHON ?= python3
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
@@ -11,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 PROFILE_HOME := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 
-.PHONY: run test lint benchmarks profiles clean
+.PHONY: run test lint benchmarks gpu-check profiles clean
 
 run: $(VENV)/.synced
 	$(SNAKEMAKE) --profile profiles/local
@@ -32,6 +33,9 @@ benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/poison_manifest.py
 	$(VENV)/bin/python benchmarks/loader.py
 	$(VENV)/bin/python benchmarks/views.py
+
+gpu-check: $(VENV)/.synced
+	$(VENV)/bin/python -m benchmarks.gpu_check
 
 # --compile-bytecode: every job is a new Python process, and where PYTHONDONTWRITEBYTECODE is set
 # each one would otherwise compile torch's and Snakemake's sources again (14.7 s vs 5.7 s to

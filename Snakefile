@@ -9,7 +9,7 @@ from cleanclip_core.registry import prepend_import_path
 
 prepend_import_path(workflow.basedir)
 
-from cleanclip_core.config import check_config, validate_config
+from cleanclip_core.config import check_config, check_config_files, validate_config
 from cleanclip_core.errors import UserError
 
 
@@ -21,6 +21,7 @@ if not workflow.overwrite_configfiles:
 
 
 try:
+    check_config_files(workflow.configfiles)
     check_config(validate_config(config))
 except UserError as error:
     sys.exit("\n".join(f"error: {line}" for line in str(error).splitlines()))

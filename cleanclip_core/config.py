@@ -16,15 +16,20 @@ import yaml
 
 from cleanclip_core.attacks import ATTACKS
 from cleanclip_core.classes import evaluation_classnames, target_class_index
-from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, get_defense
-from cleanclip_core.detectors import DETECTORS, TRAINING, detectors_of
+from cleanclip_core.defenses import CLEAN, CLEAN_SET, DEFENSES, PRETRAIN, defense_options, get_defense, method_problems
+from cleanclip_core.detectors import (
+    DETECTORS, TEST, TRAINING, detectors_of, reference_images_problem, reference_pairs_problem,
+)
 from cleanclip_core.errors import UserError, did_you_mean
 from cleanclip_core.files import checkpoint_problem
 from cleanclip_core.registry import use_plugins
-from cleanclip_core.study import filtering_options, start_kind
+from cleanclip_core.study import filtering_options, start_kind, used_detectors
 from cleanclip_core.terms import TERMS
 
 SCHEMA_PATH = Path(str(files("cleanclip_core") / "config.schema.yaml"))
+# A name in output paths: a folder of results/, never `.` or `..` (which would leave it).
+NAME_PATTERN = "^(?!\\.{1,2}$)[A-Za-z0-9_.-]+$"
+LARGEST_SEED = 2**32 - 1
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,17 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _problem(error: jsonschema.ValidationError) -> str:
-    return f"config: {_location(error)}: {error.message}{_did_you_mean(error)}{_yaml_number_hint(error.instance)}"
+    return f"config: {_location(error)}: {_message(error)}{_did_you_mean(error)}{_yaml_number_hint(error.instance)}"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, in words where its own would quote a regular expression or a bare number."""
+    if error.validator == "pattern" and error.validator_value == NAME_PATTERN:
+        return (f"{error.instance!r} is not a name for a folder of results/: use letters, digits, _, . and -, "
+                "and not . or .. alone")
+    if error.validator == "maximum" and error.validator_value == LARGEST_SEED:
+        return f"{error.instance} is not a seed: a seed is at least 0 and below 2^32 ({LARGEST_SEED + 1})"
+    return error.message
 
 
 def _did_you_mean(error: jsonschema.ValidationError) -> str:
@@ -171,7 +186,8 @@ def _reference_problems(config: dict[str, Any]) -> Iterator[str]:
 
 
 def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
-    """Methods named on the other training stage's axis, and a SafeCLIP schedule without a split."""
+    """Methods named on the other training stage's axis, a filter's options, and each method's own
+    check of its options against its run (Defense.check)."""
     study = config["study"]
     for location, names, stage in (
         ("study.pretrain_objectives", study["pretrain_objectives"], CLEAN),
@@ -185,15 +201,10 @@ def _stage_problems(config: dict[str, Any]) -> Iterator[str]:
         filtering = filtering_options(config, name)
         if filtering is not None:
             yield from _filter_problems(config, name, filtering)
-    if "safeclip" in study["pretrain_objectives"]:
-        options = config["defenses"]["safeclip"]
-        epochs = {**config["pretrain"], **config["pretrain"]["per_objective"].get("safeclip", {})}["epochs"]
-        warmup = options["inmodal_epochs"] + options["clip_epochs"]
-        if epochs <= warmup:
-            yield (
-                f"config: pretrain.epochs: SafeCLIP's {epochs} epochs leave none after its {warmup} warm-up epochs "
-                "(defenses.safeclip.inmodal_epochs + clip_epochs): raise the epochs or shorten the warm-ups"
-            )
+    for stage, per, name, pairs in _training_runs(config):
+        if get_defense(name).stage == stage:  # one named on the other axis is refused above
+            settings = config[stage] | config[stage][per].get(name, {})
+            yield from method_problems(name, defense_options(config, name), settings, pairs)
 
 
 def _filter_problems(config: dict[str, Any], method: str, options: dict[str, Any]) -> Iterator[str]:
@@ -277,6 +288,8 @@ def _file_problems(config: dict[str, Any]) -> Iterator[str]:
     for location, path in named_files.items():
         if path is not None and not Path(path).exists():
             yield f"config: {location}: {path} does not exist"
+        elif location == "study.start" and path is not None and Path(path).is_dir():
+            yield f"config: study.start: {path} is a folder; name the checkpoint file in it"
         elif location == "study.start" and path is not None and (problem := checkpoint_problem(path)):
             yield f"config: study.start: {problem}"
 
@@ -307,7 +320,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     _raise_all(chain(_reference_problems(config), _model_problems(config), _file_problems(config)))
     _raise_all(chain(
         _target_problems(config), _cleaning_poisons_problems(config), _pretraining_curve_problems(config),
-        _cleaning_set_problems(config),
+        _cleaning_set_problems(config), _reference_set_problems(config),
     ))
     _warn_about_resizing(config)
     _warn_about_warmup(config)
@@ -370,14 +383,28 @@ def _cleaning_set_problems(config: dict[str, Any]) -> Iterator[str]:
             )
 
 
+def _reference_set_problems(config: dict[str, Any]) -> Iterator[str]:
+    """A detector's reference set (the clean items its threshold is set on, left out of its
+    evaluation) leaves clean items to evaluate: the generated corpus's unpoisoned training pairs,
+    the generated evaluation images. Else the detection stages say so, once they know the data."""
+    detection, study, rows = config["detection"], config["study"], corpus_rows(config)
+    if detectors_of(used_detectors(config), TRAINING) and rows is not None:  # a filter's detector too
+        for name in study["attacks"]:
+            clean_rows = rows - config["attacks"][name]["n_poisons"]
+            if 0 <= clean_rows <= detection["reference_pairs"]:  # more poisons than rows: the poisoning says so
+                yield reference_pairs_problem(detection["reference_pairs"], clean_rows, f" of attack {name!r}")
+    if detectors_of(study["detectors"], TEST) and config["evaluation"]["images"] is None:
+        n_eval = config["dataset"]["corpus"]["n_eval"]
+        if n_eval <= detection["reference_images"]:
+            yield reference_images_problem(detection["reference_images"], n_eval)
+
+
 def _warn_about_warmup(config: dict[str, Any]) -> None:
     """A run whose warmup is longer than the run never reaches its learning rate: a config that
     replaces config.yaml inherits the schema's paper-scale warmups (10,000 pretraining steps).
     Known before the download for the generated corpus only."""
-    rows, warnings = corpus_rows(config), []
-    if rows is None:
-        return
-    for location, settings, pairs in _runs_settings(config, rows):
+    warnings = []
+    for location, settings, pairs in _runs_settings(config):
         steps = -(-pairs // settings["batch_size"]) * settings["epochs"]
         if settings["warmup_steps"] > steps:
             warnings.append(
@@ -389,26 +416,87 @@ def _warn_about_warmup(config: dict[str, Any]) -> None:
         log.warning(warning)
 
 
-def _runs_settings(config: dict[str, Any], rows: int) -> Iterator[tuple[str, dict[str, Any], int]]:
-    """(config location of its warmup, training settings, pairs an epoch) of each pretraining
-    objective and cleaning method of the study."""
-    cleaning_pairs = min(config["clean"]["n_clean"], rows) + max(config["study"]["cleaning_poisons"])
+def _training_runs(config: dict[str, Any]) -> list[tuple[str, str, str, int | None]]:
+    """(stage, its per-method section, method, training pairs an epoch where the config tells) of
+    each pretraining objective and cleaning method of the study: the corpus's pairs, or the
+    cleaning set's."""
+    rows = corpus_rows(config)
+    cleaning_pairs = None if rows is None else min(config["clean"]["n_clean"], rows) + max(config["study"]["cleaning_poisons"])
     runs = [("pretrain", "per_objective", name, rows) for name in config["study"]["pretrain_objectives"]]
-    runs += [
-        ("clean", "per_method", name, cleaning_pairs)
-        for name in config["study"]["clean_methods"] if get_defense(name).data == CLEAN_SET
+    return runs + [
+        ("clean", "per_method", name, cleaning_pairs if get_defense(name).data == CLEAN_SET else rows)
+        for name in config["study"]["clean_methods"]
     ]
-    for section, per, name, pairs in runs:
+
+
+def _runs_settings(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(config location of its warmup, training settings, pairs an epoch) of each pretraining
+    objective and cleaning method of the study that trains on the corpus or the cleaning set,
+    for the generated corpus."""
+    for section, per, name, pairs in _training_runs(config):
+        if pairs is None or (section == "clean" and get_defense(name).data != CLEAN_SET):
+            continue
         own = config[section][per].get(name, {})
         location = f"{section}.{per}.{name}" if "warmup_steps" in own else section
         yield location, config[section] | own, pairs
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping of a YAML file."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML (and
+    Snakemake's --configfile) keep the second silently, so a section written twice loses the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in first_lines
+            except TypeError:  # an unhashable key: the safe loader says so
+                continue
+            if repeated:
+                raise DuplicateKeyError(problem=(
+                    f"{key!r} is given twice in one section (first on line {first_lines[key]}), and the second would "
+                    "replace the first: merge them"
+                ), problem_mark=key_node.start_mark)
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _duplicate_key_problem(path: Path, error: DuplicateKeyError) -> str:
+    return f"config: {path}, line {error.problem_mark.line + 1}: {error.problem}"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML (or JSON) config file's content; a key given twice in one section is an error."""
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
+    except DuplicateKeyError as error:
+        raise UserError(_duplicate_key_problem(path, error)) from None
     except (OSError, yaml.YAMLError) as error:
         raise UserError(f"cannot read config {path}: {error}") from None
-    return check_config(validate_config(config))
+
+
+def check_config_files(paths: Iterable[Path]) -> None:
+    """The config files Snakemake has read (it keeps the second of a key given twice) have no
+    key given twice in one section: one error, a line each."""
+    problems = []
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader)
+        except DuplicateKeyError as error:
+            problems.append(_duplicate_key_problem(path, error))
+        except (OSError, yaml.YAMLError):
+            pass  # what Snakemake could not read, it has said
+    _raise_all(problems)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    return check_config(validate_config(read_config_file(path)))
 

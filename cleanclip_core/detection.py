@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
-from cleanclip_core.detectors import get_detector
+from cleanclip_core.detectors import get_detector, reference_images_problem, reference_pairs_problem
 from cleanclip_core.detectors.training_set import TrainingFeatures
+from cleanclip_core.errors import UserError
 from cleanclip_core.intervals import proportion_t_interval
 from cleanclip_core.registry import resolve
 from cleanclip_core.tables import files_sha256, write_table
@@ -60,9 +61,12 @@ def training_scores(embeddings: pa.Table, detector: str, options: Mapping[str, A
 
 
 def reference_rows(is_poison: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """`count` unpoisoned rows drawn without replacement (all of them when fewer), sorted."""
+    """`count` unpoisoned rows drawn without replacement, sorted; fewer than `count` + 1 unpoisoned
+    rows would leave none to evaluate."""
     clean = np.flatnonzero(~is_poison)
-    return np.sort(np.random.default_rng(seed).choice(clean, min(count, len(clean)), replace=False))
+    if count >= len(clean):
+        raise UserError(reference_pairs_problem(count, len(clean)))
+    return np.sort(np.random.default_rng(seed).choice(clean, count, replace=False))
 
 
 def reference_threshold(reference_scores: np.ndarray, fpr: float) -> float:
@@ -121,9 +125,9 @@ def detect_training(
     """The training-set stage: score every training pair and judge the scores (write_judged)."""
     pairs = pq.read_table(embeddings)
     is_poison = pairs["is_poison"].to_numpy(zero_copy_only=False)
-    scores = training_scores(pairs, detector, options, settings["batch_size"], settings["seed"])
     reference = np.zeros(len(pairs), dtype=bool)
     reference[reference_rows(is_poison, settings["reference_pairs"], settings["seed"])] = True
+    scores = training_scores(pairs, detector, options, settings["batch_size"], settings["seed"])
     provenance = {
         "config": {"detector": detector, "options": dict(options), "settings": dict(settings)},
         "inputs_sha256": files_sha256([Path(embeddings)]),
@@ -161,9 +165,11 @@ def evaluation_items(
     """Which evaluation images a test-time detector is judged on: (reference, triggered) masks.
     `reference_images` clean images drawn for the threshold; of the others whose class is not
     the target, `triggered_share` carry the trigger; the rest are scored clean."""
+    if reference_images >= len(labels):
+        raise UserError(reference_images_problem(reference_images, len(labels)))
     rng = np.random.default_rng(seed)
     reference = np.zeros(len(labels), dtype=bool)
-    reference[rng.choice(len(labels), min(reference_images, len(labels) - 1), replace=False)] = True
+    reference[rng.choice(len(labels), reference_images, replace=False)] = True
     candidates = np.flatnonzero(~reference & (labels != target_index))
     triggered = np.zeros(len(labels), dtype=bool)
     triggered[rng.choice(candidates, round(triggered_share * len(candidates)), replace=False)] = True

@@ -247,6 +247,18 @@ def start_weights(wildcards):
     return {"start_weights": START} if study.start_kind(START) == "file" else {}
 
 
+def set_aside_checkpoints(run):
+    """An input function: the checkpoints of the training run in folder `run` (a pattern) that a
+    later stage found damaged and set aside as *.damaged (models.load_weights). A new one changes
+    the run's inputs, so that a plain rerun trains it anew: Snakemake does not remake a missing
+    file that no job it runs needs."""
+
+    def checkpoints(wildcards):
+        return sorted(str(path) for path in Path(_filled(run, wildcards)).glob("*.damaged"))
+
+    return checkpoints
+
+
 def pretrain_settings(wildcards):
     return study.pretrain_settings(config, wildcards.pretrain_objective, int(wildcards.pretrain_seed))
 

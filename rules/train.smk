@@ -12,6 +12,7 @@ rule pretrain:
         shard_index="results/{dataset}/shard_index.parquet",
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",
+        set_aside=set_aside_checkpoints(PRETRAIN_RUN),
     output:
         weights=f"{PRETRAIN_RUN}/model.pt",
         step_log=f"{PRETRAIN_RUN}/train_log.parquet",
@@ -97,6 +98,7 @@ rule clean:
         shards="results/{dataset}/shards",
         shard_listing="results/{dataset}/shard_listing.parquet",
         start_weights=f"{PRETRAIN_RUN}/model.pt",
+        set_aside=set_aside_checkpoints(CLEAN_RUN),
     output:
         weights=kept_weights(CLEAN_EPOCH_WEIGHTS, last_is_kept=True),
         step_log=f"{CLEAN_RUN}/train_log.parquet",

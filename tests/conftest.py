@@ -1,3 +1,5 @@
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +47,21 @@ def shapes_shards(tmp_path_factory: pytest.TempPathFactory) -> ShapesShards:
     )
     manifest, shard_index = build_manifest(shards_dir), build_shard_index(shards_dir)
     return ShapesShards(corpus, shards_dir, shard_listing, manifest, shard_index, settings.image_size)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a 32 KiB filesystem of its own (a tmpfs), to fill up for real; grow it with
+    `resize_disk`. Skipped where mounting is not permitted (not root)."""
+    disk = tmp_path / "small_disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def resize_disk(disk: Path, size: str) -> None:
+    """Give the `small_disk` filesystem another size, e.g. "4m" (space freed)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)

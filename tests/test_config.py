@@ -1,12 +1,14 @@
 import logging
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, model_image_size, validate_config
+from cleanclip_core.config import SCHEMA_PATH, check_config, load_config, model_image_size, read_config_file, validate_config
 from cleanclip_core.errors import UserError
 from cleanclip_core.models import image_size_for
 from test_presets import merged
@@ -245,3 +247,124 @@ def test_a_dry_run_prints_every_problem_and_plans_no_job(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert [line.split(":")[2].strip() for line in errors] == ["study.clean_methods", "clean.per_method", "study.model"]
     assert "did you mean 'cleanclip'?" in errors[0] and "did you mean 'par'?" in errors[1]
+
+
+def test_a_folder_as_the_start_is_one_line(tmp_path):
+    config = validate_config({"study": {"start": str(tmp_path)}})
+    with pytest.raises(UserError, match=re.escape(f"config: study.start: {tmp_path} is a folder; name the checkpoint file in it")):
+        check_config(config)
+
+
+@pytest.mark.parametrize("config, location", [
+    ({"study": {"seeds": [0, 2**63]}}, "study.seeds.1: 9223372036854775808"),  # wrapped to -2^63 in the paths
+    ({"study": {"seeds": [2**64]}}, "study.seeds.0: 18446744073709551616"),  # a traceback at DAG build
+    ({"attacks": {"x": {"type": "badnet", "seed": 2**32}}}, "attacks.x.seed: 4294967296"),
+    ({"detection": {"seed": 2**32}}, "detection.seed: 4294967296"),
+    ({"dataset": {"corpus": {"seed": 2**40}}}, "dataset.corpus.seed: 1099511627776"),
+])
+def test_a_seed_is_below_2_to_the_32(config, location):
+    with pytest.raises(UserError) as error:
+        validate_config(config)
+    assert str(error.value) == f"config: {location} is not a seed: a seed is at least 0 and below 2^32 (4294967296)"
+    assert validate_config({"study": {"seeds": [2**32 - 1]}})["study"]["seeds"] == [4294967295]
+
+
+@pytest.mark.parametrize("config, location, name", [
+    ({"study": {"name": ".."}}, "study.name", ".."),
+    ({"dataset": {"name": "."}}, "dataset.name", "."),
+    ({"attacks": {"..": {"type": "badnet"}}}, "attacks", ".."),
+    ({"objectives": {"..": {"mmcl": 1}}}, "objectives", ".."),
+    ({"study": {"name": "../elsewhere"}}, "study.name", "../elsewhere"),
+])
+def test_a_name_that_would_leave_the_results_folder_is_refused(config, location, name):
+    with pytest.raises(UserError) as error:
+        validate_config(config)
+    assert str(error.value) == (f"config: {location}: {name!r} is not a name for a folder of results/: use letters, "
+                                "digits, _, . and -, and not . or .. alone")
+    validate_config({"study": {"name": "v1.2"}, "dataset": {"name": "..shapes"}})
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("study:\n  name: mine\n  seeds: [0, 1]\n  seeds: [2]\nclean: {lrs: [0.001]}\n")
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    assert str(error.value) == (f"config: {path}, line 4: 'seeds' is given twice in one section (first on line 3), and the "
+                                "second would replace the first: merge them")
+    path.write_text("clean:\n  per_method:\n    mmcl_only: &fast {batch_size: 20, epochs: 2}\n    cleanclip: {<<: *fast, epochs: 3}\n")
+    assert read_config_file(path)["clean"]["per_method"]["cleanclip"] == {"batch_size": 20, "epochs": 3}  # a merged key may be overridden
+
+
+def test_a_dry_run_refuses_a_section_written_twice_in_a_config_file(tmp_path):
+    overlay = tmp_path / "study.yaml"
+    overlay.write_text("study:\n  name: first\nclean: {lrs: [0.001]}\nstudy:\n  name: second\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(tmp_path),
+         "--configfile", str(ROOT / "config.yaml"), str(overlay)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 1 and "Job stats" not in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: config: {overlay}, line 4: 'study' is given twice in one section (first on line 1), and the second "
+        "would replace the first: merge them"
+    )
+
+
+def robust(pretrain: dict | None = None, **defenses) -> dict:
+    """The default's study (6,000 pairs, 14 epochs) pretrained with RoCLIP too."""
+    return {"attacks": {"badnet": {"type": "badnet", "target_label": "star"}}, "clean": SMALL_CLEANING,
+            "study": {"pretrain_objectives": ["mmcl", "roclip", "roclip_aug"]},
+            "pretrain": {"epochs": 14, "warmup_steps": 100} | (pretrain or {}), "defenses": defenses}
+
+
+@pytest.mark.parametrize("config, message", [
+    (robust(roclip_aug={"pool_size": 1024}),  # roclip keeps its code's 21,845
+     "config: defenses.roclip.pool_size: a pool of 21845 captions is more than the 6000 training pairs of an epoch, so "
+     "images are matched to the random vectors it starts with; set it to at most 6000"),
+    (robust(roclip={"pool_size": 1024}, roclip_aug={"pool_size": 1024, "break_epoch": 15}),
+     "config: defenses.roclip_aug.break_epoch: 15 is beyond the 14 epochs of pretraining, so RoCLIP never matches a "
+     "caption and trains plain MMCL; set it to at most 14"),
+    (robust({"per_objective": {"roclip": {"epochs": 1}}}, roclip={"pool_size": 1024}, roclip_aug={"pool_size": 1024}),
+     "config: defenses.roclip.break_epoch: 2 is beyond the 1 epochs of pretraining"),
+])
+def test_roclips_pool_and_break_epoch_are_checked_against_the_data_and_the_run(config, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(validate_config(config))
+
+
+def test_roclip_within_the_data_and_the_run_passes(tmp_path):
+    check_config(validate_config(robust(roclip={"pool_size": 6000, "break_epoch": 14}, roclip_aug={"pool_size": 1024})))
+    (tmp_path / "cc3m.tsv").write_text("caption\turl\n")  # a downloaded dataset's size is not known before the download
+    url_list = {"dataset": {"url_list": str(tmp_path / "cc3m.tsv")}}
+    check_config(validate_config(robust(roclip={"pool_size": 10**6}, roclip_aug={"pool_size": 10**6}) | url_list))
+
+
+@pytest.mark.parametrize("detection, study, message", [
+    ({"reference_pairs": 5400}, {"detectors": ["dao", "strip"]},
+     "config: detection.reference_pairs: 5400 reference pairs leave none of the 5400 unpoisoned training pairs of "
+     "attack 'badnet' to evaluate the detectors on; set it below 5400"),
+    ({"reference_pairs": 6000}, {"pretrain_objectives": ["mmcl", "filtered"]},  # the filter's detector has one too
+     "config: detection.reference_pairs: 6000 reference pairs leave none of the 5400 unpoisoned training pairs"),
+    ({"reference_images": 1000}, {"detectors": ["dao", "strip"]},
+     "config: detection.reference_images: 1000 reference images leave none of the 1000 evaluation images to evaluate "
+     "the detectors on; set it below 1000"),
+])
+def test_a_reference_set_as_large_as_the_generated_data_is_refused(detection, study, message):
+    attacks = {"badnet": {"type": "badnet", "target_label": "star", "n_poisons": 600}}
+    config = {"attacks": attacks, "clean": SMALL_CLEANING, "detection": detection, "study": study}
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(validate_config(config))
+    check_config(validate_config(config | {"study": {"detectors": ["decree"]}}))  # a model-level detector has none
+
+
+def test_a_dry_run_gives_every_problem_of_the_start_and_roclip_in_one_line_each(tmp_path):
+    config = TINY_CONFIG | {"study": {"start": str(tmp_path), "pretrain_objectives": ["roclip"]}, "pretrain": {"epochs": 1}}
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode == 1 and "Job stats" not in result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: config: defenses.roclip.pool_size: a pool of 21845 captions is more than the 60 training pairs of an "
+        "epoch, so images are matched to the random vectors it starts with; set it to at most 60",
+        "error: config: defenses.roclip.break_epoch: 2 is beyond the 1 epochs of pretraining, so RoCLIP never matches "
+        "a caption and trains plain MMCL; set it to at most 1",
+        f"error: config: study.start: {tmp_path} is a folder; name the checkpoint file in it",
+    ]

@@ -1,7 +1,9 @@
 """Training-set detectors and the detection measures, on cases computed by hand."""
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,7 @@ from cleanclip_core.detectors.training_set import (
     TrainingFeatures, dao_scores, isolation_forest_scores, k_distance_scores, lid_scores, slof_scores,
 )
 from cleanclip_core.errors import UserError
+from cleanclip_core.plots.detection import write_detection_study
 from cleanclip_core.registry import resolve
 from workflow import ROOT
 
@@ -194,3 +197,43 @@ def test_the_evaluation_items_hold_out_clean_references_and_trigger_a_share_of_t
     assert reference.sum() == 20 and not (reference & triggered).any()
     assert not triggered[labels == 3].any()
     assert triggered.sum() == round(0.3 * ((~reference) & (labels != 3)).sum())
+
+
+def test_a_reference_set_that_leaves_no_clean_item_to_evaluate_is_refused_by_the_stage():
+    # Known only once downloaded for a URL list; the generated corpus's is refused at DAG build.
+    with pytest.raises(UserError, match=re.escape(
+        "config: detection.reference_pairs: 70 reference pairs leave none of the 70 unpoisoned training pairs to "
+        "evaluate the detectors on; set it below 70"
+    )):
+        reference_rows(np.arange(100) < 30, 70, seed=0)
+    with pytest.raises(UserError, match=re.escape(
+        "config: detection.reference_images: 25 reference images leave none of the 20 evaluation images"
+    )):
+        evaluation_items(np.arange(20) % 10, target_index=3, reference_images=25, triggered_share=0.3, seed=0)
+
+
+def clean_embeddings(path: Path, n: int = 100) -> Path:
+    """The training pairs' embeddings of a clean control's model: no poisons."""
+    rng = np.random.default_rng(0)
+    image, text = rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(n, 8)).astype(np.float32)
+    fixed = lambda rows: pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), 8)  # noqa: E731
+    pq.write_table(pa.table({"key": [f"{i:04d}" for i in range(n)], "is_poison": np.zeros(n, dtype=bool),
+                             "image": fixed(image), "text": fixed(text)}), path)
+    return path
+
+
+def test_a_study_of_clean_controls_alone_gets_its_false_positive_rates_and_a_figure_that_says_so(tmp_path, caplog):
+    settings = {"batch_size": 50, "reference_pairs": 20, "reference_fpr": 0.05, "bootstrap_resamples": 20, "seed": 0}
+    detect_training(str(clean_embeddings(tmp_path / "embeddings.parquet")), "k_distance", {"k": 4}, settings,
+                    str(tmp_path / "scores.parquet"), str(tmp_path / "quality.parquet"))
+    identity = {"dataset": "shapes", "attack": "control", "model": "tiny-rn", "start": "scratch", "pretrain_objective": "mmcl",
+                "pretrain_settings": "0", "pretrain_seed": 0, "detector": "k_distance", "detection_settings": "0"}
+    figures = [tmp_path / "roc.pdf", tmp_path / "roc.png"]
+    summary = write_detection_study(
+        [tmp_path / "quality.parquet"], [tmp_path / "scores.parquet"], [identity], ["mmcl"], poisoning_attacks=[],
+        table=tmp_path / "detection.csv", replicates_table=tmp_path / "replicates.csv", figures=figures, resamples=20, seed=0,
+    )
+    row = summary.iloc[0]
+    assert (row.attack, row.n_scored, row.n_poisons) == ("control", 80, 0) and math.isnan(row.auroc) and 0 <= row.fpr <= 1
+    assert all(path.stat().st_size > 0 for path in figures)
+    assert "detection: no poisoned model to score: every attack of the study is a clean control" in caplog.text

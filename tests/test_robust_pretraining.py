@@ -1,5 +1,5 @@
 """Robust pretraining: RoCLIP's pool, loss and augmented pairs, SafeCLIP's phases, split and schedule, and the
-filter of detect-then-pretrain, each on a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume),
+filter of detect-then-pretrain, each on a case computed by hand; their settings in a study. Real runs: tests/training/test_loop.py (resume; RoCLIP in two processes),
 tests/training/test_distributed.py (several processes), tests/test_study.py (a study)."""
 
 import logging
@@ -17,7 +17,7 @@ import yaml
 from cleanclip_core import study
 from cleanclip_core.augment import augment_caption, corpus_synonyms
 from cleanclip_core.config import check_config, validate_config
-from cleanclip_core.defenses import get_defense, safeclip
+from cleanclip_core.defenses import get_defense, safeclip, training_options
 from cleanclip_core.defenses.filtering import filter_pairs, kept_rows
 from cleanclip_core.errors import UserError
 from cleanclip_core.defenses.roclip import CaptionPool, image_augmentation, roclip_term
@@ -57,6 +57,36 @@ def test_the_pool_replaces_its_oldest_captions_and_returns_each_image_its_neares
     pool.push(torch.eye(2).repeat(3, 1)[:5])  # more than it holds: the last three
     assert close(pool.captions, [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # rows 1, 2, 0, 1, 2 written
     assert int(pool.position) == 0
+
+
+def test_lightly_s_pool_drops_what_passes_its_end_and_starts_from_unnormalized_vectors():
+    """RoCLIP's code (lightly 1.2.39's memory bank) against the wrapping pool, batches of 3 into 5."""
+    batches = [torch.tensor(rows) for rows in (
+        [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], [[0.8, 0.6], [-1.0, 0.0], [0.0, -1.0]], [[-0.6, 0.8], [-0.8, 0.6], [0.6, -0.8]],
+    )]
+    start = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    lightly, wrapping = CaptionPool(5, 2, seed=0, update="lightly"), CaptionPool(5, 2, seed=0)
+    assert torch.equal(lightly.captions, start)  # lightly discards its normalize call: about sqrt(2) long
+    assert torch.allclose(wrapping.captions, start / start.norm(dim=1, keepdim=True))
+    for batch in batches[:2]:
+        lightly.push(batch)
+        wrapping.push(batch)
+    # the second batch's last caption: dropped at the end, against wrapped to the front
+    assert close(lightly.captions, [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]])
+    assert close(wrapping.captions, [[0.0, -1.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]])
+    assert (int(lightly.position), int(wrapping.position)) == (0, 1)
+    lightly.push(batches[2])
+    wrapping.push(batches[2])
+    assert close(lightly.captions, [[-0.6, 0.8], [-0.8, 0.6], [0.6, -0.8], [0.8, 0.6], [-1.0, 0.0]])
+    assert close(wrapping.captions, [[0.0, -1.0], [-0.6, 0.8], [-0.8, 0.6], [0.6, -0.8], [-1.0, 0.0]])
+    assert (int(lightly.position), int(wrapping.position)) == (3, 4)
+
+
+def test_lightly_s_pool_matches_on_cosines_and_returns_the_caption_as_it_holds_it():
+    pool = CaptionPool(2, 2, seed=0, update="lightly")
+    pool.captions.copy_(torch.tensor([[10.0, 0.0], [0.6, 0.8]]))  # a starting vector, a caption
+    # the first image's dot products favour the long vector (6 against 1), its cosines the caption
+    assert close(pool.nearest(torch.tensor([[0.6, 0.8], [1.0, 0.1]])), [[0.6, 0.8], [10.0, 0.0]])
 
 
 def test_roclip_aug_trains_on_a_fresh_augmentation_of_each_image_and_one_of_each_caption():
@@ -186,6 +216,18 @@ def test_a_robust_objective_pretrains_with_its_method_and_options_and_the_plain_
     assert settings["method"] == "roclip" and settings["objective"] == {"roclip": 1}
     assert settings["options"] == {"pool_size": 512, "break_epoch": 2}
     assert "method" not in study.pretrain_settings(config, "mmcl", seed=0)  # its run identity is unchanged
+
+
+@pytest.mark.parametrize("update, recorded", [("wrap", False), ("lightly", True)])
+def test_roclip_s_pool_update_enters_a_run_s_identity_only_away_from_its_default(update, recorded):
+    """wrap is the pool runs had before the option: their digests and Snakemake's params stay."""
+    default = validate_config({"attacks": {"badnet": {"type": "badnet"}}})
+    config = validate_config({"attacks": {"badnet": {"type": "badnet"}}, "defenses": {"roclip": {"pool_update": update}}})
+    assert default["defenses"]["roclip"]["pool_update"] == "wrap"
+    settings = study.pretrain_settings(config, "roclip", seed=0)
+    assert ("pool_update" in settings["options"]) == recorded
+    assert (study.pretrain_digest(config, "badnet", "roclip") != study.pretrain_digest(default, "badnet", "roclip")) == recorded
+    assert training_options(get_defense("roclip"), settings["options"])["pool_update"] == update
 
 
 def test_the_filter_keeps_every_pair_outside_the_top_fraction_in_order():

@@ -18,7 +18,7 @@ from cleanclip_core.config import validate_config
 from cleanclip_core.detectors import get_detector
 from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query, run_id
 from cleanclip_core.tables import table_provenance
-from workflow import ONE_THREAD, ROOT, attack_folder, job_counts, run_snakemake
+from workflow import ONE_THREAD, ROOT, attack_folder, job_counts, jobs_run, run_snakemake
 
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
 STUDY_DIR = "results/studies/smoke"
@@ -26,12 +26,6 @@ EPOCHS = SMOKE["clean"]["epochs"]
 LIGHT = {"results_database": 1, "figures": 1, "overview": 1, "headline_figure": 1, "all": 1}
 DETECTORS = len(SMOKE["study"]["detectors"])
 LEVELS = [get_detector(name).level for name in SMOKE["study"]["detectors"]]
-
-
-def jobs_run(snakemake_stderr: str) -> dict[str, int]:
-    """The job counts of a run's `Job stats` table."""
-    table = snakemake_stderr.split("Job stats:")[1].split("\n\n")[0]
-    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 def planned(workdir, config) -> dict[str, int]:

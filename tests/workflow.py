@@ -48,6 +48,12 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+def jobs_run(snakemake_stderr: str) -> dict[str, int]:
+    """The job counts of a run's `Job stats` table."""
+    table = snakemake_stderr.split("Job stats:")[1].split("\n\n")[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
 def attack_folder(config: dict, attack: str) -> str:
     """Where the workflow keeps an attack's poisoned data under `config`, relative to its directory."""
     full = validate_config(copy.deepcopy(config))

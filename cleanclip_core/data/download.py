@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from collections import Counter
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cleanclip_core.data.shard_listing import write_shard_listing
+from cleanclip_core.data.shard_listing import resume_folder, write_shard_listing
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import changed_settings
 from cleanclip_core.tables import files_sha256, write_table
@@ -179,12 +180,14 @@ def download_shards(
     urls_parquet = partial.with_name(shards_dir.name + ".urls.parquet")
     pq.write_table(urls, urls_parquet)
     log.info(f"downloading {urls.num_rows} URLs with img2dataset into {shards_dir}")
+    log_start = _file_size(img2dataset_log)
     with _output_redirected(img2dataset_log):
         _run_img2dataset(urls_parquet, partial, settings, processes)
     urls_parquet.unlink()
-    _require_complete_shards(partial, urls.num_rows, settings.samples_per_shard)
+    logged = _logged_failures(img2dataset_log, log_start)
+    _require_complete_shards(partial, urls.num_rows, settings.samples_per_shard, logged)
     stats = download_stats(partial)
-    _require_a_download(stats, partial, url_list)
+    _require_a_download(stats, partial, url_list, logged)
     shutil.rmtree(shards_dir, ignore_errors=True)
     os.replace(partial, shards_dir)
     config = {"url_list": str(url_list)} | shard_settings(settings)
@@ -201,7 +204,7 @@ def shard_settings(settings: DownloadSettings) -> dict[str, Any]:
     return {key: value for key, value in asdict(settings).items() if key not in EXECUTION_SETTINGS}
 
 
-def _require_complete_shards(partial: Path, n_urls: int, samples_per_shard: int) -> None:
+def _require_complete_shards(partial: Path, n_urls: int, samples_per_shard: int, logged: Counter) -> None:
     """A UserError unless every shard of the URL list is complete and their counts add up to it.
     img2dataset counts a sample it could not write (a full disk) as failed and goes on, and leaves
     a shard it could not finish without stats or with a truncated file: such shards are removed,
@@ -211,14 +214,14 @@ def _require_complete_shards(partial: Path, n_urls: int, samples_per_shard: int)
     counted = sum(stats["count"] for shard, stats in _shard_stats(partial).items() if shard not in incomplete)
     if not incomplete and counted == n_urls:
         return
-    reason, count = (_failure_reasons(partial).most_common(1) or [("none recorded", 0)])[0]
+    failure = _most_common_failure(partial, logged)
     for shard in incomplete:
         for path in partial.glob(f"{shard}[._]*"):
             path.unlink()
     listed = ", ".join(incomplete[:5]) + (", ..." if len(incomplete) > 5 else "")
     raise UserError(
         f"the download is incomplete: {len(incomplete)} of {len(expected)} shards missing or unfinished "
-        f"({listed}), {counted} of {n_urls} URLs accounted for; most common failure ({count} URLs): {reason}; "
+        f"({listed}), {counted} of {n_urls} URLs accounted for; {failure}; "
         f"the finished shards are kept in {partial}: free disk space if it is full, then run again"
     )
 
@@ -241,18 +244,28 @@ def _is_disk_error(reason: str) -> bool:
     return any(f"[Errno {number}]" in reason for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 
 
-def _require_a_download(stats: pa.Table, partial: Path, url_list: Path) -> None:
+def _require_a_download(stats: pa.Table, partial: Path, url_list: Path, logged: Counter) -> None:
     """A UserError when no image downloaded (an outage, a list of dead links), after removing the
     partial download: a resume would take its shards for finished and never try them again."""
     if sum(stats["successes"].to_pylist()):
         return
-    reasons = _failure_reasons(partial)
+    failure = _most_common_failure(partial, logged)
     shutil.rmtree(partial)
-    reason, count = reasons.most_common(1)[0] if reasons else ("none recorded", 0)
     raise UserError(
-        f"no image downloaded from {url_list}: {summarize_stats(stats)}; most common failure "
-        f"({count} URLs): {reason}; nothing was kept, run again once the URLs can be reached"
+        f"no image downloaded from {url_list}: {summarize_stats(stats)}; {failure}; "
+        f"nothing was kept, run again once the URLs can be reached"
     )
+
+
+def _most_common_failure(partial: Path, logged: Counter) -> str:
+    """The most common failure and its count: of img2dataset's own error lines (a sample or a
+    shard it could not write, e.g. on a full disk, whose shard may never write its stats), else
+    of the URLs its shards' stats count as failed."""
+    for reasons, unit in ((logged, "lines of img2dataset's log"), (_failure_reasons(partial), "URLs")):
+        if reasons:
+            reason, count = reasons.most_common(1)[0]
+            return f"most common failure ({count} {unit}): {reason}"
+    return "most common failure: none recorded"
 
 
 def _failure_reasons(shards_dir: Path) -> Counter:
@@ -261,6 +274,29 @@ def _failure_reasons(shards_dir: Path) -> Counter:
     for stats in _shard_stats(shards_dir).values():
         reasons.update(stats.get("status_dict", {}))
     reasons.pop("success", None)
+    return reasons
+
+
+# The error lines img2dataset prints for a sample or a shard that failed unexpectedly.
+IMG2DATASET_FAILURE = re.compile(r"^(?:Sample \S+ failed to download|shard \S+ failed with error):? (.+)$")
+
+
+def _file_size(path: Path | None) -> int:
+    return Path(path).stat().st_size if path is not None and Path(path).is_file() else 0
+
+
+def _logged_failures(img2dataset_log: Path | None, start: int) -> Counter:
+    """How many times img2dataset's output (in `img2dataset_log` from byte `start` on: this run's)
+    gives each error of a failed sample or shard."""
+    reasons: Counter = Counter()
+    if img2dataset_log is None:
+        return reasons
+    with open(img2dataset_log, "rb") as output:
+        output.seek(start)
+        for line in output:
+            failure = IMG2DATASET_FAILURE.match(line.decode("utf-8", "replace").strip())
+            if failure:
+                reasons[failure.group(1)] += 1
     return reasons
 
 
@@ -315,7 +351,7 @@ def _run_img2dataset(
 def _resumable_partial_dir(shards_dir: Path, key: dict[str, Any]) -> Path:
     """The folder an earlier download of the same URL list with the same shard settings (`key`)
     left, or a fresh one: shards of other settings would be mixed with this run's."""
-    partial = shards_dir.with_name(shards_dir.name + ".partial")
+    partial = resume_folder(shards_dir)
     marker = partial / "_download.key"  # not *.json: img2dataset reads those as its shards' stats
     earlier = json.loads(marker.read_text()) if marker.is_file() else None
     if earlier != key:

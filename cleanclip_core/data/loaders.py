@@ -9,6 +9,7 @@ Random access keeps shuffling and resuming exact.
 import csv
 import io
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +27,7 @@ from torchvision.io import ImageReadMode, decode_image
 from cleanclip_core.attacks import test_trigger_seed
 from cleanclip_core.attacks.parts import Trigger
 from cleanclip_core.classes import folder_classnames, is_image
+from cleanclip_core.data.shard_listing import distrust_shards
 from cleanclip_core.errors import UserError
 from cleanclip_core.text import read_utf8
 
@@ -110,6 +112,7 @@ class PoisonedTrainingSet(Dataset):
         self._shard_codes = shards.indices.to_numpy()
         self._offsets = located["offset"].to_numpy()
         self._sizes = located["size"].to_numpy()
+        self._keys = located["key"].combine_chunks()
         # Arrow and numpy arrays, not Python lists: forked workers share them without copying.
         self._captions = poisoned_manifest["caption"].combine_chunks()
         self.is_poison: np.ndarray = poisoned_manifest["is_poison"].to_numpy()
@@ -147,7 +150,7 @@ class PoisonedTrainingSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         is_poison = bool(self.is_poison[index])
-        image = fit_image(decode_image(self._image_bytes(index), mode=ImageReadMode.RGB), self.image_size)
+        image = fit_image(self._decoded(index), self.image_size)
         if is_poison and self.trigger is not None:
             image = triggered_image(image, self.trigger, int(self._trigger_seeds[index]))
         item = {
@@ -160,12 +163,26 @@ class PoisonedTrainingSet(Dataset):
             item["label"] = int(self._labels[index])
         return item | {name: bool(values[index]) for name, values in self._flags.items()}
 
+    def _decoded(self, index: int) -> torch.Tensor:
+        """Row `index`'s stored image, uint8 [3, H, W]. One that cannot be decoded (its shard was
+        damaged after the download) is a UserError naming the shard file and the sample's key,
+        and the shards' listing is removed, so that the next run downloads them again."""
+        try:
+            return decode_image(self._image_bytes(index), mode=ImageReadMode.RGB)
+        except RuntimeError as error:
+            # torchvision's message starts with its function and source line
+            reason = re.sub(r"^\w+, \S+:\d+, ", "", str(error)).split(". ")[0]
+            shard = self._shard_path(self._shard_codes[index])
+            problem = f"shard file {shard}: the image of sample {self._keys[index].as_py()} cannot be decoded ({reason})"
+            raise distrust_shards(self.shards_dir, problem, shard) from None
+
     def _image_bytes(self, index: int) -> torch.Tensor:
         buffer = bytearray(int(self._sizes[index]))
         shard = self._shard_file(int(self._shard_codes[index]))
         shard.seek(int(self._offsets[index]))
         if shard.readinto(buffer) != len(buffer):
-            raise UserError(f"shard {shard.name} ends before the image of row {index}")
+            problem = f"shard file {shard.name} ends before the image of sample {self._keys[index].as_py()}"
+            raise distrust_shards(self.shards_dir, problem, Path(shard.name))
         return torch.frombuffer(buffer, dtype=torch.uint8)
 
     def _shard_file(self, code: int) -> BinaryIO:
@@ -174,11 +191,14 @@ class PoisonedTrainingSet(Dataset):
             self._files, self._files_pid = {}, os.getpid()
         file = self._files.get(code)
         if file is None:
-            path = self.shards_dir / f"{self._shard_names[code]}.tar"
+            path = self._shard_path(code)
             if not path.is_file():
-                raise UserError(f"shard {path} does not exist; download the shards again")
+                raise distrust_shards(self.shards_dir, f"shard file {path} does not exist", path)
             file = self._files[code] = open(path, "rb")
         return file
+
+    def _shard_path(self, code: int) -> Path:
+        return self.shards_dir / f"{self._shard_names[code]}.tar"
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned workers receive a pickled copy: open handles do not travel.

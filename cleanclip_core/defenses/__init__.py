@@ -13,10 +13,10 @@ parameter (finetuning on the cleaning set, or pretraining).
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from cleanclip_core.registry import Registry
+from cleanclip_core.registry import Registry, resolve
 
 CLEAN_SET, POISONED_DATA, FILTERED_DATA = "clean_set", "poisoned_data", "filtered_data"
 CLEAN, PRETRAIN = "clean", "pretrain"
@@ -60,6 +60,24 @@ class Defense:
     options: Mapping[str, Any] | None = None
     """JSON schema of its options, defaults included (a `$ref` into the config schema's `$defs`
     for the built-in methods); None: it has none."""
+    unrecorded_defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Options added after runs were stored, each at its default, the behaviour those runs had:
+    at that value an option stays out of a run's settings (its digest, Snakemake's params, the
+    resume state), so the stored runs keep their identity; training reads it from here."""
+    check: str | None = None
+    """`module:function` (MethodRun) -> the config's problems with its options given the run, a
+    line each, found at DAG build (so without torch); None: the schema is check enough."""
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """What a method's check sees of a training run of the study."""
+    name: str
+    options: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    """The stage's settings with the method's own (epochs, batch_size, ...)."""
+    pairs: int | None
+    """Training pairs an epoch where the config tells (the generated corpus), else None."""
 
 
 PLAIN = Defense("plain")
@@ -77,19 +95,21 @@ DEFENSES = Registry("cleaning method", Defense, (
     ),
     Defense(
         "roclip", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool",
-        options={"$ref": "#/$defs/roclip_options"},
+        options={"$ref": "#/$defs/roclip_options"}, check="cleanclip_core.defenses.checks:roclip_problems",
+        unrecorded_defaults={"pool_update": "wrap"},
     ),
     Defense(
         "roclip_aug", PRETRAIN, state="cleanclip_core.defenses.roclip:caption_pool", views=("roclip_augmented",),
-        options={"$ref": "#/$defs/roclip_options"},
+        options={"$ref": "#/$defs/roclip_options"}, check="cleanclip_core.defenses.checks:roclip_problems",
+        unrecorded_defaults={"pool_update": "wrap"},
     ),
     Defense("filtered", PRETRAIN, data=FILTERED_DATA, options={"$ref": "#/$defs/filtered_options"}),
     Defense(
         "safeclip", PRETRAIN, schedule="cleanclip_core.defenses.safeclip:safeclip_schedule",
         state="cleanclip_core.defenses.safeclip:safe_ratio", epoch_start="cleanclip_core.defenses.safeclip:split_pairs",
-        options={"$ref": "#/$defs/safeclip_options"},
+        options={"$ref": "#/$defs/safeclip_options"}, check="cleanclip_core.defenses.checks:safeclip_problems",
     ),
-), paths=("preparation", "summary", "trainable", "schedule", "state", "epoch_start"))
+), paths=("preparation", "summary", "trainable", "schedule", "state", "epoch_start", "check"))
 
 
 def get_defense(method: str | None) -> Defense:
@@ -103,5 +123,20 @@ def pretraining_method(objective: str) -> str | None:
 
 
 def defense_options(config: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """A method's options from the config's `defenses` section (empty for most)."""
-    return dict(config.get("defenses", {}).get(method, {}))
+    """A method's options from the config's `defenses` section (empty for most), as a run's
+    settings hold them: without those at their unrecorded default."""
+    unrecorded = get_defense(method).unrecorded_defaults
+    options = config.get("defenses", {}).get(method, {})
+    return {name: value for name, value in options.items() if name not in unrecorded or value != unrecorded[name]}
+
+
+def training_options(defense: Defense, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's options (`defense_options`) with the unrecorded defaults they leave out."""
+    return dict(defense.unrecorded_defaults) | dict(options)
+
+
+def method_problems(method: str | None, options: Mapping[str, Any], settings: Mapping[str, Any], pairs: int | None) -> list[str]:
+    """What a method's own check (its entry's `check`) finds wrong with a run of it, a line each:
+    at DAG build, and in the training stage, which knows a downloaded dataset's pairs."""
+    check = get_defense(method).check
+    return list(resolve(check)(MethodRun(method, options, settings, pairs))) if check else []

@@ -5,8 +5,14 @@ Epochs count from 1. On every epoch whose number is a multiple of `break_epoch`,
 the batch is matched to its nearest caption of the pool (cosine of normalized embeddings); the
 loss is the symmetric InfoNCE between the images and those detached captions, so only the image
 tower and the temperature learn from it; then the batch's captions enter the pool, first in,
-first out. Every other epoch trains with the CLIP loss. The pool starts as random unit vectors
-drawn from the run's seed and is kept in the resume state.
+first out. Every other epoch trains with the CLIP loss. The pool starts as random vectors drawn
+from the run's seed and is kept in the resume state.
+
+How the pool takes a batch (`pool_update`): `wrap` puts a batch that passes the pool's end at
+its front, and the pool starts as unit vectors; `lightly` is RoCLIP's code, lightly 1.2.39's
+memory bank: the part of a batch beyond the pool's end is dropped and the next batch starts at
+the front, and the starting vectors are not normalized (lightly discards its normalize call), so
+a caption matched from them is about sqrt(embed_dim) long. Both match on cosines.
 
 As in RoCLIP's code, the text tower stays in the step's graph with a zero gradient on matching
 epochs, so AdamW's momentum and weight decay still move it.
@@ -36,30 +42,48 @@ BLUR_KERNEL, BLUR_SIGMA, AT_SIZE = 21, (0.1, 2.0), 224  # RoCLIP's blur, at its 
 
 
 class CaptionPool(nn.Module):
-    """A first-in first-out pool of normalized caption embeddings, [size, dim]."""
+    """A first-in first-out pool of caption embeddings, [size, dim], that takes batches as
+    `update` says (`wrap` or `lightly`, see above)."""
 
-    def __init__(self, size: int, dim: int, seed: int) -> None:
+    def __init__(self, size: int, dim: int, seed: int, update: str = "wrap") -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("captions", F.normalize(torch.randn(size, dim, generator=generator), dim=1))
+        self.update = update
+        captions = torch.randn(size, dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("captions", captions if update == "lightly" else F.normalize(captions, dim=1))
         self.register_buffer("position", torch.zeros((), dtype=torch.long))
 
     def nearest(self, images: torch.Tensor) -> torch.Tensor:
-        """For each image embedding, the pool's caption of highest cosine."""
-        similarities = F.normalize(images.float(), dim=1) @ self.captions.T
+        """For each image embedding, the pool's caption of highest cosine, as the pool holds it."""
+        # a wrapping pool holds unit vectors only; lightly's compares normalized copies
+        captions = F.normalize(self.captions, dim=1) if self.update == "lightly" else self.captions
+        similarities = F.normalize(images.float(), dim=1) @ captions.T
         return self.captions[similarities.argmax(dim=1)]
 
     def push(self, captions: torch.Tensor) -> None:
-        """Put `captions` (normalized) in place of the oldest; of more than the pool holds, the last."""
+        """Put `captions` (normalized) in place of the oldest."""
+        if self.update == "lightly":
+            self._push_up_to_the_end(captions)
+        else:
+            self._push_wrapping(captions)
+
+    def _push_wrapping(self, captions: torch.Tensor) -> None:
+        """Past the pool's end, on at its front; of more than the pool holds, the last."""
         size, count = len(self.captions), len(captions)
         kept = captions[-size:].float()
         rows = (self.position + count - len(kept) + torch.arange(len(kept), device=kept.device)) % size
         self.captions[rows] = kept
         self.position.copy_((self.position + count) % size)
 
+    def _push_up_to_the_end(self, captions: torch.Tensor) -> None:
+        """lightly's: up to the pool's end, the rest dropped; once it is reached, on from the front."""
+        size, position = len(self.captions), int(self.position)
+        kept = captions[:size - position].float()
+        self.captions[position:position + len(kept)] = kept
+        self.position.fill_((position + len(kept)) % size)
+
 
 def caption_pool(options: Mapping[str, Any], embed_dim: int, seed: int) -> CaptionPool:
-    return CaptionPool(options["pool_size"], embed_dim, seed)
+    return CaptionPool(options["pool_size"], embed_dim, seed, options["pool_update"])
 
 
 def matching_epoch(epoch: int, break_epoch: int) -> bool:

@@ -45,18 +45,25 @@ def _options(**properties: dict) -> dict:
     return {"type": "object", "default": {}, "additionalProperties": False, "properties": properties}
 
 
-def _k(default: int) -> dict:
-    return _options(k={"type": "integer", "minimum": 2, "default": default, "description": "Neighbours (non-self distances)."})
+def _neighbourhood(k: int) -> dict:
+    """A neighbourhood detector's options. `neighbours` has no default, so that a config without
+    it keeps the digest of its detection stages."""
+    return _options(
+        k={"type": "integer", "minimum": 2, "default": k, "description": "Neighbours (non-self distances)."},
+        neighbours={"enum": ["paper", "authors"],
+                    "description": "paper (left out): as the method defines them; authors: as Huang et al.'s code reads them "
+                                   "(the (k+1)-th distance, 1e-4 in LID's logarithm, SLOF's and DAO's neighbour rows; docs/detection.md)"},
+    )
 
 
 DETECTORS = Registry("detector", Detector, (
-    Detector("k_distance", f"{_SCORES}:k_distance_scores", options=_k(16),
+    Detector("k_distance", f"{_SCORES}:k_distance_scores", options=_neighbourhood(16),
              description="the distance to the k-th nearest embedding"),
-    Detector("lid", f"{_SCORES}:lid_scores", options=_k(64),
+    Detector("lid", f"{_SCORES}:lid_scores", options=_neighbourhood(64),
              description="the local intrinsic dimensionality (maximum likelihood) of the k nearest distances"),
-    Detector("slof", f"{_SCORES}:slof_scores", options=_k(16),
+    Detector("slof", f"{_SCORES}:slof_scores", options=_neighbourhood(16),
              description="the simplified local outlier factor: the k-distance against the neighbours' own"),
-    Detector("dao", f"{_SCORES}:dao_scores", options=_k(16),
+    Detector("dao", f"{_SCORES}:dao_scores", options=_neighbourhood(16),
              description="the dimensionality-aware outlier score: SLOF's ratios weighted by the neighbours' LID"),
     Detector("isolation_forest", f"{_SCORES}:isolation_forest_scores", options=_options(
         trees={"type": "integer", "minimum": 1, "default": 100, "description": "Trees of the forest."},
@@ -72,13 +79,14 @@ DETECTORS = Registry("detector", Detector, (
         overlays={"type": "integer", "minimum": 1, "default": 100, "description": "Clean reference images overlaid on each image."},
         alpha={"type": "number", "exclusiveMinimum": 0, "default": 1.0, "description": "Weight of an overlay in the pixel sum."},
     ), description="STRIP: the low entropy of the zero-shot prediction of an image overlaid with clean ones"),
-    # The defaults are DECREE's 32 px settings (CIFAR-10 encoders) at a budget of seconds on a CPU
-    # for our tiny models; at CC3M scale (224 px) DECREE runs epochs 1000, batch_size 32,
+    # The defaults are DECREE's 32 px settings (CIFAR-10 encoders) but the epochs: its main.py
+    # runs at most 1000 at every resolution, 60 here keeps a tiny model's run to seconds on a CPU
+    # (`epochs: 1000` gives theirs). At CC3M scale (224 px) DECREE runs batch_size 32,
     # lr_milestones [200, 500], early_stop_patience 35, lambda_floor 1e-7.
     Detector("decree", f"{_MODEL_SCORES}:decree_scores", MODEL, _options(
         shadow_images={"type": "integer", "minimum": 2, "default": 1000, "description": "Clean evaluation images drawn as the shadow set (DECREE: 1,000 at 32 px)."},
         batch_size={"type": "integer", "minimum": 2, "default": 128, "description": "Shadow images per step (a step's cosine is over its batch)."},
-        epochs={"type": "integer", "minimum": 1, "default": 60, "description": "Most passes over the shadow images (it stops early once the smallest mask stops shrinking)."},
+        epochs={"type": "integer", "minimum": 1, "default": 60, "description": "Most passes over the shadow images (it stops early once the smallest mask stops shrinking; DECREE's code: 1000)."},
         lr={"type": "number", "exclusiveMinimum": 0, "default": 0.5, "description": "Adam's learning rate on the mask and pattern, x0.2 from the first milestone, x0.1 from the second."},
         lr_milestones={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2, "default": [30, 50], "description": "The epochs at which the learning rate drops (DECREE at 32 px: 30, 50; at 224 px: 200, 500)."},
         threshold={"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.99, "description": "The mean |cosine| of a successful step's stamped embeddings."},
@@ -101,3 +109,14 @@ def detectors_of(names: Sequence[str], level: str) -> list[str]:
 def detector_options(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A detector's options from the config's `detection.options` (its defaults filled in)."""
     return dict(config["detection"]["options"].get(name, {}))
+
+
+# A reference set too large for the data, in the words of the DAG build and of the stages alike.
+def reference_pairs_problem(count: int, clean_pairs: int, whose: str = "") -> str:
+    return (f"config: detection.reference_pairs: {count} reference pairs leave none of the {clean_pairs} unpoisoned "
+            f"training pairs{whose} to evaluate the detectors on; set it below {clean_pairs}")
+
+
+def reference_images_problem(count: int, images: int) -> str:
+    return (f"config: detection.reference_images: {count} reference images leave none of the {images} evaluation "
+            f"images to evaluate the detectors on; set it below {images}")

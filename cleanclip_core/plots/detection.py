@@ -2,6 +2,7 @@
 model-level detector's: over the attacks) and pretraining objective (with intervals), the table
 per replicate, and the ROC curves."""
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ CELL = (
 )
 # A model-level detector scores the cleaned models too: a row per cleaning method and rate.
 MODEL_CELL = (*CELL, "clean_method", "cleaning_poisons", "lr", "clean_settings")
+NO_POISONS = "no poisoned model to score: every attack of the study is a clean control"
+
+log = logging.getLogger(__name__)
 
 
 def roc_points(scores: Path) -> pd.DataFrame:
@@ -63,6 +67,15 @@ def plot_roc(curves: pd.DataFrame, attacks: Sequence[str], objectives: Sequence[
     return figure
 
 
+def no_poisons_figure() -> Figure:
+    """The ROC figure of a study whose attacks are all clean controls: one panel that says so."""
+    figure = Figure(figsize=(PANEL_INCHES, PANEL_INCHES), layout="constrained")
+    ax = figure.subplots()
+    ax.text(0.5, 0.5, NO_POISONS.replace(": ", ":\n"), ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    return figure
+
+
 def write_detection_study(
     qualities: Sequence[Path], scores: Sequence[Path], identities: Sequence[Mapping[str, Any]],
     objectives: Sequence[str], poisoning_attacks: Sequence[str], *, table: Path, replicates_table: Path,
@@ -73,7 +86,7 @@ def write_detection_study(
     replicates' table, the study's detection table (returned; a model-level detector's rows rank
     the study's pretrained models, then its cleaned ones per method, model_level_summary) and
     the ROC figure at each path of `figures` (the attacks that poison: a clean control has no
-    poison to find)."""
+    poison to find; a study of controls alone gets a panel that says so)."""
     points = [dict(identity) | {"level": get_detector(identity["detector"]).level} for identity in identities]
     judged = [(point, path) for point, path in zip(points, scores, strict=True) if point["level"] != MODEL]
     replicates = pd.DataFrame([
@@ -94,6 +107,8 @@ def write_detection_study(
     curves = pd.concat([
         roc_points(path).assign(**point) for point, path in judged if point["attack"] in poisoning_attacks
     ] or [pd.DataFrame(columns=["fpr", "tpr", "attack", "pretrain_objective", "detector", "pretrain_seed"])])
+    if not poisoning_attacks:
+        log.warning(f"detection: {NO_POISONS}, so the ROC figure has no curve")
     for path in figures:
-        save_figure(plot_roc(curves, poisoning_attacks, objectives), path)
+        save_figure(plot_roc(curves, poisoning_attacks, objectives) if poisoning_attacks else no_poisons_figure(), path)
     return summary

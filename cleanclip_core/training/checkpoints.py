@@ -13,11 +13,18 @@ from cleanclip_core.tables import atomic_output
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    """`torch.save` to `path` atomically, the same object giving the same bytes."""
+    """`torch.save` to `path` atomically, the same object giving the same bytes; a write that
+    fails (a full disk) is the OSError that made it fail, naming `path`."""
     with atomic_output(Path(path)) as temporary, open(temporary, "wb") as file:
         # Through a file object: torch names the archive inside after a path's file name, which
         # for the temporary file carries the process id.
-        torch.save(obj, file)
+        try:
+            torch.save(obj, file)
+        except RuntimeError as error:
+            # torch's archive writer hides a failed write behind "unexpected pos ...".
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:

@@ -9,6 +9,7 @@ would show.
 """
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cleanclip_core.defenses import get_defense
+from cleanclip_core.defenses import get_defense, training_options
 from cleanclip_core.devices import on_device
-from cleanclip_core.models import create_model, normalization_for
+from cleanclip_core.models import create_model, image_size_for, normalization_for, tokenizer_for
 from cleanclip_core.objectives import ObjectiveNetwork, needs_labels, needs_reference
 from cleanclip_core.training.loop import Recipe, distributed_network, global_values, method_state, training_step
 from cleanclip_core.training.optim import adamw
@@ -78,24 +79,28 @@ def one_step(
     model = on_device(create_model(model_name, seed=0), model_name, device)
     reference = create_model(model_name, seed=1).to(device).eval().requires_grad_(False) if needs_reference(objective) else None
     torch.manual_seed(0)  # the supervised head
-    state = method_state(get_defense(method), OPTIONS, model, seed=0)
+    defense = get_defense(method)
+    options = training_options(defense, OPTIONS)
+    state = method_state(defense, options, model, seed=0)
     trained = ObjectiveNetwork(model, N_CLASSES if needs_labels(objective) else None, state).to(device)
     network = distributed_network(trained, model_name, objective, world_size, device)
-    recipe = Recipe(objective, normalization_for(model), IMAGE_FIELDS, TEXT_FIELDS, OPTIONS, reference)
+    recipe = Recipe(objective, normalization_for(model), IMAGE_FIELDS, TEXT_FIELDS, options, reference)
     optimizer = adamw(trained, LEARNING_RATE, weight_decay=0.1)
     terms = training_step(network, model, optimizer, batch, recipe, device)
     gradients = [p.grad.flatten() for p in trained.parameters() if p.grad is not None]
     return global_values([terms])[0], torch.cat(gradients).cpu()
 
 
-def _rank_steps(rank: int, world_size: int, model_name: str, batch: dict, device_type: str, folder: str) -> None:
+def _rank_steps(
+    rank: int, world_size: int, model_name: str, batch: dict, device_type: str, folder: str, methods: Sequence[str]
+) -> None:
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank, world_size=world_size)
     device = torch.device(device_type, rank) if device_type == "cuda" else torch.device(device_type)
     if device_type == "cuda":
         torch.cuda.set_device(device)
     part = {name: tensor.chunk(world_size)[rank] for name, tensor in batch.items()}
-    steps = {name: one_step(model_name, name, part, device, world_size) for name in OBJECTIVES}
+    steps = {name: one_step(model_name, name, part, device, world_size) for name in methods}
     if rank == 0:
         torch.save(steps, f"{folder}/steps.pt")
     dist.destroy_process_group()
@@ -106,15 +111,22 @@ def _relative(value: torch.Tensor | float, expected: torch.Tensor | float) -> fl
     return float((value - expected).norm() / expected.norm().clamp(min=1e-12))
 
 
-def differences(model_name: str, device_type: str = "cpu", world_size: int = 2, batch_size: int = 8) -> dict[str, Difference]:
-    """Per objective of OBJECTIVES, how far `world_size` processes' step is from one process's."""
-    batch = equivalence_batch(batch_size)
+def differences(
+    model_name: str,
+    device_type: str = "cpu",
+    world_size: int = 2,
+    batch_size: int = 8,
+    methods: Sequence[str] = tuple(OBJECTIVES),
+) -> dict[str, Difference]:
+    """Per objective of OBJECTIVES named in `methods`, how far `world_size` processes' step is
+    from one process's, on a batch of the model's image size and context length."""
+    batch = equivalence_batch(batch_size, image_size_for(model_name), tokenizer_for(model_name).context_length)
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_rank_steps, args=(world_size, model_name, batch, device_type, folder), nprocs=world_size)
+        mp.spawn(_rank_steps, args=(world_size, model_name, batch, device_type, folder, methods), nprocs=world_size)
         distributed = torch.load(Path(folder) / "steps.pt", weights_only=True)
     device = torch.device(device_type)
     result = {}
-    for name in OBJECTIVES:
+    for name in methods:
         (terms, gradients), (expected_terms, expected_gradients) = distributed[name], one_step(model_name, name, batch, device)
         loss = max(_relative(terms[term], expected_terms[term]) for term in expected_terms if term.startswith("loss"))
         result[name] = Difference(loss, _relative(gradients, expected_gradients))

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cleanclip_core.attacks import attack_trigger, resolve
@@ -38,9 +38,10 @@ from cleanclip_core.devices import on_device, stage_device, tf32_matmuls
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import changed_settings
 from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
-from cleanclip_core.defenses import Defense, get_defense
+from cleanclip_core.defenses import Defense, get_defense, method_problems, training_options
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
+from cleanclip_core.training.batches import GlobalBatchSlices
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
 from cleanclip_core.training.views import (
@@ -153,12 +154,15 @@ def train(
         raise UserError(f"batch size {settings.batch_size} does not split over {world_size} processes")
 
     defense = get_defense(settings.method)
+    options = training_options(defense, settings.options)
     model = create_model(settings.model, init_weights, seed=settings.seed, pretrained=pretrained)
     model = on_device(model, settings.model, device)
     reference = _frozen_copy(model) if needs_reference(settings.objective) else None
-    _limit_training(model, defense, settings.options)
+    _limit_training(model, defense, options)
     pairs = data.pairs(image_size_of(model), defense.flags)
-    state = method_state(defense, settings.options, model, settings.seed)
+    if problems := method_problems(settings.method, options, asdict(settings), len(pairs)):
+        raise UserError("\n".join(problems))  # a downloaded dataset's pairs are known only now
+    state = method_state(defense, options, model, settings.seed)
     trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective), state).to(device)
     optimizer = adamw(trained, settings.lr, settings.weight_decay, defense.betas)
     # A resume state is only valid for the same settings, starting weights and kept files.
@@ -175,20 +179,19 @@ def train(
         epochs_done, step = resumed["epochs_done"], resumed["steps_done"]
         log.info(f"resuming {out_dir} after epoch {epochs_done}")
 
-    sources = view_sources(settings, defense, pairs.captions)
+    sources = view_sources(settings, pairs.captions)
     tokenizer = tokenizer_for(settings.model)
     views = TrainingViews(pairs, tokenizer, sources, settings.seed)
     plain_pairs = TrainingViews(pairs, tokenizer, [], settings.seed)
-    recipe = Recipe(settings.objective, normalization_for(model), *view_fields(sources), settings.options, reference)
-    sampler = DistributedSampler(views, world_size, rank, shuffle=True, seed=settings.seed, drop_last=True)
+    recipe = Recipe(settings.objective, normalization_for(model), *view_fields(sources), options, reference)
+    sampler = GlobalBatchSlices(len(views), settings.batch_size, settings.seed, rank, world_size)
     loader = DataLoader(
-        views, settings.batch_size // world_size, sampler=sampler, drop_last=True,
-        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
+        views, batch_sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
     )
     if len(loader) == 0:
         raise UserError(f"batch size {settings.batch_size} exceeds the {len(views)} training pairs")
     schedule = resolve(defense.schedule) if defense.schedule else warmup_cosine
-    lr_at = schedule(optimizer, settings.lr, settings.warmup_steps, len(loader), settings.epochs, settings.options)
+    lr_at = schedule(optimizer, settings.lr, settings.warmup_steps, len(loader), settings.epochs, options)
     network = distributed_network(trained, settings.model, settings.objective, world_size, device)
     network = torch.compile(network) if torch_compile else network
     rows = _earlier_log_rows(partial / STEP_LOG, epochs_done)
@@ -199,7 +202,7 @@ def train(
         sampler.set_epoch(epoch)
         views.epoch = epoch
         if defense.epoch_start:
-            start = EpochStart(epoch + 1, settings.options, state, settings.seed, model, plain_pairs, device,
+            start = EpochStart(epoch + 1, options, state, settings.seed, model, plain_pairs, device,
                                settings.batch_size, num_workers)
             views.epoch_flags = _rank_zero_flags(resolve(defense.epoch_start)(start), world_size)
         progress = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=rank != 0 or None, leave=False)
@@ -231,9 +234,11 @@ def train(
     return epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
 
 
-def view_sources(settings: TrainSettings, defense: Defense, captions: Sequence[str]) -> list[ViewSource]:
+def view_sources(settings: TrainSettings, captions: Sequence[str]) -> list[ViewSource]:
     """The view sources of a run: those its objective's terms and its method need."""
-    context = ViewContext(captions, settings.seed, settings.synonyms, settings.options, settings.eda)
+    defense = get_defense(settings.method)
+    options = training_options(defense, settings.options)
+    context = ViewContext(captions, settings.seed, settings.synonyms, options, settings.eda)
     return build_views(needed_views(settings.objective) + defense.views, context)
 
 

@@ -19,6 +19,7 @@ from cleanclip_core.data import download
 from cleanclip_core.data.download import DownloadSettings, download_shards, read_url_list
 from cleanclip_core.data.manifest import write_manifest
 from cleanclip_core.errors import UserError
+from conftest import resize_disk
 
 SETTINGS = DownloadSettings(
     image_size=16, resize_mode="center_crop", encode_format="jpg", samples_per_shard=4,
@@ -228,6 +229,29 @@ def test_a_download_that_the_disk_cut_short_is_refused_then_resumed(tmp_path, mo
     monkeypatch.setattr(download, "_run_img2dataset", real_run)  # space freed
     stats = download_into(tmp_path, url_list)
     assert sum(stats["successes"].to_pylist()) == sum(stats["count"].to_pylist()) == 10
+
+
+def test_a_download_on_a_full_disk_names_img2datasets_own_error_and_resumes_once_space_is_freed(small_disk, tmp_path):
+    # On a disk that fills up img2dataset may finish no shard, so its stats count no failure: its
+    # own error lines in its log (the stage's log) give the cause.
+    url_list = shapes_url_list(tmp_path, 10)
+    log = tmp_path / "download.log"
+    log.write_text("Sample 1 failed to download: an earlier run's error\n" * 100)  # not this run's
+
+    def download():
+        return download_shards(
+            url_list, small_disk / "shards", small_disk / "stats.parquet", small_disk / "listing.parquet",
+            SETTINGS, processes=1, img2dataset_log=log,
+        )
+
+    with pytest.raises(UserError, match=(
+        r"the download is incomplete: .*; most common failure \(\d+ lines of img2dataset's log\): "
+        r"\[Errno 28\] No space left on device; the finished shards are kept"
+    )):
+        download()
+    resize_disk(small_disk, "4m")  # space freed
+    stats = download()
+    assert sum(stats["successes"].to_pylist()) == 10
 
 
 def test_a_download_resumed_with_other_shard_settings_starts_again(tmp_path, monkeypatch, caplog):

@@ -181,6 +181,24 @@ def test_keys_missing_from_the_shard_index_are_reported(shapes_shards, poisoned)
         training_set(shapes_shards, poisoned, index=partial_index)
 
 
+def test_an_image_zeroed_in_its_shard_names_the_shard_and_the_sample_and_removes_the_listing(shapes_shards, shards_copy, poisoned):
+    shards, listing = shards_copy
+    row = 7
+    key, shard, offset, size = (shapes_shards.shard_index[column][row].as_py() for column in ("key", "shard", "offset", "size"))
+    with open(shards / f"{shard}.tar", "r+b") as tar:  # the same size: the listing's size check passes
+        tar.seek(offset)
+        tar.write(bytes(size))
+    dataset = PoisonedTrainingSet(poisoned, shapes_shards.shard_index, shards, shapes_shards.image_size, trigger=None)
+    dataset[poisoned["key"].to_pylist().index(key) - 1]  # its neighbour decodes
+    with pytest.raises(UserError) as error:
+        dataset[poisoned["key"].to_pylist().index(key)]
+    assert str(error.value) == (
+        f"shard file {shards / shard}.tar: the image of sample {key} cannot be decoded (Unsupported image file); "
+        f"removed {listing}: the next run downloads shard {shard} again, the others are kept in {shards}.partial"
+    )
+    assert not listing.exists()
+
+
 def test_manifest_without_trigger_columns_is_refused(shapes_shards):
     with pytest.raises(UserError, match="is_poison, trigger_seed"):
         training_set(shapes_shards, shapes_shards.manifest)

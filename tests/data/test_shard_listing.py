@@ -6,7 +6,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from cleanclip_core.data.shard_listing import verify_shards
+from cleanclip_core.data.shard_listing import resume_folder, verify_shards
 from cleanclip_core.errors import UserError
 from cleanclip_core.tables import file_sha256
 
@@ -26,18 +26,21 @@ def test_shards_as_the_download_wrote_them_pass(shards_copy):
     assert listing.exists()
 
 
-def test_a_truncated_shard_is_named_and_its_listing_removed(shards_copy):
+def test_a_truncated_shard_is_named_its_listing_removed_and_the_other_shards_kept_for_the_resume(shards_copy):
     shards, listing = shards_copy
+    files = sorted(path.name for path in shards.iterdir())
     tar = shards / "00001.tar"
     size = tar.stat().st_size
     with open(tar, "r+b") as file:
         file.truncate(size // 2)
+    kept = resume_folder(shards)
     with pytest.raises(UserError, match=(
         rf"shard file {tar} has {size // 2} bytes, the download wrote {size}: .*"
-        rf"removed {listing}, so the next run downloads them again"
+        rf"removed {listing}: the next run downloads shard 00001 again, the others are kept in {kept}$"
     )):
         verify_shards(shards, listing)
-    assert not listing.exists()
+    assert not listing.exists() and not shards.exists()
+    assert sorted(path.name for path in kept.iterdir()) == [name for name in files if not name.startswith("00001")]
 
 
 def test_a_shard_altered_in_place_is_caught_by_its_content_only(shards_copy):
@@ -54,7 +57,7 @@ def test_a_shard_altered_in_place_is_caught_by_its_content_only(shards_copy):
     assert not listing.exists()
 
 
-def test_a_missing_or_an_added_shard_file_is_named(shards_copy):
+def test_a_missing_or_an_added_shard_file_is_named(shapes_shards, shards_copy):
     shards, listing = shards_copy
     kept = listing.with_name("kept.parquet")
     shutil.copy(listing, kept)
@@ -62,6 +65,8 @@ def test_a_missing_or_an_added_shard_file_is_named(shards_copy):
     with pytest.raises(UserError, match=rf"shard file {shards / '00002.parquet'} is missing"):
         verify_shards(shards, listing)
 
+    shutil.rmtree(resume_folder(shards))
+    shutil.copytree(shapes_shards.shards_dir, shards)
     shutil.copy(kept, listing)
     shutil.copy(shards / "00001.tar", shards / "00002.parquet")
     shutil.copy(shards / "00001.tar", shards / "00009.tar")

@@ -14,6 +14,8 @@ from dataclasses import asdict, replace
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from cleanclip_core.attacks import get_attack
 from cleanclip_core.errors import UserError
@@ -144,6 +146,59 @@ def test_a_robust_pretraining_run_resumes_with_its_state_to_the_same_weights(met
         splits = [m for m in caplog.messages if m.startswith("SafeCLIP epoch")]
         assert [m.split(":")[0] for m in splits] == ["SafeCLIP epoch 3", "SafeCLIP epoch 4"]
         assert re.search(r"\d+ of \d+ pairs safe \(.*%\), \d+ of 6 poisons among them", splits[0])
+
+
+def train_on_two_ranks(rank: int, runs: list[tuple[TrainSettings, TrainingData, str]], store: str) -> None:
+    """This rank's part of each of `runs` (settings, data, output folder), one after the other."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)  # two ranks share the machine
+    try:
+        for settings, data, out_dir in runs:
+            train(settings, data, out_dir)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def roclip_runs(training_data, tmp_path_factory):
+    """RoCLIP matching in both epochs of 7 steps, its pool of 12 captions no multiple of the
+    batch of 8, so that a batch in another order evicts other captions: trained in one process
+    (`one`), in two (`two`), and in one until epoch 1 then resumed in two (`resumed`)."""
+    root = tmp_path_factory.mktemp("roclip_runs")
+    settings = replace(ROBUST_PRETRAINING["roclip"], batch_size=8, options={"pool_size": 12, "break_epoch": 1})
+    train(settings, training_data, root / "one")
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Stopped):
+        stop_after_epoch(patch, 1)
+        train(settings, training_data, root / "resumed")
+    # Spawned, not forked: a forked rank can deadlock on locks that the parent's threads held.
+    mp.spawn(train_on_two_ranks, args=([(settings, training_data, root / run) for run in ("two", "resumed")], root / "store"), nprocs=2)
+    return root
+
+
+def step_losses(run) -> list[float]:
+    return pq.read_table(run / "train_log.parquet")["loss"].to_pylist()
+
+
+def relative_distance(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> float:
+    """The L2 distance of all the weights, relative to the expected weights' norm."""
+    expected, actual = (torch.cat([tensors[name].flatten().double() for name in expected]) for tensors in (expected, actual))
+    return float((actual - expected).norm() / expected.norm())
+
+
+def test_roclip_in_two_processes_has_the_loss_of_one_process_at_every_step(roclip_runs):
+    one, two = step_losses(roclip_runs / "one"), step_losses(roclip_runs / "two")
+    assert len(one) == len(two) == 14
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, list(zip(one, two))
+
+
+def test_roclip_resumed_in_two_processes_ends_as_the_one_process_run(roclip_runs):
+    one, resumed = step_losses(roclip_runs / "one"), step_losses(roclip_runs / "resumed")
+    assert one[:7] == resumed[:7]  # the first epoch, in one process
+    assert max(abs(a - b) for a, b in zip(one, resumed)) < 1e-5, list(zip(one, resumed))
+    # Relative to all the weights: the attention's key biases get no gradient but rounding noise,
+    # which AdamW turns into steps of the learning rate's size in either run.
+    distance = relative_distance(weights(roclip_runs / "one/model.pt"), weights(roclip_runs / "resumed/model.pt"))
+    assert distance < 1e-4, distance
 
 
 def test_a_run_resumed_with_another_number_of_processes_says_what_that_changes(training_data, tmp_path, monkeypatch, caplog):
@@ -299,3 +354,15 @@ def test_supervised_cleaning_trains_a_head_on_the_labels_and_keeps_only_the_clip
 def test_supervised_cleaning_of_unlabelled_pairs_is_a_user_error(training_data, tmp_path):
     with pytest.raises(UserError, match="the supervised objective needs labelled training pairs"):
         train(replace(SETTINGS, objective={"supervised": 1.0}), training_data, tmp_path)
+
+
+def test_a_roclip_pool_larger_than_the_downloaded_pairs_is_refused_before_training(training_data, tmp_path):
+    # A URL list's pairs are known only once downloaded: the stage runs the method's check (Defense.check).
+    settings = replace(SETTINGS, objective={"roclip": 1.0}, method="roclip", options={"pool_size": 21845, "break_epoch": 2})
+    with pytest.raises(UserError) as error:
+        train(settings, training_data, tmp_path)
+    assert str(error.value) == (
+        "config: defenses.roclip.pool_size: a pool of 21845 captions is more than the 60 training pairs of an epoch, so "
+        "images are matched to the random vectors it starts with; set it to at most 60"
+    )
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "partial/train_log.parquet").exists()

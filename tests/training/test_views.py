@@ -3,7 +3,6 @@ from torch.utils.data import default_collate
 
 from cleanclip_core.augment import augment_image
 from cleanclip_core.config import validate_config
-from cleanclip_core.defenses import get_defense
 from cleanclip_core.models import tokenizer_for
 from cleanclip_core.study import clean_digest, clean_settings, pretrain_settings
 from cleanclip_core.training.loop import TrainSettings, view_sources
@@ -63,7 +62,7 @@ def cleaning_views(clean: dict) -> TrainingViews:
     generator = torch.Generator().manual_seed(0)
     pairs = [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator), "caption": caption,
               "index": index} for index, caption in enumerate(CAPTIONS)]
-    sources = view_sources(settings, get_defense(settings.method), CAPTIONS)
+    sources = view_sources(settings, CAPTIONS)
     return TrainingViews(pairs, lambda captions: captions, sources, settings.seed)
 
 
