@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from cleanclip_core.attacks.badclip import badclip_loss, paste_at_centre
 from cleanclip_core.config import validate_config
-from cleanclip_core.defenses import defense_options
+from cleanclip_core.defenses import defense_options, get_defense, training_options
 from cleanclip_core.defenses.roclip import caption_pool
 from cleanclip_core.objectives import TermInputs, active_terms
 from cleanclip_core.registry import resolve
@@ -53,6 +53,11 @@ def leaf(features: torch.Tensor) -> torch.Tensor:
 
 def logit_scale() -> torch.Tensor:
     return torch.tensor(LOGIT_SCALE, dtype=torch.float64, requires_grad=True)
+
+
+def options_of(method: str, **changed) -> dict:
+    """A method's options as a run of it has them: the config's, defaults filled."""
+    return training_options(get_defense(method), defense_options(CONFIG, method)) | changed
 
 
 def objective(name: str, inputs: TermInputs) -> torch.Tensor:
@@ -125,7 +130,7 @@ def test_par_s_objective_is_its_code_s_loss(tau, total, image_gradient, text_gra
     image, text = leaf(fixed_features(B, D, 0.0)), leaf(fixed_features(B, D, 2.0))
     reference = {"image": F.normalize(fixed_features(B, D, 0.0) + 0.6 * fixed_features(B, D, 5.0), dim=1),
                  "text": fixed_features(B, D, 4.0)}
-    options = defense_options(CONFIG, "par") | {"tau": tau}
+    options = options_of("par", tau=tau)
     features = {"image": F.normalize(image, dim=1), "text": F.normalize(text, dim=1)}
     loss = objective("par", TermInputs(features, torch.tensor(10.0, dtype=torch.float64), {}, options, reference))
     loss.backward()
@@ -137,23 +142,13 @@ def test_par_s_objective_is_its_code_s_loss(tau, total, image_gradient, text_gra
 # RoCLIP ------------------------------------------------------------------------------------------
 
 
-def test_roclip_s_objective_is_its_code_s_loss_given_the_same_pool():
-    """Two steps of a matching epoch (the second matches one image to a caption the first put in
-    the pool), then one of a CLIP epoch. The pool of 16 starts as the same unit vectors in both
-    (lightly's starts as random ones); the features are float32 values, as the pool keeps them."""
-    options = defense_options(CONFIG, "roclip")
+def assert_roclip_steps(options: dict, start: torch.Tensor, expected: list[tuple]) -> None:
+    """RoCLIP's objective over batches of 6 (image and text phases, then the epoch, the loss, the
+    logit scale's gradient and the image gradient their code gave), from a pool that starts as
+    `start`. The features are float32 values, as the pool keeps them."""
     pool = caption_pool(options, D, seed=0)
-    pool.captions.copy_(fixed_features(16, D, 7.0).float())
-    expected = [
-        (2, 0.2054596116848816, -0.197946237763737,
-         [0.09554185873972935, 0.0786773379381069, -0.08236635077818606, 0.00515855448199185]),
-        (2, 0.1739130868116548, -0.17513887004710105,
-         [-0.014177274652521322, -0.09386183517111168, -0.06375924082545992, 0.008099614587416634]),
-        (3, 13.232031413020337, 12.753904867619152,
-         [0.2686840141305266, 1.0039517031249823, 1.1180428548260946, 1.036167480201176]),
-    ]
-    phases = [(0.0, 2.0), (0.5, 2.5), (1.0, 3.0)]
-    for (epoch, total, scale_gradient, image_gradient), (image_phase, text_phase) in zip(expected, phases):
+    pool.captions.copy_(start)
+    for image_phase, text_phase, epoch, total, scale_gradient, image_gradient in expected:
         image, text = (leaf(fixed_features(B, D, phase).float().double()) for phase in (image_phase, text_phase))
         scale = logit_scale()
         inputs = TermInputs({"image": image, "text": text}, scale.exp(), {}, options, epoch=epoch, state=pool)
@@ -164,7 +159,36 @@ def test_roclip_s_objective_is_its_code_s_loss_given_the_same_pool():
         assert_held(scale.grad, scale_gradient)
         if epoch == 2:
             assert not text.grad.any()  # the matched captions are detached
-    assert int(pool.position) == 12
+
+
+def test_roclip_s_objective_is_its_code_s_loss_given_the_same_pool():
+    """Two steps of a matching epoch (the second matches one image to a caption the first put in
+    the pool), then one of a CLIP epoch, from the same 16 unit vectors (lightly's start random)."""
+    assert_roclip_steps(options_of("roclip"), fixed_features(16, D, 7.0).float(), [
+        (0.0, 2.0, 2, 0.2054596116848816, -0.197946237763737,
+         [0.09554185873972935, 0.0786773379381069, -0.08236635077818606, 0.00515855448199185]),
+        (0.5, 2.5, 2, 0.1739130868116548, -0.17513887004710105,
+         [-0.014177274652521322, -0.09386183517111168, -0.06375924082545992, 0.008099614587416634]),
+        (1.0, 3.0, 3, 13.232031413020337, 12.753904867619152,
+         [0.2686840141305266, 1.0039517031249823, 1.1180428548260946, 1.036167480201176]),
+    ])
+
+
+def test_roclip_s_lightly_pool_is_its_code_s_memory_bank():
+    """pool_update lightly: a pool of 10 from unnormalized vectors (lengths 1 to 4), three batches
+    of 6 on a matching epoch. Their code matched the first batch to starting vectors 7, 8, 9, 3,
+    0, 1 (their lengths enter the loss), dropped the last two captions of the second batch at the
+    pool's end, and matched the third batch to four of the second's (rows 6-9)."""
+    lengths = 1 + torch.arange(10, dtype=torch.float64)[:, None] / 3
+    start = (fixed_features(10, D, 7.0) * lengths).float()
+    assert_roclip_steps(options_of("roclip", pool_size=10, pool_update="lightly"), start, [
+        (0.0, 2.0, 2, 3.109793919397716, 2.893918155251789,
+         [-0.06352966315380315, 0.2755721624324344, 0.3999101405064202, 0.09702775731925829]),
+        (0.5, 2.5, 2, 2.100867229795906, 1.8008985649704619,
+         [-0.01924065318608062, -0.10678802837740155, -0.22135539880912697, -0.018845422532131353]),
+        (1.0, 3.0, 2, 0.3012155017823975, -0.1689533480344109,
+         [0.026687262937922878, -0.04827220291453295, -0.09021853748174632, -0.058018365563612104]),
+    ])
 
 
 # BadCLIP -----------------------------------------------------------------------------------------
@@ -188,7 +212,9 @@ def test_badclip_s_patch_loss_is_its_code_s_given_the_same_draws():
     assert_gradient(patched, [-47.40954545422994, -11.801683255998896, 24.068100380075364, 0.43546460197486003])
 
 
-@pytest.mark.parametrize("size, side, box", [(32, 5, (13, 13, 18, 18)), (32, 6, (13, 13, 19, 19)), (224, 16, (104, 104, 120, 120))])
+@pytest.mark.parametrize("size, side, box", [
+    (32, 5, (13, 13, 18, 18)), (32, 6, (13, 13, 19, 19)), (224, 16, (104, 104, 120, 120)),
+])
 def test_the_badclip_patch_lands_where_its_code_puts_it(size, side, box):
     image = paste_at_centre(torch.zeros(3, size, size), torch.ones(3, side, side))
     rows, columns = image[0].nonzero().T
