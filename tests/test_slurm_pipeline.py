@@ -21,6 +21,7 @@ import yaml
 
 from cleanclip_core.launch import Queued, StageResources, run_stages, squeue
 from cleanclip_core.results import query
+from cleanclip_core.training.finished import PARTIAL
 from slurm.fixture import slurm_cluster  # noqa: F401  (pytest fixture)
 from workflow import ROOT, attack_folder
 
@@ -226,7 +227,7 @@ def ended(job_id: str, timeout_s: float = 180) -> None:
 
 def run_outputs(workdir: Path) -> dict[str, bytes]:
     """The pretraining run's files (its folder relative to the working directory) and their bytes."""
-    (step_log,) = (workdir / "results/runs").rglob("train_log.parquet")
+    (step_log,) = [path for path in (workdir / "results/runs").rglob("train_log.parquet") if path.parent.name != PARTIAL]
     return {str(path.relative_to(workdir)): path.read_bytes() for path in step_log.parent.glob("*.*")}
 
 

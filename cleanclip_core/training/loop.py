@@ -160,7 +160,7 @@ def train(
     final = epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
     if _finished_earlier(partial, run_settings, rank):
         if rank == 0:
-            log.info(f"{out_dir}: finished earlier with these settings; publishing its files kept in {partial}, no epoch trained")
+            log.info(f"{out_dir}: finished earlier with these settings; publishing the files kept in {PARTIAL}/, no epoch trained")
             _publish(partial, out_dir, run_settings)
         return final
     model = on_device(model, settings.model, device)

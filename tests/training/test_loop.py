@@ -203,7 +203,7 @@ def test_a_finished_run_whose_outputs_were_deleted_publishes_them_again_without_
         patch.setattr(loop, "training_step", None)  # a step would fail
         assert train(one_epoch, training_data, run, keep_every_epoch=True) == run / "epoch_001.pt"
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == published
-    assert f"{run}: finished earlier with these settings; publishing its files kept in {run / PARTIAL}, no epoch trained" in caplog.messages
+    assert f"{run}: finished earlier with these settings; publishing the files kept in {PARTIAL}/, no epoch trained" in caplog.messages
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=loop.__name__):
