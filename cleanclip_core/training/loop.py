@@ -448,11 +448,13 @@ def _finished_earlier(partial: Path, run_settings: dict[str, Any], rank: int) ->
     """Whether `partial` holds the files of a run with these settings that finished; a finished run
     under other settings is discarded with the rest of `partial` (by _resume_state)."""
     record = load_resume_state(partial / FINISHED)
-    if record is None or record["settings"] == run_settings:
-        return record is not None
-    if rank == 0:
-        log.warning(f"discarding the finished run in {partial}: {changed_settings(record['settings'], run_settings)} changed")
-    return False
+    if record is None:
+        return False
+    if record["settings"] != run_settings:
+        if rank == 0:
+            log.warning(f"discarding the finished run in {partial}: {changed_settings(record['settings'], run_settings)} changed")
+        return False
+    return True
 
 
 def _earlier_log_rows(path: Path, epochs_done: int) -> list[dict]:
