@@ -11,7 +11,9 @@ stages that run at once (Snakemake's `--resources gpu=N`) each lease a GPU of th
 
 The launch folder keeps, per job name, the ids of the jobs last submitted and a digest of their
 calls: a caller that was killed and started again with the same calls waits for those jobs while
-they are still queued or running, instead of submitting them twice.
+they are still queued or running, instead of submitting them twice. A training job that finished
+while its caller was away kept its files: submitted again, it only publishes them
+(training/finished.py).
 """
 
 import argparse
@@ -39,6 +41,7 @@ import submitit
 from cleanclip_core.data.shard_listing import verify_shards
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import reported_step
+from cleanclip_core.training.finished import release_finished_runs
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +382,11 @@ def run_stages(
 
 def launch_from_snakemake(job: Any, folder: Path = Path("results/launch")) -> dict[str, Any]:
     """run_stages' launch arguments for a Snakemake job: the mode and resources its profile set
-    (resources `launcher`, default debug, and those of StageResources), a name per job."""
+    (resources `launcher`, default debug, and those of StageResources), a name per job.
+
+    Snakemake starts a job once it has taken the job's inputs: the training runs that wrote them
+    no longer need the state they kept for a rerun (training/finished.py), which is released here."""
+    release_finished_runs(job.input)
     resources = dict(job.resources.items())
     name = "-".join([job.rule, *(str(value) for value in job.wildcards)])
     return {

@@ -3,6 +3,7 @@ test_slurm_pipeline)."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +14,7 @@ from cleanclip_core.launch import (
     VANISHED_GRACE_S,
     Queued,
     StageResources,
+    launch_from_snakemake,
     lease_device,
     next_query_at,
     not_listed_since,
@@ -20,6 +22,7 @@ from cleanclip_core.launch import (
     squeue,
 )
 from cleanclip_core.results import config_hash
+from cleanclip_core.training.finished import FINISHED, PARTIAL, RESUME_STATE
 
 STAGE = "cleanclip_core.results:config_hash"
 CALLS = [{"settings": {"lr": 0.001}}, {"settings": {"lr": 0.003}}]
@@ -135,3 +138,16 @@ def test_a_local_one_gpu_stage_sees_the_callers_gpus_to_lease_one(tmp_path, monk
     assert run_stages("os:getenv", getenv, **launch, name="shown") == ["2,3"]  # submitit would show "0"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert run_stages("os:getenv", getenv, **launch, name="all") == [None]
+
+
+def test_a_snakemake_job_releases_the_finished_runs_whose_outputs_it_reads(tmp_path):
+    """Snakemake took those outputs before it started the job; a run in progress keeps its state."""
+    finished_run, running = tmp_path / "finished", tmp_path / "running"
+    for run, state in ((finished_run, FINISHED), (running, RESUME_STATE)):
+        (run / PARTIAL).mkdir(parents=True)
+        (run / PARTIAL / state).touch()
+        (run / "model.pt").touch()
+    job = SimpleNamespace(rule="evaluate", wildcards=[], resources={}, input=[str(finished_run / "model.pt"), str(running / "model.pt")])
+    assert launch_from_snakemake(job)["name"] == "evaluate"
+    assert not (finished_run / PARTIAL).exists()
+    assert (running / PARTIAL / RESUME_STATE).is_file()

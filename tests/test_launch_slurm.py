@@ -1,4 +1,4 @@
-"""The launch layer on the real one-node SLURM cluster of tests/slurm: a caller waiting through an
+"""The launch layer on the real SLURM cluster of tests/slurm: a caller waiting through an
 outage of slurmctld, a restarted caller attaching to the job of a killed one, and how often a
 waiting caller asks squeue. The stage is `subprocess.check_output` of a shell `sleep`: a function
 the job can import, which takes keyword arguments and returns what the shell printed."""

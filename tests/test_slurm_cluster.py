@@ -1,4 +1,4 @@
-"""submitit jobs on the real one-node SLURM cluster started by tests/slurm/start_cluster.sh."""
+"""submitit jobs on the real SLURM cluster started by tests/slurm/start_cluster.sh."""
 
 import json
 import os

@@ -1,9 +1,12 @@
-"""The pipeline on a real one-node SLURM cluster: the smoke study through profiles/slurm, a
-requeued training job, and Snakemake killed while a job runs."""
+"""The pipeline on a real SLURM cluster of two nodes: the smoke study through profiles/slurm, a
+requeued training job, a training job on both nodes, Snakemake killed or interrupted while a job
+runs."""
 
 import copy
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +19,9 @@ import pytest
 import torch
 import yaml
 
-from cleanclip_core.launch import StageResources, run_stages
+from cleanclip_core.launch import Queued, StageResources, run_stages, squeue
 from cleanclip_core.results import query
+from cleanclip_core.training.finished import PARTIAL
 from slurm.fixture import slurm_cluster  # noqa: F401  (pytest fixture)
 from workflow import ROOT, attack_folder
 
@@ -29,6 +33,7 @@ DATABASE = "results/studies/smoke/results.duckdb"
 GPU_STAGES = ("pretrain", "clean", "evaluate_pretrained", "evaluate_cleaned", "embed_training")
 # profiles/slurm asks for GPUs; the test cluster has 2 CPUs and no GPU.
 TEST_NODE_RESOURCES = {"gpus_per_node": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
+TRAINING = "cleanclip_core.training.loop:run_training"
 
 
 def slurm_snakemake(workdir: Path, partition: str, config: dict = SMOKE, *args: str, pretrain_processes: int = 1) -> subprocess.Popen:
@@ -45,8 +50,12 @@ def slurm_snakemake(workdir: Path, partition: str, config: dict = SMOKE, *args: 
         "--default-resources", "launcher='slurm'", f"slurm_partition='{partition}'",
         "--set-resources", *set_resources, *args,
     ]
-    # A session of its own: a test can kill Snakemake with all its job processes.
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A session of its own: a test can kill Snakemake with all its job processes. SIGINT's
+    # default action: a background job of a non-interactive shell (CI's) ignores SIGINT.
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def finished(process: subprocess.Popen, timeout_s: float = 600) -> str:
@@ -98,6 +107,12 @@ def training_call(tmp_path: Path, smoke_data: Path, epochs: int) -> dict:
     }
 
 
+def torchrun_training(call: dict) -> None:
+    """The training stage in two local processes, through torchrun."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cleanclip_core.launch"]
+    subprocess.run([*torchrun, TRAINING, json.dumps(call)], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory) -> Path:
     """The smoke corpus downloaded and poisoned (run locally)."""
@@ -113,15 +128,13 @@ def smoke_data(tmp_path_factory) -> Path:
 
 def test_a_requeued_two_task_training_job_resumes_and_ends_as_an_uninterrupted_torchrun_run(slurm_cluster, smoke_data, tmp_path):
     epochs = 30  # about 30 s: the requeue lands in the middle
-    straight = training_call(tmp_path / "straight", smoke_data, epochs)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cleanclip_core.launch"]
-    subprocess.run([*torchrun, "cleanclip_core.training.loop:run_training", json.dumps(straight)], check=True, capture_output=True)
+    torchrun_training(training_call(tmp_path / "straight", smoke_data, epochs))
 
     requeued = training_call(tmp_path / "requeued", smoke_data, epochs)
     resources = StageResources(processes_per_node=2, cpus_per_task=1, mem_mb=2000, runtime=30, slurm_partition=slurm_cluster)
     launch = {"mode": "slurm", "folder": tmp_path / "launch", "resources": resources, "name": "requeued"}
     started = time.monotonic()
-    waiting = threading.Thread(target=run_stages, args=("cleanclip_core.training.loop:run_training", [requeued]), kwargs=launch)
+    waiting = threading.Thread(target=run_stages, args=(TRAINING, [requeued]), kwargs=launch)
     waiting.start()
     resume_state = tmp_path / "requeued/run/partial/resume.pt"
     deadline = time.monotonic() + 180
@@ -142,6 +155,19 @@ def test_a_requeued_two_task_training_job_resumes_and_ends_as_an_uninterrupted_t
     job_output = "".join(path.read_text() for path in (tmp_path / "launch").glob(f"{job_id}_*_log.*"))
     assert "resuming" in job_output and "after epoch" in job_output
     assert (tmp_path / "launch" / f"{job_id}_1_log.out").is_file(), "the job's second task did not run"
+
+
+def test_a_two_node_training_job_ends_as_a_torchrun_run_of_two_processes(slurm_cluster, smoke_data, tmp_path):
+    epochs = 3
+    torchrun_training(training_call(tmp_path / "local", smoke_data, epochs))
+    resources = StageResources(nodes=2, processes_per_node=1, cpus_per_task=1, mem_mb=2000, runtime=30, slurm_partition=slurm_cluster)
+    launch = {"mode": "slurm", "folder": tmp_path / "launch", "resources": resources, "name": "two_nodes"}
+    run_stages(TRAINING, [training_call(tmp_path / "two_nodes", smoke_data, epochs)], **launch)
+
+    job_id = (tmp_path / "launch/two_nodes.job_id").read_text().split()[1]
+    job_output = "".join(path.read_text() for path in (tmp_path / "launch").glob(f"{job_id}_*_log.*"))
+    assert "node=0(2)" in job_output and "node=1(2)" in job_output, job_output[-3000:]
+    assert (tmp_path / "two_nodes/run/model.pt").read_bytes() == (tmp_path / "local/run/model.pt").read_bytes()
 
 
 def test_killing_snakemake_while_a_job_runs_then_rerunning_finishes_cleanly(slurm_cluster, tmp_path):
@@ -165,3 +191,79 @@ def test_killing_snakemake_while_a_job_runs_then_rerunning_finishes_cleanly(slur
     assert leftovers == []
     wide = query(tmp_path / DATABASE, "SELECT * FROM metrics_wide").to_pandas()
     assert not wide.duplicated(["run_id", "epoch"]).any()
+
+
+def one_pretraining(epochs: int) -> dict:
+    """The smoke config narrowed to one pretraining (MMCL) of `epochs` epochs."""
+    config = copy.deepcopy(SMOKE)
+    config["study"]["pretrain_objectives"] = ["mmcl"]
+    config["pretrain"]["epochs"] = epochs
+    return config
+
+
+@pytest.fixture
+def prepared(smoke_data, tmp_path) -> Path:
+    """A working directory holding the smoke corpus downloaded and poisoned, with Snakemake's
+    records of it: the pipeline starts at the pretraining."""
+    shutil.copytree(smoke_data, tmp_path, dirs_exist_ok=True, symlinks=True)
+    return tmp_path
+
+
+def pretraining_job(workdir: Path) -> str:
+    """The SLURM job last submitted for the pretraining, once there is one."""
+    deadline = time.monotonic() + 120
+    while not (records := slurm_job_ids(workdir, "pretrain")):
+        assert time.monotonic() < deadline, "no pretraining job submitted in 120 s"
+        time.sleep(0.2)
+    return records[0].split()[0]
+
+
+def ended(job_id: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while squeue(job_id) is not Queued.NO:
+        assert time.monotonic() < deadline, f"SLURM job {job_id} still queued or running after {timeout_s} s"
+        time.sleep(0.5)
+
+
+def run_outputs(workdir: Path) -> dict[str, bytes]:
+    """The pretraining run's files (its folder relative to the working directory) and their bytes."""
+    (step_log,) = [path for path in (workdir / "results/runs").rglob("train_log.parquet") if path.parent.name != PARTIAL]
+    return {str(path.relative_to(workdir)): path.read_bytes() for path in step_log.parent.glob("*.*")}
+
+
+def trained_epochs(workdir: Path, job_id: str) -> list[str]:
+    """The epoch lines in the logs of a SLURM job of the pretraining."""
+    logs = "".join(path.read_text() for path in (workdir / "results/launch/pretrain").glob(f"{job_id}_*_log.*"))
+    return re.findall(r"epoch \d+/\d+ \(.*", logs)
+
+
+def test_a_pretraining_that_finished_while_snakemake_was_dead_is_not_trained_again(slurm_cluster, prepared):
+    config = one_pretraining(epochs=2)
+    first = slurm_snakemake(prepared, slurm_cluster, config, "--until", "pretrain")
+    job_id = pretraining_job(prepared)
+    os.killpg(first.pid, signal.SIGKILL)  # as a lost login session: Snakemake and its jobs die
+    first.communicate(timeout=60)
+    ended(job_id)
+    published = run_outputs(prepared)
+
+    finished(slurm_snakemake(prepared, slurm_cluster, config, "--unlock"))
+    finished(slurm_snakemake(prepared, slurm_cluster, config, "--until", "pretrain"))
+    rerun = pretraining_job(prepared)
+    assert trained_epochs(prepared, rerun) == [], "the rerun trained the finished run again"
+    assert run_outputs(prepared) == published
+
+
+def test_a_pretraining_that_finished_after_snakemake_was_interrupted_is_not_trained_again(slurm_cluster, prepared):
+    config = one_pretraining(epochs=2)
+    first = slurm_snakemake(prepared, slurm_cluster, config, "--until", "pretrain")
+    job_id = pretraining_job(prepared)
+    os.kill(first.pid, signal.SIGINT)  # Snakemake alone: it waits for the job, then marks its outputs incomplete
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode != 0 and "Terminating processes on user request" in stderr, stderr[-3000:]
+    assert trained_epochs(prepared, job_id), "the job did not train"
+    published = run_outputs(prepared)
+
+    finished(slurm_snakemake(prepared, slurm_cluster, config, "--until", "pretrain"))
+    rerun = pretraining_job(prepared)
+    assert trained_epochs(prepared, rerun) == [], "the rerun trained the finished run again"
+    assert run_outputs(prepared) == published

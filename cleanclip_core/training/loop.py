@@ -8,7 +8,9 @@ execution. A step uses fused AdamW and, for a ResNet image tower, channels-last 
 and on a CPU; on CUDA it runs in bf16 autocast with TF32 matmuls too.
 Until the run ends, everything it writes stays in `partial/` under its output folder: a
 workflow manager that deletes the outputs of an interrupted job before rerunning it deletes
-nothing the resumed run needs.
+nothing the resumed run needs. A finished run keeps its files there (hard links) with a record of
+its settings until a job reads its outputs (training/finished.py): a rerun whose outputs were
+deleted before Snakemake took them publishes them again without training.
 """
 
 import copy
@@ -42,7 +44,8 @@ from cleanclip_core.defenses import Defense, get_defense, method_problems, train
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
 from cleanclip_core.training.batches import GlobalBatchSlices
-from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_weights
+from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_torch, save_weights
+from cleanclip_core.training.finished import FINISHED, PARTIAL, RESUME_STATE
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
 from cleanclip_core.training.views import (
     TrainingViews, ViewContext, ViewSource, build_views, collate_views, view_fields,
@@ -50,8 +53,6 @@ from cleanclip_core.training.views import (
 
 log = logging.getLogger(__name__)
 
-PARTIAL = "partial"
-RESUME_STATE = "resume.pt"
 LOG_EVERY_STEPS = 20
 STEP_LOG = "train_log.parquet"
 BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
@@ -156,6 +157,18 @@ def train(
     defense = get_defense(settings.method)
     options = training_options(defense, settings.options)
     model = create_model(settings.model, init_weights, seed=settings.seed, pretrained=pretrained)
+    # A resume state or finished run is only valid for the same settings, starting weights and kept files.
+    run_settings = asdict(settings) | {
+        "init_weights": init_weights and files_sha256([init_weights]),
+        "pretrained": pretrained,
+        "keep_every_epoch": keep_every_epoch,
+    }
+    final = epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
+    if _finished_earlier(partial, run_settings, rank):
+        if rank == 0:
+            log.info(f"{out_dir}: finished earlier with these settings; publishing the files kept in {PARTIAL}/, no epoch trained")
+            _publish(partial, out_dir, run_settings)
+        return final
     model = on_device(model, settings.model, device)
     reference = _frozen_copy(model) if needs_reference(settings.objective) else None
     _limit_training(model, defense, options)
@@ -165,12 +178,6 @@ def train(
     state = method_state(defense, options, model, settings.seed)
     trained = ObjectiveNetwork(model, _n_classes(pairs, settings.objective), state).to(device)
     optimizer = adamw(trained, settings.lr, settings.weight_decay, defense.betas)
-    # A resume state is only valid for the same settings, starting weights and kept files.
-    run_settings = asdict(settings) | {
-        "init_weights": init_weights and files_sha256([init_weights]),
-        "pretrained": pretrained,
-        "keep_every_epoch": keep_every_epoch,
-    }
     resumed = _resume_state(partial, run_settings, rank, world_size)
     epochs_done, step = 0, 0
     if resumed is not None:
@@ -230,8 +237,8 @@ def train(
             os.link(epoch_weights(partial, settings.epochs), partial / "model.pt")
         else:
             save_weights(partial / "model.pt", model)
-        _publish(partial, out_dir)
-    return epoch_weights(out_dir, settings.epochs) if keep_every_epoch else out_dir / "model.pt"
+        _publish(partial, out_dir, run_settings)
+    return final
 
 
 def view_sources(settings: TrainSettings, captions: Sequence[str]) -> list[ViewSource]:
@@ -437,16 +444,31 @@ def _end_epoch(folder, trained, optimizer, rows, epochs_done, steps_done, settin
     )
 
 
-def _publish(partial: Path, out_dir: Path) -> None:
-    """Link the finished run's files from `partial` into `out_dir`, then remove `partial`.
+def _publish(partial: Path, out_dir: Path, run_settings: dict[str, Any]) -> None:
+    """Link the finished run's files from `partial` into `out_dir`, keeping them in `partial` with
+    the record of the run's settings in place of its resume state.
 
     The resume state goes last: a run killed while publishing publishes again when restarted.
     """
     for path in sorted(partial.iterdir()):
-        if path.name != RESUME_STATE:
+        if path.name not in (RESUME_STATE, FINISHED):
             with atomic_output(out_dir / path.name) as temporary:
                 os.link(path, temporary)
-    shutil.rmtree(partial)
+    save_torch({"settings": run_settings}, partial / FINISHED)
+    (partial / RESUME_STATE).unlink(missing_ok=True)
+
+
+def _finished_earlier(partial: Path, run_settings: dict[str, Any], rank: int) -> bool:
+    """Whether `partial` holds the files of a run with these settings that finished; a finished run
+    under other settings is discarded with the rest of `partial` (by _resume_state)."""
+    record = load_resume_state(partial / FINISHED)
+    if record is None:
+        return False
+    if record["settings"] != run_settings:
+        if rank == 0:
+            log.warning(f"discarding the finished run in {partial}: {changed_settings(record['settings'], run_settings)} changed")
+        return False
+    return True
 
 
 def _earlier_log_rows(path: Path, epochs_done: int) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Session fixture for tests that need a real SLURM cluster (see start_cluster.sh)."""
+"""Session fixture for tests that need a real SLURM cluster of two nodes (see start_cluster.sh)."""
 
 import os
 import shutil
@@ -13,7 +13,7 @@ PARTITION = "debug"
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
-    """Starts the one-node cluster (installing SLURM if needed) and returns its partition."""
+    """Starts the two-node cluster (installing SLURM if needed) and returns its partition."""
     if os.geteuid() != 0 and shutil.which("sinfo") is None:
         pytest.skip("SLURM is not installed and installing it needs root")
     run = subprocess.run(["bash", str(START_SCRIPT)], capture_output=True, text=True, timeout=600)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Stop the daemons started by start_cluster.sh (slurmd, then slurmctld); munged keeps running.
+# Stop the daemons started by start_cluster.sh (every slurmd, then slurmctld); munged keeps running.
 set -euo pipefail
 
 stop_daemon() {
-    local name=$1 pidfile=/run/$1.pid pid
+    local name=$1 pidfile=$2 pid
     [[ -f $pidfile ]] || return 0
     pid=$(cat "$pidfile")
     rm -f "$pidfile"
@@ -17,5 +17,8 @@ stop_daemon() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
-stop_daemon slurmd
-stop_daemon slurmctld
+# slurmd.pid: the one slurmd of the one-node cluster that start_cluster.sh started before
+for pidfile in /run/slurmd-*.pid /run/slurmd.pid; do
+    stop_daemon slurmd "$pidfile"
+done
+stop_daemon slurmctld /run/slurmctld.pid

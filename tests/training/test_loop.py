@@ -25,7 +25,8 @@ from cleanclip_core.objectives import ObjectiveNetwork
 from cleanclip_core.poison import poison_manifest
 from cleanclip_core.training import loop
 from cleanclip_core.training.checkpoints import load_resume_state, save_weights
-from cleanclip_core.training.loop import PARTIAL, RESUME_STATE, Recipe, TrainingData, TrainSettings, train, training_step
+from cleanclip_core.training.finished import FINISHED, PARTIAL, RESUME_STATE
+from cleanclip_core.training.loop import Recipe, TrainingData, TrainSettings, train, training_step
 from cleanclip_core.training.optim import adamw
 
 ATTACK = {
@@ -84,7 +85,7 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_same_weights(training_data, tm
     assert_same_weights(weights(tmp_path / "straight/model.pt"), weights(tmp_path / "killed/model.pt"))
     losses = [pq.read_table(tmp_path / run / "train_log.parquet")["loss"] for run in ("straight", "killed")]
     assert losses[0].equals(losses[1])
-    assert not (tmp_path / "killed" / PARTIAL).exists()
+    assert not (tmp_path / "killed" / PARTIAL / RESUME_STATE).exists()
 
 
 class Stopped(Exception):
@@ -236,12 +237,34 @@ def test_a_partial_run_under_other_settings_is_discarded_with_a_warning(training
 
     with caplog.at_level(logging.WARNING, logger=loop.__name__):
         train(replace(earlier, lr=2e-3, epochs=1), training_data, tmp_path, keep_every_epoch=True)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_001.pt", "model.pt", "train_log.parquet"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_001.pt", "model.pt", PARTIAL, "train_log.parquet"]
     log = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
     assert list(log.step) == list(range(15)) and set(log.epoch) == {1}
     assert log.lr.max() == pytest.approx(2e-3)
     [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert warning.message == f"discarding the partial run in {tmp_path / PARTIAL}: epochs 3→1, lr 0.001→0.002 changed"
+
+
+def test_a_finished_run_whose_outputs_were_deleted_publishes_them_again_without_training(training_data, tmp_path, monkeypatch, caplog):
+    """As Snakemake reruns a job it did not take (it was killed or interrupted while the job ran):
+    it deletes the outputs first. Under other settings, the finished run is discarded."""
+    one_epoch, run = replace(SETTINGS, epochs=1), tmp_path / "run"
+    train(one_epoch, training_data, run, keep_every_epoch=True)
+    published = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert sorted(path.name for path in (run / PARTIAL).iterdir()) == ["epoch_001.pt", FINISHED, "model.pt", "train_log.parquet"]
+    for name in published:
+        (run / name).unlink()
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger=loop.__name__):
+        patch.setattr(loop, "training_step", None)  # a step would fail
+        assert train(one_epoch, training_data, run, keep_every_epoch=True) == run / "epoch_001.pt"
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == published
+    assert f"{run}: finished earlier with these settings; publishing the files kept in {PARTIAL}/, no epoch trained" in caplog.messages
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        train(replace(one_epoch, lr=2e-3), training_data, run, keep_every_epoch=True)
+    assert caplog.messages[0] == f"discarding the finished run in {run / PARTIAL}: lr 0.001→0.002 changed"
+    assert any(": epoch 1/1 " in message for message in caplog.messages)
 
 
 @pytest.mark.parametrize("start", ["init_weights", "pretrained"])
