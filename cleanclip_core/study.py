@@ -170,12 +170,18 @@ def study_name(config: Mapping[str, Any]) -> str:
 
 
 TRAIN_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "synonyms")
+UNLESS_DEFAULT = {"eda": "per_epoch"}
+"""Training settings added after studies were run: a run's settings (and so its digests) name
+one only where it differs from this default, so the studies run before it keep their folders."""
 
 
 def _train_settings(config: Mapping[str, Any], stage: str, objective: str, overrides: Mapping[str, Any]) -> dict:
     """The experiment settings of a training run (cleanclip_core.training.loop.TrainSettings):
     the stage's settings, overridden per objective or method (a cleaning run's lr is its own)."""
-    settings = {key: config[stage][key] for key in TRAIN_SETTINGS if key in config[stage]} | dict(overrides)
+    settings = {key: config[stage][key] for key in TRAIN_SETTINGS if key in config[stage]}
+    settings |= {key: config[stage][key] for key, default in UNLESS_DEFAULT.items()
+                 if config[stage].get(key, default) != default}
+    settings |= overrides
     return {"model": config["study"]["model"], "objective": config["objectives"][objective]} | settings
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,9 @@ from cleanclip_core.training.batches import GlobalBatchSlices
 from cleanclip_core.training.checkpoints import load_resume_state, save_resume_state, save_torch, save_weights
 from cleanclip_core.training.finished import FINISHED, PARTIAL, RESUME_STATE
 from cleanclip_core.training.optim import adamw, clamp_logit_scale, warmup_cosine
-from cleanclip_core.training.views import TrainingViews, ViewContext, build_views, collate_views, view_fields
+from cleanclip_core.training.views import (
+    TrainingViews, ViewContext, ViewSource, build_views, collate_views, view_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class TrainSettings:
     """The cleaning method (a key of cleanclip_core.defenses' registry, or None: plain training)."""
     options: dict[str, Any] = field(default_factory=dict)
     """The method's options (the config's `defenses` section)."""
+    eda: str = "per_epoch"
+    """When each caption's EDA view is drawn: `per_epoch` or `once` (CleanCLIP's code)."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +186,7 @@ def train(
         epochs_done, step = resumed["epochs_done"], resumed["steps_done"]
         log.info(f"resuming {out_dir} after epoch {epochs_done}")
 
-    context = ViewContext(pairs.captions, settings.seed, settings.synonyms, options)
-    sources = build_views(needed_views(settings.objective) + defense.views, context)
+    sources = view_sources(settings, pairs.captions)
     tokenizer = tokenizer_for(settings.model)
     views = TrainingViews(pairs, tokenizer, sources, settings.seed)
     plain_pairs = TrainingViews(pairs, tokenizer, [], settings.seed)
@@ -236,6 +239,14 @@ def train(
             save_weights(partial / "model.pt", model)
         _publish(partial, out_dir, run_settings)
     return final
+
+
+def view_sources(settings: TrainSettings, captions: Sequence[str]) -> list[ViewSource]:
+    """The view sources of a run: those its objective's terms and its method need."""
+    defense = get_defense(settings.method)
+    options = training_options(defense, settings.options)
+    context = ViewContext(captions, settings.seed, settings.synonyms, options, settings.eda)
+    return build_views(needed_views(settings.objective) + defense.views, context)
 
 
 def run_training(

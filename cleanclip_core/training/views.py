@@ -36,12 +36,14 @@ def sample_seed(seed: int, index: int) -> int:
 @dataclass(frozen=True)
 class ViewContext:
     """What a view source may depend on: the run's captions (one per pair, in order) and seed,
-    its lexical resource (`synonyms`: wordnet or corpus) and the defense's options."""
+    its lexical resource (`synonyms`: wordnet or corpus), the defense's options and when the
+    EDA views of captions are drawn (`eda`: per_epoch or once)."""
 
     captions: Sequence[str]
     seed: int
     synonyms: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    eda: str = "per_epoch"
 
 
 class ViewSource(Protocol):
@@ -54,21 +56,24 @@ class ViewSource(Protocol):
 
 @dataclass(frozen=True)
 class AugmentedViews:
-    """CleanCLIP's in-modal views: AutoAugment of the image, EDA of the caption."""
+    """CleanCLIP's in-modal views: AutoAugment of the image, drawn every epoch, and EDA of the
+    caption, drawn every epoch or, `eda_once`, once for the run (the first epoch's), as
+    CleanCLIP's code draws them when it loads the data."""
 
     synonyms: Callable[[str], Any]
+    eda_once: bool = False
     image_fields: tuple[str, ...] = ("augmented_image",)
     text_fields: tuple[str, ...] = ("augmented_text",)
 
     def __call__(self, pair: Mapping[str, Any], seed: int, epoch: int) -> dict[str, Any]:
         return {
             "augmented_image": augment_image(pair["image"], sample_seed(seed, epoch)),
-            "augmented_text": augment_caption(pair["caption"], seed, epoch, self.synonyms),
+            "augmented_text": augment_caption(pair["caption"], seed, 0 if self.eda_once else epoch, self.synonyms),
         }
 
 
 def augmented_views(context: ViewContext) -> AugmentedViews:
-    return AugmentedViews(synonym_source(context.synonyms))
+    return AugmentedViews(synonym_source(context.synonyms), eda_once=context.eda == "once")
 
 
 def build_views(names: tuple[str, ...], context: ViewContext) -> list[ViewSource]:
