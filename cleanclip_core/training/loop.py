@@ -156,7 +156,6 @@ def train(
 
     defense = get_defense(settings.method)
     options = training_options(defense, settings.options)
-    model = create_model(settings.model, init_weights, seed=settings.seed, pretrained=pretrained)
     # A resume state or finished run is only valid for the same settings, starting weights and kept files.
     run_settings = asdict(settings) | {
         "init_weights": init_weights and files_sha256([init_weights]),
@@ -169,6 +168,7 @@ def train(
             log.info(f"{out_dir}: finished earlier with these settings; publishing the files kept in {PARTIAL}/, no epoch trained")
             _publish(partial, out_dir, run_settings)
         return final
+    model = create_model(settings.model, init_weights, seed=settings.seed, pretrained=pretrained)
     model = on_device(model, settings.model, device)
     reference = _frozen_copy(model) if needs_reference(settings.objective) else None
     _limit_training(model, defense, options)
