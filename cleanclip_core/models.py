@@ -70,10 +70,15 @@ def check_pretrained(name: str, tag: str) -> None:
         )
 
 
-def load_weights(model: torch.nn.Module, path: Path, name: str = "the model") -> None:
-    """Load a checkpoint file (open_clip's or ours) into `model`, safely (weights only)."""
+def require_checkpoint(path: Path) -> None:
+    """A user error unless the checkpoint file `path` exists."""
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path} does not exist")
+
+
+def load_weights(model: torch.nn.Module, path: Path, name: str = "the model") -> None:
+    """Load a checkpoint file (open_clip's or ours) into `model`, safely (weights only)."""
+    require_checkpoint(path)
     if problem := checkpoint_problem(path):
         raise UserError(f"checkpoint {problem}{_set_aside(path)}")
     try:

@@ -39,7 +39,7 @@ from cleanclip_core.data.loaders import PoisonedTrainingSet
 from cleanclip_core.devices import on_device, stage_device, tf32_matmuls
 from cleanclip_core.errors import UserError
 from cleanclip_core.reporting import changed_settings
-from cleanclip_core.models import create_model, image_size_of, normalization_for, tokenizer_for
+from cleanclip_core.models import create_model, image_size_of, normalization_for, require_checkpoint, tokenizer_for
 from cleanclip_core.defenses import Defense, get_defense, method_problems, training_options
 from cleanclip_core.objectives import ObjectiveNetwork, needed_views, needs_labels, needs_reference, objective_losses
 from cleanclip_core.tables import atomic_output, files_sha256
@@ -156,6 +156,8 @@ def train(
 
     defense = get_defense(settings.method)
     options = training_options(defense, settings.options)
+    if init_weights is not None:
+        require_checkpoint(init_weights)
     # A resume state or finished run is only valid for the same settings, starting weights and kept files.
     run_settings = asdict(settings) | {
         "init_weights": init_weights and files_sha256([init_weights]),
