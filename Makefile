@@ -12,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 PROFILE_HOME := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 
-.PHONY: run test lint benchmarks gpu-check profiles clean
+.PHONY: run test lint benchmarks gpu-check papers-ratio ladder fidelity profiles clean
 
 run: $(VENV)/.synced
 	$(SNAKEMAKE) --profile profiles/local
@@ -33,6 +33,24 @@ benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/poison_manifest.py
 	$(VENV)/bin/python benchmarks/loader.py
 	$(VENV)/bin/python benchmarks/views.py
+
+# The papers' regime (configs/papers_ratio.yaml, about an hour on 2 cores); the scale ladder (its
+# rungs at 6,000, 24,000 and 48,000 pairs, the last for hours, each resumable); the claims table
+# from whichever rungs have run, each claim drawn against the rungs: docs/fidelity.md.
+RATIO := $(SNAKEMAKE) --profile profiles/local --configfile config.yaml configs/papers_ratio.yaml
+RUNGS := 6k=results/studies/papers_ratio_x1 24k=results/studies/papers_ratio 48k=results/studies/papers_ratio_x8
+
+papers-ratio: $(VENV)/.synced
+	$(RATIO)
+
+ladder: $(VENV)/.synced
+	$(RATIO) configs/papers_ratio_x1.yaml
+	$(RATIO)
+	$(RATIO) configs/papers_ratio_x8.yaml
+	$(MAKE) fidelity
+
+fidelity: $(VENV)/.synced
+	$(VENV)/bin/python -m cleanclip_core.fidelity $(RUNGS) --output docs/fidelity.md --figures docs/fidelity
 
 gpu-check: $(VENV)/.synced
 	$(VENV)/bin/python -m benchmarks.gpu_check

@@ -311,7 +311,7 @@ def test_a_dry_run_refuses_a_section_written_twice_in_a_config_file(tmp_path):
 
 
 def robust(pretrain: dict | None = None, **defenses) -> dict:
-    """The default's study (6,000 pairs, 14 epochs) pretrained with RoCLIP too."""
+    """The default's study (6,000 pairs) pretrained for 14 epochs, with RoCLIP too."""
     return {"attacks": {"badnet": {"type": "badnet", "target_label": "star"}}, "clean": SMALL_CLEANING,
             "study": {"pretrain_objectives": ["mmcl", "roclip", "roclip_aug"]},
             "pretrain": {"epochs": 14, "warmup_steps": 100} | (pretrain or {}), "defenses": defenses}

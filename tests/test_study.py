@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cleanclip_core import study
+from cleanclip_core import fidelity, study
 from cleanclip_core.config import validate_config
 from cleanclip_core.detectors import get_detector
 from cleanclip_core.results import IDENTITY_SCHEMA, config_hash, query, run_id
@@ -376,3 +376,16 @@ def test_every_python_snippet_of_the_readme_and_the_docs_runs_on_a_study(smoke_r
     assert len(snippets) >= 5
     for name, snippet in snippets:
         exec(compile(snippet, name, "exec"), {})
+
+
+def test_the_claims_table_reads_the_studys_database_and_detection_table(smoke_run):
+    """Each claim that the smoke study's grid measures gets its rows from the real files; the
+    others say so (its numbers mean nothing: it checks that the tables connect)."""
+    findings = {claim.statement: claim.measure(smoke_run / STUDY_DIR) for claim in fidelity.CLAIMS}
+    planted = findings["The attack plants a backdoor (the precondition of every claim below)"]
+    assert [finding.of for finding in planted] == ["mmcl", "safeclip"]
+    [safeclip] = findings["SafeCLIP pretraining prevents the backdoor"]
+    assert safeclip.of == "badnet" and safeclip.note.startswith("1 pretraining seed;")  # the control's failed by design
+    [dao] = findings["DAO and SLOF find the poisoned pairs at low poisoning rates"]
+    assert dao.of == "dao, badnet" and dao.verdict in fidelity.VERDICT_NAMES
+    assert findings["PAR removes more of the backdoor than CleanCLIP"] == []
