@@ -34,7 +34,7 @@ benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/loader.py
 	$(VENV)/bin/python benchmarks/views.py
 
-# The papers' regime (configs/papers_ratio.yaml, about an hour on 2 cores); the scale ladder (its
+# The papers' regime (configs/papers_ratio.yaml, about 45 minutes on 2 cores); the scale ladder (its
 # rungs at 6,000, 24,000 and 48,000 pairs, the last for hours, each resumable); the claims table
 # from whichever rungs have run, each claim drawn against the rungs: docs/fidelity.md.
 RATIO := $(SNAKEMAKE) --profile profiles/local --configfile config.yaml configs/papers_ratio.yaml

@@ -17,12 +17,12 @@ from matplotlib.figure import Figure
 
 from cleanclip_core.intervals import cell_intervals, paired_difference
 from cleanclip_core.plots.cleaning import save_figure
-from cleanclip_core.results import query
+from cleanclip_core.results import SUMMARY_GROUP, query
 
 VERDICT_NAMES = ("reproduced", "direction only", "not at this scale", "contradicted", "not measured")
 REPRODUCED, DIRECTION, NOT_AT_SCALE, CONTRADICTED, NOT_MEASURED = VERDICT_NAMES
 VERDICTS = (
-    "`reproduced`: our interval excludes no effect, on the paper's side (for a level: reaches the paper's; "
+    "`reproduced`: our interval excludes no effect, on the paper's side (for the planted backdoor: lies above 90%; "
     "for a cost: every replicate cleaned and the interval within 5 points); `direction only`: the mean lies on "
     "the paper's side, the interval includes no effect; `not at this scale`: the mean lies on the other side, the "
     "interval includes no effect; `contradicted`: the interval excludes no effect, on the other side; "
@@ -68,65 +68,71 @@ def _summary(study: Path) -> pd.DataFrame:
     return query(database, "SELECT * FROM study_summary").to_pandas() if database.exists() else pd.DataFrame()
 
 
-def _comparisons(study: Path, dimension: str, a: str, b: str) -> pd.DataFrame:
-    database = study / "results.duckdb"
-    if not database.exists():
-        return pd.DataFrame()
-    return query(database, f"SELECT * FROM comparisons WHERE dimension = '{dimension}' AND a = '{a}' AND b = '{b}' "
-                           "AND cleaning_poisons = 0 ORDER BY ALL").to_pandas()
-
-
 def backdoor_planted(study: Path) -> list[Finding]:
-    """The pretrained models' ASR@1, per pretraining objective, over the pretraining seeds."""
+    """The pretrained models' ASR@1, per attack and pretraining objective, over the pretraining
+    seeds (a clean control's is its false-trigger rate)."""
     summary = _summary(study)
     if summary.empty:
         return []
-    starts = summary.drop_duplicates(["pretrain_objective", "pretrain_seed"])
+    starts = summary.drop_duplicates(["attack", "pretrain_objective", "pretrain_seed"])
     findings = []
-    for row in cell_intervals(starts, ["pretrain_objective"], {"start_asr_top1": "n_triggered"}).itertuples():
+    for row in cell_intervals(starts, ["attack", "pretrain_objective"], {"start_asr_top1": "n_triggered"}).itertuples():
         estimate = (row.start_asr_top1, row.start_asr_top1_low, row.start_asr_top1_high)
         verdict = REPRODUCED if estimate[1] >= 0.9 else DIRECTION if estimate[0] >= 0.5 else NOT_AT_SCALE
-        findings.append(Finding(row.pretrain_objective, estimate, verdict, f"{row.n_replicates} pretrained models"))
+        findings.append(Finding(f"{row.pretrain_objective}, {row.attack}", estimate, verdict,
+                                f"{row.n_replicates} pretrained models"))
     return findings
 
 
 def cleans_at_small_cost(objective: str) -> Callable[[Path], list[Finding]]:
     """CleanCLIP's top-1 lost (start minus the oracle's epoch at ASR@1 <= 5%) on `objective`'s
-    models, over the replicates it cleaned; how many it cleaned."""
+    backdoored models, per attack, over the replicates it cleaned; how many it cleaned."""
 
     def measure(study: Path) -> list[Finding]:
         summary = _summary(study)
-        runs = summary[(summary.pretrain_objective == objective) & (summary.clean_method == "cleanclip")
-                       & (summary.cleaning_poisons == 0)] if not summary.empty else summary
-        if runs.empty:
+        if summary.empty:
             return []
-        removed = runs[runs.best_top1.notna()]
-        cost = paired_difference(removed.start_top1, removed.best_top1, runs.n_images.max(), runs.n_images.max())
-        note = f"{len(removed)} of {len(runs)} replicates cleaned to ASR@1 <= 5%"
-        if len(removed) == 0:
-            return [Finding(objective, cost, NOT_AT_SCALE, note)]
-        small = len(removed) == len(runs) and cost[2] <= SMALL_COST
-        return [Finding(objective, cost, REPRODUCED if small else DIRECTION, note)]
+        runs = summary[(summary.pretrain_objective == objective) & (summary.clean_method == "cleanclip")
+                       & (summary.cleaning_poisons == 0)]
+        return [_cleaning_cost(f"{objective}, {attack}", replicates) for attack, replicates in runs.groupby("attack", sort=True)]
 
     return measure
 
 
+def _cleaning_cost(of: str, runs: pd.DataFrame) -> Finding:
+    backdoored = runs[~runs.attack_failed]
+    removed = backdoored[backdoored.best_top1.notna()]
+    cost = paired_difference(removed.start_top1, removed.best_top1, runs.n_images.max(), runs.n_images.max())
+    note = f"{len(removed)} of {len(backdoored)} backdoored replicates ({len(runs)} in all) cleaned to ASR@1 <= 5%"
+    if backdoored.empty:
+        return Finding(of, cost, NOT_MEASURED, note)
+    if removed.empty:
+        return Finding(of, cost, NOT_AT_SCALE, note)
+    small = len(removed) == len(backdoored) and cost[2] <= SMALL_COST
+    return Finding(of, cost, REPRODUCED if small else DIRECTION, note)
+
+
 def lower_asr(dimension: str, a: str, b: str, expected: int) -> Callable[[Path], list[Finding]]:
-    """The paired difference a - b of the lowest ASR@1 that cleaning reached, per cell of the
-    study's `comparisons` table; the paper's sign `expected`."""
+    """The paired difference a - b of the lowest ASR@1 that cleaning reached (pairs: the same
+    rest of the grid and seeds, as in the comparisons table), over the pairs whose two starts
+    both carry the backdoor, per cell; the paper's sign `expected`."""
 
     def measure(study: Path) -> list[Finding]:
-        rows = _comparisons(study, dimension, a, b)
-        return [
-            Finding(
-                " ".join(str(getattr(row, name)) for name in ("pretrain_objective", "clean_method", "attack") if name != dimension),
-                (row.lowest_asr_top1_difference, row.lowest_asr_top1_difference_low, row.lowest_asr_top1_difference_high),
-                signed_verdict(row.lowest_asr_top1_difference, row.lowest_asr_top1_difference_low,
-                               row.lowest_asr_top1_difference_high, expected),
-                f"{row.lowest_asr_top1_pairs} pairs",
-            )
-            for row in rows.itertuples()
-        ]
+        summary = _summary(study)
+        if summary.empty:
+            return []
+        summary = summary[summary.cleaning_poisons == 0]
+        pairing = [name for name in SUMMARY_GROUP if name != dimension and not name.endswith("_settings")]
+        pairs = summary[summary[dimension] == a].merge(summary[summary[dimension] == b], on=pairing, suffixes=("_a", "_b"))
+        cell = [name for name in ("pretrain_objective", "clean_method", "attack") if name != dimension]
+        findings = []
+        for key, group in pairs.groupby(cell, sort=True):
+            backdoored = group[~group.attack_failed_a & ~group.attack_failed_b]
+            n = group.n_triggered_a.max()
+            estimate = paired_difference(backdoored.lowest_asr_top1_a, backdoored.lowest_asr_top1_b, n, n)
+            note = f"{len(backdoored)} of {len(group)} pairs with both starts backdoored"
+            findings.append(Finding(" ".join(map(str, key)), estimate, signed_verdict(*estimate, expected), note))
+        return findings
 
     return measure
 
@@ -196,7 +202,7 @@ CLAIMS = (
           "PAR 13% ASR at 50.5% top-1; CleanCLIP never below about 59% ASR",
           "lowest ASR@1 reached, CleanCLIP minus PAR (points; above zero: PAR lower)",
           lower_asr("clean_method", "cleanclip", "par", +1)),
-    Claim("BadCLIP's backdoor survives CleanCLIP, BadNet's does not", "Liang et al. 2024 (BadCLIP)",
+    Claim("BadCLIP's backdoor survives CleanCLIP, BadNet's does not", "Liang et al. 2024 (BadCLIP); ABD's table",
           "after CleanCLIP: BadCLIP 89.6% ASR, BadNet 14.0%",
           "lowest ASR@1 reached by CleanCLIP, BadCLIP minus BadNet (points)",
           lower_asr("attack", "badclip", "badnet", +1)),
@@ -212,7 +218,7 @@ CLAIMS = (
           "AUROC minus chance (0.5) over the MMCL model's training pairs (points)",
           finds_backdoor(("dao", "slof"), "training")),
     Claim("DECREE tells backdoored encoders from clean ones", "Feng et al. 2023 (DECREE)",
-          "detects every backdoored encoder it tested (its tables)",
+          "a smaller stamp (PL1) in backdoored encoders than in clean ones (no CLIP number recorded here yet)",
           "AUROC minus chance (0.5) over the backdoored and clean pretrained models (points)",
           finds_backdoor(("decree",), "model")),
 )
@@ -267,7 +273,7 @@ def fidelity_markdown(rungs: dict[str, Path], figures: Path | None = None, page:
         lines += [
             "", f"## {number}. {claim.statement}", "",
             f"Paper ({claim.source}): {claim.paper}. Ours: {claim.ours}.", "",
-            "| rung | of | ours, % [95% interval] | on | verdict |", "| --- | --- | --- | --- | --- |",
+            "| rung | of | ours, % or points [95% interval] | on | verdict |", "| --- | --- | --- | --- | --- |",
             *claim_rows(findings),
         ]
         if figures is not None:

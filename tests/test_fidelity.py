@@ -2,7 +2,7 @@
 database built from metrics files, and the page that the script writes."""
 
 import pytest
-from test_results import START, cleaned, replicate, write_database
+from test_results import START, cleaned, pretrained, replicate, write_database
 
 from cleanclip_core.fidelity import (
     CLAIMS, CONTRADICTED, DIRECTION, NOT_AT_SCALE, NOT_MEASURED, REPRODUCED, backdoor_planted, cleans_at_small_cost,
@@ -40,16 +40,30 @@ def test_the_planted_backdoor_is_the_pretrained_models_asr(study):
     [finding] = backdoor_planted(study)
     # one pretrained model: Wilson's interval over its 90 triggered images, z = 1.959964:
     # centre (0.99 + z^2 / 180) / (1 + z^2 / 90) = 0.969941, half-width 0.028418
-    assert (finding.of, finding.verdict) == ("mmcl", REPRODUCED)
+    assert (finding.of, finding.verdict) == ("mmcl, badnet", REPRODUCED)
     assert finding.estimate == pytest.approx((0.99, 0.941523, 0.998359), abs=1e-6)
 
 
 def test_cleanings_cost_is_the_start_minus_the_oracle_epoch_paired_by_replicate(study):
     [finding] = cleans_at_small_cost("mmcl")(study)
+    assert finding.of == "mmcl, badnet"
     # costs 0.01 and 0.03: mean 0.02, sd 0.0141421, half-width 12.706205 * 0.01 = 0.127062
     assert finding.estimate == pytest.approx((0.02, -0.107062, 0.147062), abs=1e-6)
-    assert (finding.verdict, finding.note) == (DIRECTION, "2 of 2 replicates cleaned to ASR@1 <= 5%")
+    assert (finding.verdict, finding.note) == (DIRECTION, "2 of 2 backdoored replicates (2 in all) cleaned to ASR@1 <= 5%")
     assert cleans_at_small_cost("mmcl_ssl")(study) == []
+
+
+def test_a_start_whose_backdoor_never_took_counts_for_no_cleaning_claim(tmp_path):
+    """The MMCL+SSL model's ASR@1 is 0.30, below the attack floor (0.5): nothing to clean."""
+    start = pretrained("mmcl_ssl")
+    write_database(tmp_path, [(START, 0.90, 0.99), (start, 0.90, 0.30)] + [
+        (replicate(cleaned(0.003, 1, objective), seed), 0.88, asr)
+        for objective in ("mmcl", "mmcl_ssl") for seed, asr in [(0, 0.02), (1, 0.04)]
+    ])
+    [finding] = cleans_at_small_cost("mmcl_ssl")(tmp_path)
+    assert (finding.verdict, finding.note) == (NOT_MEASURED, "0 of 0 backdoored replicates (2 in all) cleaned to ASR@1 <= 5%")
+    [finding] = lower_asr("pretrain_objective", "mmcl", "mmcl_ssl", -1)(tmp_path)
+    assert (finding.of, finding.verdict, finding.note) == ("cleanclip badnet", NOT_MEASURED, "0 of 2 pairs with both starts backdoored")
 
 
 def test_par_against_cleanclip_is_the_paired_difference_of_the_lowest_asr(study):
@@ -65,7 +79,8 @@ def test_the_page_gives_every_claim_a_section_and_a_row_per_rung(study, tmp_path
     main([f"small={study}", f"missing={tmp_path / 'none'}", "--output", str(page)])
     text = page.read_text()
     assert text.count("\n## ") == len(CLAIMS) >= 5
-    assert "| small | mmcl | 2.0 [-10.7, 14.7] | 2 of 2 replicates cleaned to ASR@1 <= 5% | **direction only** |" in text
+    assert ("| small | mmcl, badnet | 2.0 [-10.7, 14.7] | 2 of 2 backdoored replicates (2 in all) cleaned to ASR@1 <= 5% | "
+            "**direction only** |") in text
     assert text.count("| missing |  |  | no runs of it in this study | **not measured** |") == len(CLAIMS)
     main([f"small={study}", f"missing={tmp_path / 'none'}"])
     assert capsys.readouterr().out == text

@@ -383,9 +383,10 @@ def test_the_claims_table_reads_the_studys_database_and_detection_table(smoke_ru
     others say so (its numbers mean nothing: it checks that the tables connect)."""
     findings = {claim.statement: claim.measure(smoke_run / STUDY_DIR) for claim in fidelity.CLAIMS}
     planted = findings["The attack plants a backdoor (the precondition of every claim below)"]
-    assert [finding.of for finding in planted] == ["mmcl", "safeclip"]
-    [safeclip] = findings["SafeCLIP pretraining prevents the backdoor"]
-    assert safeclip.of == "badnet" and safeclip.note.startswith("1 pretraining seed;")  # the control's failed by design
+    assert [finding.of for finding in planted] == ["mmcl, badnet", "safeclip, badnet", "mmcl, control", "safeclip, control"]
+    cleaning = findings["CleanCLIP cleans an MMCL-pretrained model at small cost"]
+    assert [finding.of for finding in cleaning] == ["mmcl, badnet", "mmcl, control"]
+    assert all(finding.note.endswith(f"({len(SMOKE['study']['seeds'])} in all) cleaned to ASR@1 <= 5%") for finding in cleaning)
     [dao] = findings["DAO and SLOF find the poisoned pairs at low poisoning rates"]
-    assert dao.of == "dao, badnet" and dao.verdict in fidelity.VERDICT_NAMES
+    assert dao.of == "dao, badnet" and dao.note.startswith("AUROC ")
     assert findings["PAR removes more of the backdoor than CleanCLIP"] == []

@@ -3,9 +3,10 @@ poisoned pretrained models map triggered images to the target while classifying 
 above chance, and their top-1 no longer rises at the last epochs.
 
 Issue 13 asked for a top-1 range under 2 points over the last three epochs and ASR@1 >= 90%. The
-default's `make run` (one thread a training job, as here) measured 1.4 and 0.6 points, ASR@1 99.8%
-and 95.1%. With an 11 px pattern, on one thread or two, the ranges were 0.4-2.5 points and the
-MMCL+SSL model's ASR@1 88-92%. The bounds below leave room for that variation across machines."""
+default's `make run` (one thread a training job, as here; 24 epochs) measured 0.5 and 0.5 points,
+ASR@1 99.8% and 90.4%. With 14 epochs and an 11 px pattern, on one thread or two, the ranges were
+0.4-2.5 points and the MMCL+SSL model's ASR@1 88-92%. The bounds below leave room for that
+variation across machines."""
 
 import copy
 
