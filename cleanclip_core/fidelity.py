@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from cleanclip_core.intervals import cell_intervals, paired_difference
 from cleanclip_core.plots.cleaning import save_figure
-from cleanclip_core.results import SUMMARY_GROUP, query
+from cleanclip_core.results import paired_rows, query
 
 VERDICT_NAMES = ("reproduced", "direction only", "not at this scale", "contradicted", "not measured")
 REPRODUCED, DIRECTION, NOT_AT_SCALE, CONTRADICTED, NOT_MEASURED = VERDICT_NAMES
@@ -121,9 +121,7 @@ def lower_asr(dimension: str, a: str, b: str, expected: int) -> Callable[[Path],
         summary = _summary(study)
         if summary.empty:
             return []
-        summary = summary[summary.cleaning_poisons == 0]
-        pairing = [name for name in SUMMARY_GROUP if name != dimension and not name.endswith("_settings")]
-        pairs = summary[summary[dimension] == a].merge(summary[summary[dimension] == b], on=pairing, suffixes=("_a", "_b"))
+        pairs = paired_rows(summary[summary.cleaning_poisons == 0], dimension, a, b)
         cell = [name for name in ("pretrain_objective", "clean_method", "attack") if name != dimension]
         findings = []
         for key, group in pairs.groupby(cell, sort=True):

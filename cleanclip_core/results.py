@@ -229,9 +229,9 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
     with its 95% interval, the pairs it rests on and whether the interval excludes zero."""
     rows = []
     for dimension in COMPARED_DIMENSIONS:
-        pairing = [name for name in SUMMARY_GROUP if name != dimension and not name.endswith("_settings")]
+        pairing = _pairing(dimension)
         for a, b in itertools.combinations(sorted(summary[dimension].unique()), 2):
-            pairs = summary[summary[dimension] == a].merge(summary[summary[dimension] == b], on=pairing, suffixes=("_a", "_b"))
+            pairs = paired_rows(summary, dimension, a, b)
             rows += [
                 {"dimension": dimension, "a": a, "b": b} | dict(zip(_cell(pairing), key)) | _differences(group)
                 for key, group in pairs.groupby(_cell(pairing), sort=True, dropna=False)
@@ -242,6 +242,16 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
         for part in ("difference", "difference_low", "difference_high", "pairs", "excludes_zero")
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _pairing(dimension: str) -> list[str]:
+    return [name for name in SUMMARY_GROUP if name != dimension and not name.endswith("_settings")]
+
+
+def paired_rows(summary: pd.DataFrame, dimension: str, a: Any, b: Any) -> pd.DataFrame:
+    """The study summary's rows of `dimension` = a beside those of b (columns suffixed _a and
+    _b), paired on the same rest of the grid and the same seeds."""
+    return summary[summary[dimension] == a].merge(summary[summary[dimension] == b], on=_pairing(dimension), suffixes=("_a", "_b"))
 
 
 def _differences(pairs: pd.DataFrame) -> dict[str, Any]:
