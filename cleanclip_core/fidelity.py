@@ -62,19 +62,27 @@ def signed_verdict(mean: float, low: float, high: float, expected: int) -> str:
     return DIRECTION if expected * mean > 0 else NOT_AT_SCALE
 
 
-def _summary(study: Path) -> pd.DataFrame:
-    """The study summary, a row per cleaning run group and replicate (empty without a database)."""
-    database = study / "results.duckdb"
-    return query(database, "SELECT * FROM study_summary").to_pandas() if database.exists() else pd.DataFrame()
+def _of_summary(measure: Callable[[pd.DataFrame], list[Finding]]) -> Callable[[Path], list[Finding]]:
+    """`measure` of a study's summary (a row per cleaning run group and replicate) as a measure of
+    the study's folder: no findings without a database."""
+
+    def of_study(study: Path) -> list[Finding]:
+        database = study / "results.duckdb"
+        return measure(query(database, "SELECT * FROM study_summary").to_pandas()) if database.exists() else []
+
+    return of_study
 
 
-def backdoor_planted(study: Path) -> list[Finding]:
+def _starts(summary: pd.DataFrame) -> pd.DataFrame:
+    """A row per pretrained model of the summary."""
+    return summary.drop_duplicates(["attack", "pretrain_objective", "pretrain_seed"])
+
+
+@_of_summary
+def backdoor_planted(summary: pd.DataFrame) -> list[Finding]:
     """The pretrained models' ASR@1, per attack and pretraining objective, over the pretraining
     seeds (a clean control's is its false-trigger rate)."""
-    summary = _summary(study)
-    if summary.empty:
-        return []
-    starts = summary.drop_duplicates(["attack", "pretrain_objective", "pretrain_seed"])
+    starts = _starts(summary)
     findings = []
     for row in cell_intervals(starts, ["attack", "pretrain_objective"], {"start_asr_top1": "n_triggered"}).itertuples():
         estimate = (row.start_asr_top1, row.start_asr_top1_low, row.start_asr_top1_high)
@@ -88,10 +96,8 @@ def cleans_at_small_cost(objective: str) -> Callable[[Path], list[Finding]]:
     """CleanCLIP's top-1 lost (start minus the oracle's epoch at ASR@1 <= 5%) on `objective`'s
     backdoored models, per attack, over the replicates it cleaned; how many it cleaned."""
 
-    def measure(study: Path) -> list[Finding]:
-        summary = _summary(study)
-        if summary.empty:
-            return []
+    @_of_summary
+    def measure(summary: pd.DataFrame) -> list[Finding]:
         runs = summary[(summary.pretrain_objective == objective) & (summary.clean_method == "cleanclip")
                        & (summary.cleaning_poisons == 0)]
         return [_cleaning_cost(f"{objective}, {attack}", replicates) for attack, replicates in runs.groupby("attack", sort=True)]
@@ -117,10 +123,8 @@ def lower_asr(dimension: str, a: str, b: str, expected: int) -> Callable[[Path],
     rest of the grid and seeds, as in the comparisons table), over the pairs whose two starts
     both carry the backdoor, per cell; the paper's sign `expected`."""
 
-    def measure(study: Path) -> list[Finding]:
-        summary = _summary(study)
-        if summary.empty:
-            return []
+    @_of_summary
+    def measure(summary: pd.DataFrame) -> list[Finding]:
         pairs = paired_rows(summary[summary.cleaning_poisons == 0], dimension, a, b)
         cell = [name for name in ("pretrain_objective", "clean_method", "attack") if name != dimension]
         findings = []
@@ -139,11 +143,9 @@ def robust_pretraining(objective: str, metric: str) -> Callable[[Path], list[Fin
     """MMCL's pretrained models minus `objective`'s in `metric` (start_top1 or start_asr_top1),
     paired by pretraining seed; the papers' sign is +1 for both (lower ASR, at a cost in top-1)."""
 
-    def measure(study: Path) -> list[Finding]:
-        summary = _summary(study)
-        if summary.empty:
-            return []
-        starts = summary.drop_duplicates(["attack", "pretrain_objective", "pretrain_seed"])
+    @_of_summary
+    def measure(summary: pd.DataFrame) -> list[Finding]:
+        starts = _starts(summary)
         pairs = starts[starts.pretrain_objective == "mmcl"].merge(
             starts[starts.pretrain_objective == objective], on=["attack", "pretrain_seed"], suffixes=("_mmcl", ""))
         findings = []
