@@ -12,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 PROFILE_HOME := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 
-.PHONY: run test lint benchmarks gpu-check papers-ratio ladder fidelity profiles clean
+.PHONY: run test lint benchmarks gpu-check papers-ratio ladder ladder-x8 fidelity profiles clean
 
 run: $(VENV)/.synced
 	$(SNAKEMAKE) --profile profiles/local
@@ -35,17 +35,26 @@ benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/views.py
 
 # The papers' regime (configs/papers_ratio.yaml, about 45 minutes on 2 cores); the scale ladder (its
-# rungs at 6,000, 24,000 and 48,000 pairs, the last for hours, each resumable); the claims table
-# from whichever rungs have run, each claim drawn against the rungs: docs/fidelity.md.
+# rungs at 6,000, 12,000 and 24,000 pairs, the smallest with the overlays that measure the claims the
+# ladder's grid does not, each rung resumable; 48,000 pairs with `make ladder-x8`, hours); the claims
+# table from the rungs that have run, each claim drawn against them: docs/fidelity.md.
 RATIO := $(SNAKEMAKE) --profile profiles/local --configfile config.yaml configs/papers_ratio.yaml
-RUNGS := 6k=results/studies/papers_ratio_x1 24k=results/studies/papers_ratio 48k=results/studies/papers_ratio_x8
+X1 := results/studies/papers_ratio_x1,results/studies/papers_ratio_x1_attacks,results/studies/papers_ratio_x1_robust
+RUNGS := 6k=$(X1) 12k=results/studies/papers_ratio_x2 24k=results/studies/papers_ratio \
+	$(if $(wildcard results/studies/papers_ratio_x8),48k=results/studies/papers_ratio_x8)
 
 papers-ratio: $(VENV)/.synced
 	$(RATIO)
 
 ladder: $(VENV)/.synced
 	$(RATIO) configs/papers_ratio_x1.yaml
+	$(RATIO) configs/papers_ratio_x1.yaml configs/papers_ratio_x1_attacks.yaml
+	$(RATIO) configs/papers_ratio_x1.yaml configs/papers_ratio_x1_robust.yaml
+	$(RATIO) configs/papers_ratio_x2.yaml
 	$(RATIO)
+	$(MAKE) fidelity
+
+ladder-x8: $(VENV)/.synced
 	$(RATIO) configs/papers_ratio_x8.yaml
 	$(MAKE) fidelity
 

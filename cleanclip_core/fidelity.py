@@ -1,6 +1,7 @@
 """The claims table (docs/fidelity.md): each headline claim of the field, the paper's number,
 ours in each study of the papers' regime (a rung: its results database and tables) with its 95%
-interval, and a verdict. `python -m cleanclip_core.fidelity NAME=STUDY_DIR ...` writes it."""
+interval, and a verdict. `python -m cleanclip_core.fidelity NAME=STUDY_DIR[,STUDY_DIR...] ...` writes
+it: a rung may hold several studies of one corpus (overlays measuring claims its grid does not)."""
 
 import argparse
 import math
@@ -224,6 +225,16 @@ CLAIMS = (
 )
 
 
+def rung_findings(claim: Claim, studies: list[Path]) -> list[Finding]:
+    """The claim's findings in a rung's studies: what the first study measures of a model or cell,
+    as later studies share its runs."""
+    findings = {}
+    for study in studies:
+        for finding in claim.measure(study):
+            findings.setdefault(finding.of, finding)
+    return list(findings.values())
+
+
 def claim_rows(findings: dict[str, list[Finding]]) -> list[str]:
     """A claim's table rows: one per rung and finding, or one saying a rung did not measure it."""
     rows = []
@@ -257,19 +268,19 @@ def plot_claim(claim: Claim, findings: dict[str, list[Finding]]) -> Figure:
     return figure
 
 
-def fidelity_markdown(rungs: dict[str, Path], figures: Path | None = None, page: Path | None = None) -> str:
-    """docs/fidelity.md for the rungs (name to study folder, in the order of corpus size); with
+def fidelity_markdown(rungs: dict[str, list[Path]], figures: Path | None = None, page: Path | None = None) -> str:
+    """docs/fidelity.md for the rungs (name to study folders, in the order of corpus size); with
     `figures`, each claim's trend over the rungs is drawn there (PNG and PDF) and shown on the
     page (linked relative to `page`)."""
     lines = [
         "# Fidelity: the field's claims in the papers' regime",
         "",
         "Written by `python -m cleanclip_core.fidelity` from the studies' databases "
-        f"({', '.join(f'`{rung}`: {study}' for rung, study in rungs.items())}); do not edit by hand. "
+        f"({'; '.join(f'`{rung}`: ' + ', '.join(map(str, studies)) for rung, studies in rungs.items())}); do not edit by hand. "
         f"Intervals are 95%, over the replicates (docs/statistics.md). Verdicts: {VERDICTS}",
     ]
     for number, claim in enumerate(CLAIMS, 1):
-        findings = {rung: claim.measure(study) for rung, study in rungs.items()}
+        findings = {rung: rung_findings(claim, studies) for rung, studies in rungs.items()}
         lines += [
             "", f"## {number}. {claim.statement}", "",
             f"Paper ({claim.source}): {claim.paper}. Ours: {claim.ours}.", "",
@@ -286,13 +297,15 @@ def fidelity_markdown(rungs: dict[str, Path], figures: Path | None = None, page:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("rungs", nargs="+", metavar="NAME=STUDY_DIR", help="a rung's name and its study folder, smallest first")
+    parser.add_argument("rungs", nargs="+", metavar="NAME=STUDY_DIR[,STUDY_DIR...]",
+                        help="a rung's name and its study folders, smallest rung first")
     parser.add_argument("--output", type=Path, help="the file to write (default: standard output)")
     parser.add_argument("--figures", type=Path, help="a folder for each claim's figure against the rungs")
     arguments = parser.parse_args(argv)
     if malformed := [rung for rung in arguments.rungs if "=" not in rung]:
         parser.error(f"{malformed[0]!r} is not NAME=STUDY_DIR")
-    rungs = {name: Path(folder) for name, folder in (rung.split("=", 1) for rung in arguments.rungs)}
+    rungs = {name: [Path(folder) for folder in folders.split(",")]
+             for name, folders in (rung.split("=", 1) for rung in arguments.rungs)}
     text = fidelity_markdown(rungs, arguments.figures, arguments.output)
     if arguments.output:
         arguments.output.write_text(text)

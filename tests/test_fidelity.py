@@ -6,7 +6,7 @@ from test_results import START, cleaned, pretrained, replicate, write_database
 
 from cleanclip_core.fidelity import (
     CLAIMS, CONTRADICTED, DIRECTION, NOT_AT_SCALE, NOT_MEASURED, REPRODUCED, backdoor_planted, cleans_at_small_cost,
-    lower_asr, main, signed_verdict,
+    lower_asr, main, rung_findings, signed_verdict,
 )
 
 
@@ -96,3 +96,12 @@ def test_each_claim_is_drawn_against_the_rungs_and_shown_on_the_page(study, tmp_
     first = (figures / "claim_4.png").read_bytes()
     main([f"small={study}", f"again={study}", "--output", str(page), "--figures", str(figures)])
     assert (figures / "claim_4.png").read_bytes() == first
+
+
+def test_a_rung_of_several_studies_gives_each_model_or_cell_once(study, tmp_path):
+    """An overlay's study shares the rung's runs: what both measure comes once, from the first."""
+    claim = CLAIMS[1]
+    assert rung_findings(claim, [tmp_path / "none", study, study]) == claim.measure(study) != []
+    page = tmp_path / "fidelity.md"
+    main([f"small={tmp_path / 'none'},{study}", "--output", str(page)])
+    assert page.read_text().count("| small | mmcl, badnet |") == 2  # claims 1 and 2, once each
