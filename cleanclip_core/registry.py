@@ -37,9 +37,15 @@ REGISTRY_MODULES = (
 
 
 def resolve(path: str) -> Callable:
-    """The function an import path `module:function` names."""
+    """The function an import path `module:function` names; a module that fails as it is
+    imported (a plugin's entry may name one no registration ran) is one line naming the path."""
     module, function = path.split(":")
-    return getattr(importlib.import_module(module), function)
+    try:
+        return getattr(importlib.import_module(module), function)
+    except Exception as error:  # any failure of the module's code as it runs
+        if module in sys.modules:
+            raise
+        raise UserError(f"{path}: {_import_failure(error)}") from error
 
 
 def path_problem(path: Any) -> str | None:

@@ -153,6 +153,18 @@ def test_a_function_path_into_a_module_not_imported_yet_is_checked_without_runni
     ], result.stderr
 
 
+def test_a_job_whose_entry_names_a_module_that_fails_at_import_ends_with_one_line_naming_it(tmp_path):
+    (tmp_path / "my_losses.py").write_text("import os\nraise RuntimeError('ran')\n\n\ndef l2_sp(inputs):\n    return 0\n")
+    (tmp_path / "my_plugin.py").write_text("from cleanclip_core.terms import Term\n\nENTRIES = [Term('l2_sp', 'my_losses:l2_sp')]\n")
+    result = python(
+        "from cleanclip_core.registry import resolve\nfrom cleanclip_core.reporting import reported_step\n"
+        "from cleanclip_core.terms import TERMS\nwith reported_step():\n    resolve(TERMS.entry('l2_sp').loss)",
+        ROOT, PYTHONPATH=str(tmp_path), CLEANCLIP_PLUGINS="my_plugin",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: my_losses:l2_sp: RuntimeError at {tmp_path / 'my_losses.py'}:2: ran"]
+
+
 def test_every_registered_entry_names_functions_that_exist():
     for module in REGISTRY_MODULES:
         importlib.import_module(module)
