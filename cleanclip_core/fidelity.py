@@ -219,7 +219,8 @@ CLAIMS = (
           "AUROC minus chance (0.5) over the MMCL model's training pairs (points)",
           finds_backdoor(("dao", "slof"), "training")),
     Claim("DECREE tells backdoored encoders from clean ones", "Feng et al. 2023 (DECREE)",
-          "a smaller stamp (PL1) in backdoored encoders than in clean ones (no CLIP number recorded here yet)",
+          "a smaller stamp (PL1) in backdoored encoders than in clean ones: 'consistently high detection accuracy' "
+          "over 400 trojaned encoders, OpenAI's CLIP among them (its abstract; no AUROC for CLIPs pretrained on poisons)",
           "AUROC minus chance (0.5) over the backdoored and clean pretrained models (points)",
           finds_backdoor(("decree",), "model")),
 )
