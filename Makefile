@@ -34,24 +34,27 @@ benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/loader.py
 	$(VENV)/bin/python benchmarks/views.py
 
-# The papers' regime (configs/papers_ratio.yaml, about 45 minutes on 2 cores); the scale ladder (its
-# rungs at 6,000, 12,000 and 24,000 pairs, the smallest with the overlays that measure the claims the
-# ladder's grid does not, each rung resumable; 48,000 pairs with `make ladder-x8`, hours); the claims
-# table from the rungs that have run, each claim drawn against them: docs/fidelity.md.
+# The papers' regime (configs/papers_ratio.yaml, about 45 minutes on 2 cores) and its overlays
+# measuring the claims its grid does not; the scale ladder (rungs at 6,000, 12,000 and 24,000
+# pairs, each pretraining 3,000 steps, each resumable; 48,000 with `make ladder-x8`); the claims
+# table, each claim drawn against the rungs: docs/fidelity.md. Each study's tables are kept in
+# docs/fidelity/studies/ and the page is written from them, so rungs run in different sessions or
+# on different machines add up and the page recomputes on a fresh clone.
 RATIO := $(SNAKEMAKE) --profile profiles/local --configfile config.yaml configs/papers_ratio.yaml
-X1 := results/studies/papers_ratio_x1,results/studies/papers_ratio_x1_attacks,results/studies/papers_ratio_x1_robust
-RUNGS := 6k=$(X1) 12k=results/studies/papers_ratio_x2 24k=results/studies/papers_ratio \
-	$(if $(wildcard results/studies/papers_ratio_x8),48k=results/studies/papers_ratio_x8)
+LADDER := papers_ratio_x1 papers_ratio_x2 papers_ratio papers_ratio_attacks papers_ratio_robust papers_ratio_x8
+KEPT := docs/fidelity/studies
+RUNGS := 6k=$(KEPT)/papers_ratio_x1 12k=$(KEPT)/papers_ratio_x2 \
+	24k=$(KEPT)/papers_ratio,$(KEPT)/papers_ratio_attacks,$(KEPT)/papers_ratio_robust 48k=$(KEPT)/papers_ratio_x8
 
 papers-ratio: $(VENV)/.synced
 	$(RATIO)
 
 ladder: $(VENV)/.synced
-	$(RATIO) configs/papers_ratio_x1.yaml
-	$(RATIO) configs/papers_ratio_x1.yaml configs/papers_ratio_x1_attacks.yaml
-	$(RATIO) configs/papers_ratio_x1.yaml configs/papers_ratio_x1_robust.yaml
-	$(RATIO) configs/papers_ratio_x2.yaml
 	$(RATIO)
+	$(RATIO) configs/papers_ratio_attacks.yaml
+	$(RATIO) configs/papers_ratio_robust.yaml
+	$(RATIO) configs/papers_ratio_x1.yaml
+	$(RATIO) configs/papers_ratio_x2.yaml
 	$(MAKE) fidelity
 
 ladder-x8: $(VENV)/.synced
@@ -59,6 +62,10 @@ ladder-x8: $(VENV)/.synced
 	$(MAKE) fidelity
 
 fidelity: $(VENV)/.synced
+	@for study in $(LADDER); do for table in summary detection; do \
+		if [ -f results/studies/$$study/tables/$$table.csv ]; then \
+			mkdir -p $(KEPT)/$$study/tables && cp results/studies/$$study/tables/$$table.csv $(KEPT)/$$study/tables/; \
+		fi; done; done
 	$(VENV)/bin/python -m cleanclip_core.fidelity $(RUNGS) --output docs/fidelity.md --figures docs/fidelity
 
 gpu-check: $(VENV)/.synced

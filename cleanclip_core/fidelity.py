@@ -1,6 +1,6 @@
 """The claims table (docs/fidelity.md): each headline claim of the field, the paper's number,
-ours in each study of the papers' regime (a rung: its results database and tables) with its 95%
-interval, and a verdict. `python -m cleanclip_core.fidelity NAME=STUDY_DIR[,STUDY_DIR...] ...` writes
+ours in each study of the papers' regime (a rung: its tables summary.csv and detection.csv) with
+its 95% interval, and a verdict. `python -m cleanclip_core.fidelity NAME=STUDY_DIR[,STUDY_DIR...] ...` writes
 it: a rung may hold several studies of one corpus (overlays measuring claims its grid does not)."""
 
 import argparse
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from cleanclip_core.intervals import cell_intervals, paired_difference
 from cleanclip_core.plots.cleaning import save_figure
-from cleanclip_core.results import paired_rows, query
+from cleanclip_core.results import paired_rows
 
 VERDICT_NAMES = ("reproduced", "direction only", "not at this scale", "contradicted", "not measured")
 REPRODUCED, DIRECTION, NOT_AT_SCALE, CONTRADICTED, NOT_MEASURED = VERDICT_NAMES
@@ -64,12 +64,13 @@ def signed_verdict(mean: float, low: float, high: float, expected: int) -> str:
 
 
 def _of_summary(measure: Callable[[pd.DataFrame], list[Finding]]) -> Callable[[Path], list[Finding]]:
-    """`measure` of a study's summary (a row per cleaning run group and replicate) as a measure of
-    the study's folder: no findings without a database."""
+    """`measure` of a study's summary (tables/summary.csv, the database's study_summary: a row
+    per cleaning run group and replicate) as a measure of the study's folder: no findings
+    without one."""
 
     def of_study(study: Path) -> list[Finding]:
-        database = study / "results.duckdb"
-        return measure(query(database, "SELECT * FROM study_summary").to_pandas()) if database.exists() else []
+        summary = study / "tables" / "summary.csv"
+        return measure(pd.read_csv(summary)) if summary.exists() else []
 
     return of_study
 
@@ -276,7 +277,7 @@ def fidelity_markdown(rungs: dict[str, list[Path]], figures: Path | None = None,
     lines = [
         "# Fidelity: the field's claims in the papers' regime",
         "",
-        "Written by `python -m cleanclip_core.fidelity` from the studies' databases "
+        "Written by `python -m cleanclip_core.fidelity` from the studies' tables "
         f"({'; '.join(f'`{rung}`: ' + ', '.join(map(str, studies)) for rung, studies in rungs.items())}); do not edit by hand. "
         f"Intervals are 95%, over the replicates (docs/statistics.md). Verdicts: {VERDICTS}",
     ]

@@ -4,10 +4,21 @@ database built from metrics files, and the page that the script writes."""
 import pytest
 from test_results import START, cleaned, pretrained, replicate, write_database
 
+from cleanclip_core.results import query
+from cleanclip_core.tables import write_csv
+
 from cleanclip_core.fidelity import (
     CLAIMS, CONTRADICTED, DIRECTION, NOT_AT_SCALE, NOT_MEASURED, REPRODUCED, backdoor_planted, cleans_at_small_cost,
     lower_asr, main, rung_findings, signed_verdict,
 )
+
+
+def write_study(folder, results):
+    """A study folder whose tables/summary.csv is the study_summary of these results (as
+    write_database takes them), as the pipeline writes it."""
+    database = write_database(folder, results)
+    write_csv(query(database, "SELECT * FROM study_summary").to_pandas(), folder / "tables" / "summary.csv")
+    return folder
 
 
 @pytest.mark.parametrize("mean, low, high, expected, verdict", [
@@ -32,8 +43,7 @@ def study(tmp_path):
             ("cleanclip", 0, 0.89, 0.02), ("cleanclip", 1, 0.87, 0.04), ("par", 0, 0.80, 0.01), ("par", 1, 0.82, 0.01),
         ]
     ]
-    write_database(tmp_path, results)
-    return tmp_path
+    return write_study(tmp_path, results)
 
 
 def test_the_planted_backdoor_is_the_pretrained_models_asr(study):
@@ -56,7 +66,7 @@ def test_cleanings_cost_is_the_start_minus_the_oracle_epoch_paired_by_replicate(
 def test_a_start_whose_backdoor_never_took_counts_for_no_cleaning_claim(tmp_path):
     """The MMCL+SSL model's ASR@1 is 0.30, below the attack floor (0.5): nothing to clean."""
     start = pretrained("mmcl_ssl")
-    write_database(tmp_path, [(START, 0.90, 0.99), (start, 0.90, 0.30)] + [
+    write_study(tmp_path, [(START, 0.90, 0.99), (start, 0.90, 0.30)] + [
         (replicate(cleaned(0.003, 1, objective), seed), 0.88, asr)
         for objective in ("mmcl", "mmcl_ssl") for seed, asr in [(0, 0.02), (1, 0.04)]
     ])

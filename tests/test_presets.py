@@ -115,15 +115,16 @@ class Timed:
 def test_the_presets_are_all_here():
     presets = {path.stem for path in (ROOT / "configs").glob("*.yaml")}
     assert presets == {BASE, *OVERLAYS, "smoke", "defenses", "detection", "robust", "robust_control", "papers_ratio", "papers_ratio_x1",
-                       "papers_ratio_x1_attacks", "papers_ratio_x1_robust", "papers_ratio_x2", "papers_ratio_x8"}  # overlays on config.yaml, defenses and robust
+                       "papers_ratio_attacks", "papers_ratio_robust", "papers_ratio_x2", "papers_ratio_x8"}  # overlays on config.yaml, defenses and robust
 
 
-@pytest.mark.parametrize("rung", [[], ["papers_ratio_x1"], ["papers_ratio_x1", "papers_ratio_x1_attacks"],
-                                  ["papers_ratio_x1", "papers_ratio_x1_robust"], ["papers_ratio_x2"], ["papers_ratio_x8"]])
+@pytest.mark.parametrize("rung", [[], ["papers_ratio_x1"], ["papers_ratio_attacks"],
+                                  ["papers_ratio_robust"], ["papers_ratio_x2"], ["papers_ratio_x8"]])
 def test_the_papers_ratio_preset_and_its_ladder_hold_the_ratios_that_issue_36_bounds(rung):
     """Poisons at most 1% of the pairs, a trigger at most 15% of the model's input side, a
     cleaning set at most 5%, cleaning at 1/100 to 1/3 of pretraining's learning rate for about
-    the papers' 8% of its steps; for every attack, on every rung of the ladder and its overlays."""
+    the papers' 8% of its steps; for every attack, on every rung of the ladder and its overlays,
+    each rung pretraining the same steps."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for name in ["papers_ratio", *rung]:
         config = merged(config, read_preset(name))
@@ -135,8 +136,9 @@ def test_the_papers_ratio_preset_and_its_ladder_hold_the_ratios_that_issue_36_bo
         assert scaled_size(attack["trigger"]["patch_size"], side) / side <= 0.15
     assert clean["n_clean"] / pairs <= 0.05
     assert all(1 / 100 <= lr / pretrain["lr"] <= 1 / 3 for lr in clean["lrs"])
-    steps = (clean["n_clean"] // clean["batch_size"] * clean["epochs"]) / (pairs // pretrain["batch_size"] * pretrain["epochs"])
-    assert 0.06 <= steps <= 0.10
+    pretraining_steps = pairs // pretrain["batch_size"] * pretrain["epochs"]
+    assert 2900 <= pretraining_steps <= 3100  # every rung the 4x rung's steps: its models converge
+    assert 0.06 <= clean["n_clean"] // clean["batch_size"] * clean["epochs"] / pretraining_steps <= 0.10
 
 
 def test_the_detection_overlay_scores_every_model_of_the_defense_study_with_every_training_set_detector(tmp_path):
