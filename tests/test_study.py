@@ -378,7 +378,7 @@ def test_every_python_snippet_of_the_readme_and_the_docs_runs_on_a_study(smoke_r
         exec(compile(snippet, name, "exec"), {})
 
 
-def test_the_claims_table_reads_the_studys_database_and_detection_table(smoke_run):
+def test_the_claims_table_reads_the_studys_summary_and_detection_tables(smoke_run):
     """Each claim that the smoke study's grid measures gets its rows from the real files; the
     others say so (its numbers mean nothing: it checks that the tables connect)."""
     findings = {claim.statement: claim.measure(smoke_run / STUDY_DIR) for claim in fidelity.CLAIMS}
