@@ -70,7 +70,10 @@ def _of_summary(measure: Callable[[pd.DataFrame], list[Finding]]) -> Callable[[P
 
     def of_study(study: Path) -> list[Finding]:
         summary = study / "tables" / "summary.csv"
-        return measure(pd.read_csv(summary)) if summary.exists() else []
+        if not summary.exists():
+            return []
+        # settings digests stay text: one of digits and an e would read as a number
+        return measure(pd.read_csv(summary, dtype={"pretrain_settings": str, "clean_settings": str}))
 
     return of_study
 
