@@ -34,7 +34,7 @@ benchmarks: $(VENV)/.synced
 	$(VENV)/bin/python benchmarks/loader.py
 	$(VENV)/bin/python benchmarks/views.py
 
-# The papers' regime (configs/papers_ratio.yaml, about 45 minutes on 2 cores) and its overlays
+# The papers' regime (configs/papers_ratio.yaml, 45-90 minutes on 2 cores) and its overlays
 # measuring the claims its grid does not; the scale ladder (rungs at 6,000, 12,000 and 24,000
 # pairs, each pretraining 3,000 steps, each resumable; 48,000 with `make ladder-x8`); the claims
 # table, each claim drawn against the rungs: docs/fidelity.md. Each study's tables are kept in
