@@ -106,16 +106,21 @@ def test_a_plugin_that_fails_at_import_is_one_line_naming_it_and_where_it_failed
     ("import os\nimport not_installed_dependency\n", "ModuleNotFoundError at {plugin}:2: No module named 'not_installed_dependency'"),
 ])
 def test_a_job_that_loads_a_failing_plugin_ends_with_the_same_line(tmp_path, source, failure):
-    # A job's process: the plugins come through the environment, loaded the first time it reads a
-    # registry, inside the stage's reporting.
     (tmp_path / "my_plugin.py").write_text(source)
+    assert failed_job_lines(tmp_path, "from cleanclip_core.attacks import ATTACKS", "sorted(ATTACKS)") == [
+        f"error: plugin my_plugin: {failure.format(plugin=tmp_path / 'my_plugin.py')}"]
+
+
+def failed_job_lines(folder, imports, statement):
+    """The standard error lines of a job's process that runs `statement` inside the stage's
+    reporting and fails: the plugin my_plugin in `folder` comes through the environment, loaded
+    the first time the process reads a registry."""
     result = python(
-        "from cleanclip_core.attacks import ATTACKS\nfrom cleanclip_core.reporting import reported_step\n"
-        "with reported_step():\n    sorted(ATTACKS)",
-        ROOT, PYTHONPATH=str(tmp_path), CLEANCLIP_PLUGINS="my_plugin",
+        f"{imports}\nfrom cleanclip_core.reporting import reported_step\nwith reported_step():\n    {statement}",
+        ROOT, PYTHONPATH=str(folder), CLEANCLIP_PLUGINS="my_plugin",
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: plugin my_plugin: {failure.format(plugin=tmp_path / 'my_plugin.py')}"]
+    return result.stderr.strip().splitlines()
 
 
 def test_wrong_function_paths_of_a_plugins_entries_are_refused_by_the_dry_run(tmp_path):
@@ -156,13 +161,9 @@ def test_a_function_path_into_a_module_not_imported_yet_is_checked_without_runni
 def test_a_job_whose_entry_names_a_module_that_fails_at_import_ends_with_one_line_naming_it(tmp_path):
     (tmp_path / "my_losses.py").write_text("import os\nraise RuntimeError('ran')\n\n\ndef l2_sp(inputs):\n    return 0\n")
     (tmp_path / "my_plugin.py").write_text("from cleanclip_core.terms import Term\n\nENTRIES = [Term('l2_sp', 'my_losses:l2_sp')]\n")
-    result = python(
-        "from cleanclip_core.registry import resolve\nfrom cleanclip_core.reporting import reported_step\n"
-        "from cleanclip_core.terms import TERMS\nwith reported_step():\n    resolve(TERMS.entry('l2_sp').loss)",
-        ROOT, PYTHONPATH=str(tmp_path), CLEANCLIP_PLUGINS="my_plugin",
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: my_losses:l2_sp: RuntimeError at {tmp_path / 'my_losses.py'}:2: ran"]
+    imports = "from cleanclip_core.registry import resolve\nfrom cleanclip_core.terms import TERMS"
+    assert failed_job_lines(tmp_path, imports, "resolve(TERMS.entry('l2_sp').loss)") == [
+        f"error: my_losses:l2_sp: RuntimeError at {tmp_path / 'my_losses.py'}:2: ran"]
 
 
 def test_every_registered_entry_names_functions_that_exist():
