@@ -83,11 +83,17 @@ def _starts(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.drop_duplicates(["attack", "pretrain_objective", "pretrain_seed"])
 
 
+def _poisoned(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary's rows of attacks, its clean controls (no poisons) left out; kept tables from
+    before the summary had n_poisons hold no control."""
+    return summary[summary.n_poisons != 0] if "n_poisons" in summary else summary
+
+
 @_of_summary
 def backdoor_planted(summary: pd.DataFrame) -> list[Finding]:
     """The pretrained models' ASR@1, per attack and pretraining objective, over the pretraining
-    seeds (a clean control's is its false-trigger rate)."""
-    starts = _starts(summary)
+    seeds; clean controls left out."""
+    starts = _starts(_poisoned(summary))
     findings = []
     for row in cell_intervals(starts, ["attack", "pretrain_objective"], {"start_asr_top1": "n_triggered"}).itertuples():
         estimate = (row.start_asr_top1, row.start_asr_top1_low, row.start_asr_top1_high)
@@ -99,10 +105,12 @@ def backdoor_planted(summary: pd.DataFrame) -> list[Finding]:
 
 def cleans_at_small_cost(objective: str) -> Callable[[Path], list[Finding]]:
     """CleanCLIP's top-1 lost (start minus the oracle's epoch at ASR@1 <= 5%) on `objective`'s
-    backdoored models, per attack, over the replicates it cleaned; how many it cleaned."""
+    backdoored models, per attack (clean controls left out), over the replicates it cleaned; how
+    many it cleaned."""
 
     @_of_summary
     def measure(summary: pd.DataFrame) -> list[Finding]:
+        summary = _poisoned(summary)
         runs = summary[(summary.pretrain_objective == objective) & (summary.clean_method == "cleanclip")
                        & (summary.cleaning_poisons == 0)]
         return [_cleaning_cost(f"{objective}, {attack}", replicates) for attack, replicates in runs.groupby("attack", sort=True)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import duckdb
@@ -113,9 +114,10 @@ def metrics_table(
 
 def build_results_database(
     metrics_files: Sequence[Path], train_logs: Sequence[Path], database: Path, curve_files: Sequence[Path] = (),
-    criteria: Criteria = Criteria(),
+    criteria: Criteria = Criteria(), poisons: Mapping[str, int] = MappingProxyType({}),
 ) -> None:
-    """A DuckDB file holding every metrics row (table `metrics`), each cleaning epoch's mean
+    """A DuckDB file holding every metrics row (table `metrics`), each attack's number of poisons
+    (table `attacks`, from `poisons`: 0 for a clean control), each cleaning epoch's mean
     training loss (table `epoch_losses`, from the cleaning runs' `train_logs`), every stopping
     rule's choice (table `stopping_choices`), the metrics of each pretraining epoch in
     `curve_files` (table `pretraining_curve_metrics`), the views of results_views.sql, the
@@ -132,6 +134,8 @@ def build_results_database(
                 [[str(path) for path in metrics_files]],
             )
             connection.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS n_classes INTEGER")
+            connection.execute("CREATE TABLE attacks AS SELECT unnest(?::VARCHAR[]) AS attack, unnest(?::BIGINT[]) AS n_poisons",
+                               [list(poisons), list(poisons.values())])
             _load_pretraining_curve(connection, curve_files)
             connection.execute(EPOCH_LOSSES_SQL, [[str(path) for path in train_logs]])
             connection.execute("CREATE TABLE stopping_choices (run_id VARCHAR, rule VARCHAR, epoch BIGINT)")

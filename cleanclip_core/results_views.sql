@@ -44,7 +44,8 @@ ORDER BY run.run_id, checkpoint.epoch;
 -- chance, where a low ASR@1 only shows a model that classifies nothing (null when the start's
 -- classes were not recorded); attack_failed: the start's ASR@1 is below the attack floor, so its
 -- backdoor never took and no cleaning of it removes one (a clean control's, by construction);
--- n_images and n_triggered, the evaluation images the proportions count. The success threshold
+-- n_images and n_triggered, the evaluation images the proportions count; n_poisons, the attack's
+-- poisons in pretraining (table attacks; 0 for a clean control). The success threshold
 -- and the attack floor are the config's (table criteria).
 CREATE VIEW study_summary AS
 WITH starts AS (
@@ -88,9 +89,10 @@ SELECT
     starts.start_top1 < 2 * starts.chance_top1 OR coalesce(best.best_top1 < 2 * starts.chance_top1, false)
         AS near_chance,
     starts.start_asr_top1 < {attack_floor} AS attack_failed,
-    starts.n_images, starts.n_triggered
+    starts.n_images, starts.n_triggered, attacks.n_poisons
 FROM groups
 LEFT JOIN starts USING ({pretrain})
+LEFT JOIN attacks USING (attack)
 LEFT JOIN best USING ({group})
 LEFT JOIN last USING ({group})
 ORDER BY {group};

@@ -87,6 +87,7 @@ rule results_database:
     params:
         success_asr=config["evaluation"]["success_asr"],
         attack_floor=config["evaluation"]["attack_floor"],
+        poisons={name: config["attacks"][name]["n_poisons"] for name in STUDY["attacks"]},
     log:
         f"{STUDY_DIR}/logs/results_database.log",
     benchmark:

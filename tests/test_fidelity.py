@@ -13,10 +13,10 @@ from cleanclip_core.fidelity import (
 )
 
 
-def write_study(folder, results):
-    """A study folder whose tables/summary.csv is the study_summary of these results (as
-    write_database takes them), as the pipeline writes it."""
-    database = write_database(folder, results)
+def write_study(folder, results, poisons=None):
+    """A study folder whose tables/summary.csv is the study_summary of these results and poisons
+    (as write_database takes them), as the pipeline writes it."""
+    database = write_database(folder, results, poisons=poisons)
     write_csv(query(database, "SELECT * FROM study_summary").to_pandas(), folder / "tables" / "summary.csv")
     return folder
 
@@ -52,6 +52,17 @@ def test_the_planted_backdoor_is_the_pretrained_models_asr(study):
     # centre (0.99 + z^2 / 180) / (1 + z^2 / 90) = 0.969941, half-width 0.028418
     assert (finding.of, finding.verdict) == ("mmcl, badnet", REPRODUCED)
     assert finding.estimate == pytest.approx((0.99, 0.941523, 0.998359), abs=1e-6)
+
+
+def test_the_planted_backdoor_leaves_out_a_clean_control(tmp_path):
+    control = START | {"attack": "control"}
+    study = write_study(tmp_path, [
+        (START, 0.90, 0.99), (control, 0.90, 0.01),
+        (cleaned(0.003, 1), 0.89, 0.02), (cleaned(0.003, 1) | {"attack": "control"}, 0.89, 0.01),
+    ], poisons={"badnet": 60, "control": 0})
+    summary = study / "tables" / "summary.csv"
+    assert summary.read_text().splitlines()[0].endswith(",n_poisons")
+    assert [finding.of for finding in backdoor_planted(study)] == ["mmcl, badnet"]
 
 
 def test_cleanings_cost_is_the_start_minus_the_oracle_epoch_paired_by_replicate(study):

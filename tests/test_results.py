@@ -90,14 +90,14 @@ def write_metrics(folder, results) -> list:
     return paths
 
 
-def write_database(folder, results, losses=None, curve=()):
+def write_database(folder, results, losses=None, curve=(), poisons=None):
     """The results database of (checkpoint, top1, asr_top1) rows, each in its metrics file, of
-    the cleaning runs' step logs (`losses` as write_train_logs takes them) and of the pretraining
-    epochs in `curve` (rows likewise)."""
+    the cleaning runs' step logs (`losses` as write_train_logs takes them), of the pretraining
+    epochs in `curve` (rows likewise) and of the attacks' `poisons` ({attack: number})."""
     paths = write_metrics(folder, results)
     train_logs = write_train_logs(folder, [checkpoint for checkpoint, _, _ in results], losses or {})
     curve_files = write_metrics(folder / "curve", curve)
-    build_results_database(paths, train_logs, folder / "results.duckdb", curve_files)
+    build_results_database(paths, train_logs, folder / "results.duckdb", curve_files, poisons=poisons or {})
     return folder / "results.duckdb"
 
 

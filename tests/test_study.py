@@ -42,7 +42,7 @@ def planned(workdir, config) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
-    result = run_snakemake(workdir, SMOKE, *ONE_THREAD)
+    result = run_snakemake(workdir, SMOKE, *ONE_THREAD, timeout_s=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -383,9 +383,9 @@ def test_the_claims_table_reads_the_studys_summary_and_detection_tables(smoke_ru
     others say so (its numbers mean nothing: it checks that the tables connect)."""
     findings = {claim.statement: claim.measure(smoke_run / STUDY_DIR) for claim in fidelity.CLAIMS}
     planted = findings["The attack plants a backdoor (the precondition of every claim below)"]
-    assert [finding.of for finding in planted] == ["mmcl, badnet", "safeclip, badnet", "mmcl, control", "safeclip, control"]
+    assert [finding.of for finding in planted] == ["mmcl, badnet", "safeclip, badnet"]  # the control left out
     cleaning = findings["CleanCLIP cleans an MMCL-pretrained model at small cost"]
-    assert [finding.of for finding in cleaning] == ["mmcl, badnet", "mmcl, control"]
+    assert [finding.of for finding in cleaning] == ["mmcl, badnet"]
     assert all(finding.note.endswith(f"({len(SMOKE['study']['seeds'])} in all) cleaned to ASR@1 <= 5%") for finding in cleaning)
     [dao] = findings["DAO and SLOF find the poisoned pairs at low poisoning rates"]
     assert dao.of == "dao, badnet" and dao.note.startswith("AUROC ")
