@@ -66,14 +66,17 @@ def signed_verdict(mean: float, low: float, high: float, expected: int) -> str:
 def _of_summary(measure: Callable[[pd.DataFrame], list[Finding]]) -> Callable[[Path], list[Finding]]:
     """`measure` of a study's summary (tables/summary.csv, the database's study_summary: a row
     per cleaning run group and replicate) as a measure of the study's folder: no findings
-    without one."""
+    without one. Clean controls (no poisons) are left out: every claim of a summary is about an
+    attack (the detection claims rank controls, from detection.csv); kept tables from before
+    the summary had n_poisons hold none."""
 
     def of_study(study: Path) -> list[Finding]:
         summary = study / "tables" / "summary.csv"
         if not summary.exists():
             return []
         # settings digests stay text: one of digits and an e would read as a number
-        return measure(pd.read_csv(summary, dtype={"pretrain_settings": str, "clean_settings": str}))
+        table = pd.read_csv(summary, dtype={"pretrain_settings": str, "clean_settings": str})
+        return measure(table[table.n_poisons != 0] if "n_poisons" in table else table)
 
     return of_study
 
@@ -83,17 +86,11 @@ def _starts(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.drop_duplicates(["attack", "pretrain_objective", "pretrain_seed"])
 
 
-def _poisoned(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary's rows of attacks, its clean controls (no poisons) left out; kept tables from
-    before the summary had n_poisons hold no control."""
-    return summary[summary.n_poisons != 0] if "n_poisons" in summary else summary
-
-
 @_of_summary
 def backdoor_planted(summary: pd.DataFrame) -> list[Finding]:
     """The pretrained models' ASR@1, per attack and pretraining objective, over the pretraining
     seeds; clean controls left out."""
-    starts = _starts(_poisoned(summary))
+    starts = _starts(summary)
     findings = []
     for row in cell_intervals(starts, ["attack", "pretrain_objective"], {"start_asr_top1": "n_triggered"}).itertuples():
         estimate = (row.start_asr_top1, row.start_asr_top1_low, row.start_asr_top1_high)
@@ -105,12 +102,10 @@ def backdoor_planted(summary: pd.DataFrame) -> list[Finding]:
 
 def cleans_at_small_cost(objective: str) -> Callable[[Path], list[Finding]]:
     """CleanCLIP's top-1 lost (start minus the oracle's epoch at ASR@1 <= 5%) on `objective`'s
-    backdoored models, per attack (clean controls left out), over the replicates it cleaned; how
-    many it cleaned."""
+    backdoored models, per attack, over the replicates it cleaned; how many it cleaned."""
 
     @_of_summary
     def measure(summary: pd.DataFrame) -> list[Finding]:
-        summary = _poisoned(summary)
         runs = summary[(summary.pretrain_objective == objective) & (summary.clean_method == "cleanclip")
                        & (summary.cleaning_poisons == 0)]
         return [_cleaning_cost(f"{objective}, {attack}", replicates) for attack, replicates in runs.groupby("attack", sort=True)]
